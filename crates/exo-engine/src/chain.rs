@@ -1,0 +1,79 @@
+//! `ShardChain`: consecutive shards of one model run in one process, each with its own KV cache.
+//!
+//! This is how a whole model runs on one machine (a chain of one shard), and how tests check that splitting a
+//! model into shards changes nothing: hidden states pass from shard to shard exactly as they would over a ring.
+
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+use crate::gguf::Gguf;
+use crate::kv_cache::KvCache;
+use crate::shard::{ModelShard, Shard, ShardInput, ShardOutput};
+
+pub struct ShardChain {
+    shards: Vec<ModelShard>,
+    caches: Vec<KvCache>,
+}
+
+impl ShardChain {
+    /// Loads `ranges` (which must cover the model's layers in order, without gaps) with caches of `max_len`.
+    pub fn load(gguf: &Gguf, ranges: &[Shard], max_len: usize, device: &Device) -> Result<Self> {
+        let mut next = 0;
+        for r in ranges {
+            if r.start != next {
+                return Err(EngineError::InvalidShard(format!("shard {r} does not start at layer {next}")));
+            }
+            next = r.end + 1;
+        }
+        if ranges.last().is_none_or(|r| !r.is_last()) {
+            return Err(EngineError::InvalidShard("the shards do not reach the model's last layer".into()));
+        }
+        let shards = ranges.iter().map(|&r| ModelShard::load(gguf, r, device)).collect::<Result<Vec<_>>>()?;
+        let caches = shards.iter().map(|s| s.new_cache(max_len)).collect();
+        Ok(Self { shards, caches })
+    }
+
+    /// The whole model as one shard.
+    pub fn load_whole(gguf: &Gguf, max_len: usize, device: &Device) -> Result<Self> {
+        let layers = crate::config::ModelConfig::from_gguf(gguf)?.n_layers;
+        Self::load(gguf, &[Shard::whole(layers)?], max_len, device)
+    }
+
+    pub fn shards(&self) -> &[ModelShard] {
+        &self.shards
+    }
+
+    /// Positions held in the caches (the position of the next token).
+    pub fn position(&self) -> usize {
+        self.caches[0].len()
+    }
+
+    /// The most positions the caches can hold.
+    pub fn max_len(&self) -> usize {
+        self.caches[0].max_len()
+    }
+
+    /// Runs `tokens` through every shard and returns the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        // Check room first so that no shard's cache advances when a later one would refuse.
+        self.caches[0].check_room(tokens.len())?;
+        let mut input = ShardInput::Tokens(tokens);
+        for (shard, cache) in self.shards.iter().zip(self.caches.iter_mut()) {
+            match shard.forward(input, cache)? {
+                ShardOutput::Hidden(h) => input = ShardInput::Hidden(h),
+                ShardOutput::Logits(logits) => return Ok(logits),
+            }
+        }
+        Err(EngineError::InvalidShard("the last shard returned hidden states, not logits".into()))
+    }
+
+    /// Forgets the sequence.
+    pub fn reset(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::reset);
+    }
+
+    /// Rewinds every cache to position `p`.
+    pub fn truncate(&mut self, p: usize) -> Result<()> {
+        self.caches.iter_mut().try_for_each(|c| c.truncate(p))
+    }
+}

@@ -1,0 +1,31 @@
+//! The engine's one error type. Every message says what went wrong in terms a user can act on.
+
+use crate::gguf::GgufError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported model architecture '{0}' (supported: llama, qwen2)")]
+    UnsupportedArchitecture(String),
+    #[error("{path}: metadata {key} is {found}, expected {expected}")]
+    Metadata { path: String, key: String, found: String, expected: String },
+    #[error("{path}: tensor {name} is missing")]
+    MissingTensor { path: String, name: String },
+    #[error("{path}: tensor {name} has shape {found:?}, expected {expected:?}")]
+    TensorShape { path: String, name: String, found: Vec<u64>, expected: Vec<u64> },
+    #[error("invalid shard: {0}")]
+    InvalidShard(String),
+    #[error("the prompt and generation need {needed} tokens, more than the model's context of {context} tokens")]
+    ContextOverflow { needed: usize, context: usize },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("invalid sampling parameter: {0}")]
+    InvalidSampling(String),
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,636 @@
+//! The GGUF file format: header, typed metadata, tensor table, and reading one tensor's bytes by offset.
+//!
+//! Parsing is defensive: every length read from the file is checked against the bytes that remain, so a
+//! truncated or corrupt file gives a [`GgufError`] instead of a huge allocation or a panic. This module knows
+//! nothing of models or tensors beyond their byte layout; turning bytes into candle tensors is `weights.rs`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// GGUF magic number: the bytes "GGUF" read as a little-endian u32.
+const MAGIC: u32 = 0x4655_4747;
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml tensors have at most four dimensions.
+const MAX_DIMS: u32 = 4;
+
+/// What can go wrong reading a GGUF file; each message names the file and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("cannot open model file {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a GGUF file (it starts with {magic:02x?}, a GGUF file starts with \"GGUF\")")]
+    NotGguf { path: PathBuf, magic: [u8; 4] },
+    #[error("{path}: GGUF version {version} is not supported (versions 2 and 3 are)")]
+    Version { path: PathBuf, version: u32 },
+    #[error("{path} is truncated or corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("{path} is truncated: tensor data needs {needed} bytes, the file has {actual}")]
+    Truncated { path: PathBuf, needed: u64, actual: u64 },
+    #[error("{path}: tensor {tensor} has quantization type {kind}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)")]
+    UnsupportedType { path: PathBuf, tensor: String, kind: String },
+    #[error("{path}: I/O error reading {what}: {source}")]
+    Io { path: PathBuf, what: String, source: std::io::Error },
+}
+
+type Result<T> = std::result::Result<T, GgufError>;
+
+/// ggml's tensor element types that this engine can load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorType {
+    F32,
+    F16,
+    Bf16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
+}
+
+impl TensorType {
+    /// The type with ggml's numeric id, or the id's name when it is a type we do not read.
+    pub fn from_ggml_id(id: u32) -> std::result::Result<Self, String> {
+        Ok(match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            9 => Self::Q8_1,
+            10 => Self::Q2K,
+            11 => Self::Q3K,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            15 => Self::Q8K,
+            30 => Self::Bf16,
+            other => {
+                let name = match other {
+                    16 => "IQ2_XXS",
+                    17 => "IQ2_XS",
+                    18 => "IQ3_XXS",
+                    19 => "IQ1_S",
+                    20 => "IQ4_NL",
+                    21 => "IQ3_S",
+                    22 => "IQ2_S",
+                    23 => "IQ4_XS",
+                    24 => "I8",
+                    25 => "I16",
+                    26 => "I32",
+                    27 => "I64",
+                    28 => "F64",
+                    29 => "IQ1_M",
+                    34 => "TQ1_0",
+                    35 => "TQ2_0",
+                    39 => "MXFP4",
+                    _ => return Err(format!("unknown type id {other}")),
+                };
+                return Err(format!("{name} (id {other})"));
+            }
+        })
+    }
+
+    /// (elements per block, bytes per block)
+    pub fn block_layout(self) -> (u64, u64) {
+        match self {
+            Self::F32 => (1, 4),
+            Self::F16 | Self::Bf16 => (1, 2),
+            Self::Q4_0 => (32, 18),
+            Self::Q4_1 => (32, 20),
+            Self::Q5_0 => (32, 22),
+            Self::Q5_1 => (32, 24),
+            Self::Q8_0 => (32, 34),
+            Self::Q8_1 => (32, 36),
+            Self::Q2K => (256, 84),
+            Self::Q3K => (256, 110),
+            Self::Q4K => (256, 144),
+            Self::Q5K => (256, 176),
+            Self::Q6K => (256, 210),
+            Self::Q8K => (256, 292),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::F16 => "F16",
+            Self::Bf16 => "BF16",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q8_1 => "Q8_1",
+            Self::Q2K => "Q2_K",
+            Self::Q3K => "Q3_K",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+            Self::Q8K => "Q8_K",
+        }
+    }
+}
+
+/// A typed metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// The value as an unsigned integer, when it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a signed integer, when it is an integer that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::I8(v) => Some(v.into()),
+            Value::I16(v) => Some(v.into()),
+            Value::I32(v) => Some(v.into()),
+            Value::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::U8(_) => "u8",
+            Value::I8(_) => "i8",
+            Value::U16(_) => "u16",
+            Value::I16(_) => "i16",
+            Value::U32(_) => "u32",
+            Value::I32(_) => "i32",
+            Value::U64(_) => "u64",
+            Value::I64(_) => "i64",
+            Value::F32(_) => "f32",
+            Value::F64(_) => "f64",
+            Value::Bool(_) => "bool",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+        }
+    }
+}
+
+/// One entry of the tensor table.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length (the contiguous dimension).
+    pub dims: Vec<u64>,
+    pub kind: TensorType,
+    /// Offset of the tensor's data from the start of the file.
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed GGUF file: metadata and tensor table; tensor data stays on disk until [`Gguf::read_tensor`].
+#[derive(Debug)]
+pub struct Gguf {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    pub file_size: u64,
+    file: File,
+}
+
+/// Reads header fields, counting the bytes that remain so lengths from the file can be checked before use.
+struct HeaderReader<'a> {
+    inner: BufReader<&'a File>,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl HeaderReader<'_> {
+    fn corrupt(&self, what: impl Into<String>) -> GgufError {
+        GgufError::Corrupt { path: self.path.to_path_buf(), what: what.into() }
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
+        if self.remaining < N as u64 {
+            return Err(self.corrupt("the header ends before its last field"));
+        }
+        let mut buf = [0u8; N];
+        self.inner.read_exact(&mut buf).map_err(|e| GgufError::Io {
+            path: self.path.to_path_buf(),
+            what: "the header".into(),
+            source: e,
+        })?;
+        self.remaining -= N as u64;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// A length-prefixed count of items that each take at least `min_item_bytes`, checked against the file.
+    fn count(&mut self, min_item_bytes: u64, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        if n.saturating_mul(min_item_bytes) > self.remaining {
+            return Err(self.corrupt(format!("{what} claims {n} entries, more than the file can hold")));
+        }
+        usize::try_from(n).map_err(|_| self.corrupt(format!("{what} is too long")))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let len = self.count(1, what)?;
+        let mut buf = vec![0u8; len];
+        self.inner.read_exact(&mut buf).map_err(|e| GgufError::Io {
+            path: self.path.to_path_buf(),
+            what: what.to_string(),
+            source: e,
+        })?;
+        self.remaining -= len as u64;
+        String::from_utf8(buf).map_err(|_| self.corrupt(format!("{what} is not valid UTF-8")))
+    }
+
+    fn value(&mut self, kind: u32, key: &str, depth: u32) -> Result<Value> {
+        Ok(match kind {
+            0 => Value::U8(self.bytes::<1>()?[0]),
+            1 => Value::I8(i8::from_le_bytes(self.bytes()?)),
+            2 => Value::U16(u16::from_le_bytes(self.bytes()?)),
+            3 => Value::I16(i16::from_le_bytes(self.bytes()?)),
+            4 => Value::U32(self.u32()?),
+            5 => Value::I32(i32::from_le_bytes(self.bytes()?)),
+            6 => Value::F32(f32::from_le_bytes(self.bytes()?)),
+            7 => match self.bytes::<1>()?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.corrupt(format!("metadata {key}: {b} is not a boolean"))),
+            },
+            8 => Value::String(self.string(&format!("metadata {key}"))?),
+            9 => {
+                if depth > 2 {
+                    return Err(self.corrupt(format!("metadata {key}: arrays nested too deeply")));
+                }
+                let item_kind = self.u32()?;
+                let min = match item_kind {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    other => return Err(self.corrupt(format!("metadata {key}: unknown array item type {other}"))),
+                };
+                let n = self.count(min, &format!("metadata {key}"))?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(item_kind, key, depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64()?),
+            11 => Value::I64(i64::from_le_bytes(self.bytes()?)),
+            12 => Value::F64(f64::from_le_bytes(self.bytes()?)),
+            other => return Err(self.corrupt(format!("metadata {key}: unknown value type {other}"))),
+        })
+    }
+}
+
+impl Gguf {
+    /// Parses the header, metadata and tensor table of the GGUF file at `path`, and checks that every tensor's
+    /// data lies inside the file. Reads no tensor data.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let open_err = |e| GgufError::Open { path: path.to_path_buf(), source: e };
+        let file = File::open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        if meta.is_dir() {
+            return Err(GgufError::Open {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("it is a directory, not a file"),
+            });
+        }
+        let file_size = meta.len();
+        let mut r = HeaderReader { inner: BufReader::with_capacity(1 << 20, &file), remaining: file_size, path };
+
+        if file_size < 4 {
+            let mut magic = [0u8; 4];
+            let _ = (&file).read(&mut magic);
+            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
+        }
+        let magic = r.bytes::<4>()?;
+        if u32::from_le_bytes(magic) != MAGIC {
+            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::Version { path: path.to_path_buf(), version });
+        }
+        // A tensor-table entry takes at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset) bytes,
+        // a metadata entry at least 8 (key length) + 4 (type) + 1 bytes.
+        let n_tensors = r.count(24, "the tensor count")?;
+        let n_kv = r.count(13, "the metadata count")?;
+
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string("a metadata key")?;
+            let kind = r.u32()?;
+            let value = r.value(kind, &key, 0)?;
+            metadata.insert(key, value);
+        }
+
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two"))),
+            },
+        };
+
+        let mut infos = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = r.string("a tensor name")?;
+            let n_dims = r.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(r.corrupt(format!("tensor {name} has {n_dims} dimensions (1 to 4 expected)")));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(r.u64()?);
+            }
+            let kind_id = r.u32()?;
+            let rel_offset = r.u64()?;
+            infos.push((name, dims, kind_id, rel_offset));
+        }
+        let header_end = file_size - r.remaining;
+        let data_start = header_end.div_ceil(alignment) * alignment;
+
+        let mut tensors = BTreeMap::new();
+        let mut needed = data_start;
+        for (name, dims, kind_id, rel_offset) in infos {
+            let kind = TensorType::from_ggml_id(kind_id).map_err(|kind| GgufError::UnsupportedType {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                kind,
+            })?;
+            let (block, block_bytes) = kind.block_layout();
+            let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            let Some(elements) = elements.filter(|&e| e < (1 << 48)) else {
+                return Err(r.corrupt(format!("tensor {name} has impossible dimensions {dims:?}")));
+            };
+            if dims[0] % block != 0 {
+                return Err(r.corrupt(format!(
+                    "tensor {name}: row length {} is not a multiple of the {} block size {block}",
+                    dims[0],
+                    kind.name()
+                )));
+            }
+            let size = elements / block * block_bytes;
+            let offset = data_start
+                .checked_add(rel_offset)
+                .filter(|o| o.checked_add(size).is_some())
+                .ok_or_else(|| r.corrupt(format!("tensor {name} has an impossible offset {rel_offset}")))?;
+            needed = needed.max(offset + size);
+            if tensors.contains_key(&name) {
+                return Err(r.corrupt(format!("tensor {name} appears twice")));
+            }
+            tensors.insert(name.clone(), TensorInfo { name, dims, kind, offset, size });
+        }
+        if needed > file_size {
+            return Err(GgufError::Truncated { path: path.to_path_buf(), needed, actual: file_size });
+        }
+        drop(r);
+        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, file_size, file })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    /// Reads one tensor's raw bytes from the file (by offset; nothing else is read).
+    pub fn read_tensor(&self, info: &TensorInfo) -> Result<Vec<u8>> {
+        let len = usize::try_from(info.size).map_err(|_| GgufError::Corrupt {
+            path: self.path.clone(),
+            what: format!("tensor {} is too large for this machine", info.name),
+        })?;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, info.offset).map_err(|e| GgufError::Io {
+            path: self.path.clone(),
+            what: format!("tensor {}", info.name),
+            source: e,
+        })?;
+        Ok(buf)
+    }
+
+    /// A description of a metadata value's type, for error messages.
+    pub fn describe(&self, key: &str) -> String {
+        match self.metadata.get(key) {
+            None => "missing".to_string(),
+            Some(v) => format!("a {}", v.type_name()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Writes a minimal GGUF file: the given metadata and one F32 tensor of `n` elements.
+    pub(crate) fn write_gguf(path: &Path, kv: &[(&str, Value)], n: u64, data: Option<&[u8]>) {
+        fn put_str(out: &mut Vec<u8>, s: &str) {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        fn put_val(out: &mut Vec<u8>, v: &Value) {
+            match v {
+                Value::U32(x) => out.extend(x.to_le_bytes()),
+                Value::F32(x) => out.extend(x.to_le_bytes()),
+                Value::String(s) => put_str(out, s),
+                Value::Bool(b) => out.push(*b as u8),
+                _ => unimplemented!("test writer"),
+            }
+        }
+        fn kind(v: &Value) -> u32 {
+            match v {
+                Value::U32(_) => 4,
+                Value::F32(_) => 6,
+                Value::Bool(_) => 7,
+                Value::String(_) => 8,
+                _ => unimplemented!("test writer"),
+            }
+        }
+        let mut out = Vec::new();
+        out.extend(b"GGUF");
+        out.extend(3u32.to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        out.extend((kv.len() as u64).to_le_bytes());
+        for (k, v) in kv {
+            put_str(&mut out, k);
+            out.extend(kind(v).to_le_bytes());
+            put_val(&mut out, v);
+        }
+        put_str(&mut out, "t");
+        out.extend(1u32.to_le_bytes());
+        out.extend(n.to_le_bytes());
+        out.extend(0u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        match data {
+            Some(d) => out.extend(d),
+            None => out.extend(std::iter::repeat_n(0u8, n as usize * 4)),
+        }
+        File::create(path).unwrap().write_all(&out).unwrap();
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("exo-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn reads_metadata_and_tensor() {
+        let p = tmp("ok.gguf");
+        let data: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        write_gguf(&p, &[("a.b", Value::U32(7)), ("s", Value::String("hi".into()))], 8, Some(&data));
+        let g = Gguf::open(&p).unwrap();
+        assert_eq!(g.get("a.b").and_then(Value::as_u64), Some(7));
+        assert_eq!(g.get("s").and_then(Value::as_str), Some("hi"));
+        let t = &g.tensors["t"];
+        assert_eq!((t.kind, t.size, t.offset % 32), (TensorType::F32, 32, 0));
+        assert_eq!(g.read_tensor(t).unwrap(), data);
+    }
+
+    #[test]
+    fn truncated_data_is_reported() {
+        let p = tmp("trunc.gguf");
+        write_gguf(&p, &[], 1024, None);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
+        let e = Gguf::open(&p).unwrap_err();
+        assert!(matches!(e, GgufError::Truncated { .. }), "{e}");
+    }
+
+    #[test]
+    fn truncated_header_is_reported() {
+        let p = tmp("trunc-header.gguf");
+        write_gguf(&p, &[("key", Value::String("value".into()))], 4, None);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..30]).unwrap();
+        let e = Gguf::open(&p).unwrap_err();
+        assert!(matches!(e, GgufError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn not_gguf_is_reported() {
+        let p = tmp("text.gguf");
+        std::fs::write(&p, b"hello, this is text").unwrap();
+        assert!(matches!(Gguf::open(&p).unwrap_err(), GgufError::NotGguf { .. }));
+        std::fs::write(&p, b"GG").unwrap();
+        assert!(matches!(Gguf::open(&p).unwrap_err(), GgufError::NotGguf { .. }));
+    }
+
+    #[test]
+    fn garbage_lengths_do_not_allocate() {
+        let p = tmp("garbage.gguf");
+        let mut out = Vec::new();
+        out.extend(b"GGUF");
+        out.extend(3u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        out.extend(u64::MAX.to_le_bytes()); // key length
+        out.extend([0u8; 64]);
+        std::fs::write(&p, &out).unwrap();
+        let e = Gguf::open(&p).unwrap_err();
+        assert!(e.to_string().contains("more than the file can hold"), "{e}");
+    }
+
+    #[test]
+    fn unsupported_type_is_named() {
+        let p = tmp("iq.gguf");
+        write_gguf(&p, &[], 256, None);
+        let mut bytes = std::fs::read(&p).unwrap();
+        // The tensor type id sits 12 bytes before the end of the tensor table (type u32, offset u64).
+        let table_end = 4 + 4 + 8 + 8 + (8 + 1) + 4 + 8 + 4 + 8;
+        bytes[table_end - 12..table_end - 8].copy_from_slice(&16u32.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Gguf::open(&p).unwrap_err();
+        assert!(e.to_string().contains("IQ2_XXS"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = Gguf::open("/nonexistent/model.gguf").unwrap_err();
+        assert!(matches!(e, GgufError::Open { .. }));
+    }
+}

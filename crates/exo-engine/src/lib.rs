@@ -1,0 +1,38 @@
+//! exo's inference engine: everything needed to run a contiguous range of a GGUF model's layers on one machine.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`gguf`] | the file format: metadata, tensor table, reading tensor bytes by offset |
+//! | [`tokenizer`] | text ↔ token ids from the vocabulary stored in the GGUF file |
+//! | [`chat_template`] | rendering chat messages with the model's own Jinja template |
+//! | [`sampler`] | choosing the next token from logits |
+//! | [`stop`] | stop strings across token boundaries |
+//! | [`config`] | a model's hyper-parameters from its metadata |
+//! | [`weights`] | reading named tensors into candle tensors |
+//! | [`shard`] | `Shard` (a layer range) and `ModelShard` (its weights and forward pass) |
+//! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
+//! | [`chain`] | `ShardChain`: consecutive shards run in one process |
+//! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
+//!
+//! The engine knows nothing of networks, async runtimes or HTTP.
+
+pub mod chat_template;
+pub mod chain;
+pub mod config;
+pub mod error;
+// pub mod generation;
+pub mod gguf;
+pub mod kv_cache;
+pub mod sampler;
+pub mod shard;
+pub mod stop;
+// pub mod tokenizer;
+pub mod weights;
+
+pub use candle_core::Device;
+pub use chain::ShardChain;
+pub use config::{Architecture, ModelConfig};
+pub use error::{EngineError, Result};
+pub use gguf::Gguf;
+pub use kv_cache::KvCache;
+pub use shard::{ModelShard, Shard, ShardInput, ShardOutput};

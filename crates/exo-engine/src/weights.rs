@@ -1,0 +1,86 @@
+//! Turning a GGUF file's tensors into candle tensors, one named tensor at a time, counting the bytes read.
+//!
+//! Only the tensors asked for are read (by offset), so a shard never touches another shard's layers.
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::gguf::{Gguf, TensorType};
+
+fn candle_dtype(kind: TensorType) -> GgmlDType {
+    match kind {
+        TensorType::F32 => GgmlDType::F32,
+        TensorType::F16 => GgmlDType::F16,
+        TensorType::Bf16 => GgmlDType::BF16,
+        TensorType::Q4_0 => GgmlDType::Q4_0,
+        TensorType::Q4_1 => GgmlDType::Q4_1,
+        TensorType::Q5_0 => GgmlDType::Q5_0,
+        TensorType::Q5_1 => GgmlDType::Q5_1,
+        TensorType::Q8_0 => GgmlDType::Q8_0,
+        TensorType::Q8_1 => GgmlDType::Q8_1,
+        TensorType::Q2K => GgmlDType::Q2K,
+        TensorType::Q3K => GgmlDType::Q3K,
+        TensorType::Q4K => GgmlDType::Q4K,
+        TensorType::Q5K => GgmlDType::Q5K,
+        TensorType::Q6K => GgmlDType::Q6K,
+        TensorType::Q8K => GgmlDType::Q8K,
+    }
+}
+
+/// Reads named tensors of one GGUF file onto a device.
+pub struct TensorReader<'a> {
+    gguf: &'a Gguf,
+    device: Device,
+    bytes_read: u64,
+}
+
+impl<'a> TensorReader<'a> {
+    pub fn new(gguf: &'a Gguf, device: &Device) -> Self {
+        Self { gguf, device: device.clone(), bytes_read: 0 }
+    }
+
+    /// Bytes of tensor data read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.gguf.tensors.contains_key(name)
+    }
+
+    /// The tensor as stored (quantized or not), with `expected` dims in candle order (row length last).
+    pub fn quantized(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
+        let info = self.gguf.tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
+            path: self.gguf.path.display().to_string(),
+            name: name.to_string(),
+        })?;
+        // ggml lists the row length first; candle lists it last.
+        let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        if dims != expected {
+            return Err(EngineError::TensorShape {
+                path: self.gguf.path.display().to_string(),
+                name: name.to_string(),
+                found: info.dims.iter().rev().copied().collect(),
+                expected: expected.iter().map(|&d| d as u64).collect(),
+            });
+        }
+        let bytes = self.gguf.read_tensor(info)?;
+        self.bytes_read += info.size;
+        Ok(qtensor_from_ggml(candle_dtype(info.kind), &bytes, dims, &self.device)?)
+    }
+
+    /// The tensor converted to f32 (norm weights, biases, rope factors).
+    pub fn dense(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        Ok(self.quantized(name, expected)?.dequantize(&self.device)?)
+    }
+
+    /// Like [`TensorReader::dense`], or `None` when the file has no such tensor.
+    pub fn dense_if_present(&mut self, name: &str, expected: &[usize]) -> Result<Option<Tensor>> {
+        if self.has(name) {
+            self.dense(name, expected).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

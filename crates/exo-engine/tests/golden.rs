@@ -1,0 +1,156 @@
+//! The engine against llama.cpp's reference data (`tests/data/smollm2-135m-instruct-q4_1.json`, see its README in
+//! `../shared/golden/`): tokenizer and chat template exact, teacher-forced log-probabilities close, free-running
+//! greedy text identical up to the first near tie. The model runs whole and split into 2 and 3 shards.
+
+mod common;
+
+use candle_core::Device;
+use exo_engine::chat_template::{ChatMessage, ChatTemplate};
+use exo_engine::sampler::{argmax, log_softmax};
+use exo_engine::tokenizer::Tokenizer;
+use exo_engine::{Gguf, Shard, ShardChain};
+use serde_json::Value;
+
+/// A teacher-forced step is checked for its top token only when llama.cpp's own top-2 gap is at least this.
+const TIE_GAP: f64 = 0.3;
+const MEAN_LOGPROB_TOLERANCE: f64 = 0.05;
+const MAX_LOGPROB_TOLERANCE: f64 = 0.5;
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+fn splits(total: usize) -> Vec<Vec<Shard>> {
+    let s = |a, b| Shard::new(a, b, total).unwrap();
+    vec![
+        vec![s(0, total - 1)],
+        vec![s(0, total / 2 - 1), s(total / 2, total - 1)],
+        vec![s(0, 9), s(10, 19), s(20, total - 1)],
+    ]
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
+    let golden = common::golden();
+    let cases = golden["tokenize"].as_array().unwrap();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tokenizer.encode(text, false, true).unwrap(), ids(&case["ids"]), "tokenizing {text:?}");
+    }
+    assert_eq!(cases.len(), 18);
+}
+
+#[test]
+fn chat_template_matches_llama_cpp() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
+    let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or("").to_string();
+    let template = ChatTemplate::from_gguf(&gguf, &text(tokenizer.bos_id()), &text(tokenizer.eos_id())).unwrap();
+    assert!(!template.is_default());
+    let golden = common::golden();
+    for case in golden["chat_template"].as_array().unwrap() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let add = case["add_generation_prompt"].as_bool().unwrap();
+        assert_eq!(template.render(&messages, add).unwrap(), case["prompt"].as_str().unwrap());
+    }
+}
+
+/// Per-step log-probability differences of llama.cpp's token, for every prompt, for one way of splitting.
+fn teacher_forced(chain: &mut ShardChain, tokenizer: &Tokenizer, golden: &Value) -> Vec<f64> {
+    let mut diffs = Vec::new();
+    for case in golden["greedy"].as_array().unwrap() {
+        chain.reset();
+        let reference = ids(&case["ids"]);
+        let steps = case["steps"].as_array().unwrap();
+        let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
+        for (i, (&expected, step)) in reference.iter().zip(steps).enumerate() {
+            let logprobs = log_softmax(&logits);
+            let gap = step["gap"].as_f64().unwrap();
+            if gap >= TIE_GAP {
+                let mut masked = logits.clone();
+                for &eog in tokenizer.eog_ids() {
+                    masked[eog as usize] = f32::NEG_INFINITY;
+                }
+                assert_eq!(argmax(&masked), expected, "prompt {:?} step {i} (gap {gap})", case["prompt"]);
+            }
+            let theirs = step["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t[0].as_u64() == Some(expected as u64))
+                .map(|t| t[1].as_f64().unwrap())
+                .expect("llama.cpp's chosen token is among its top five");
+            diffs.push((logprobs[expected as usize] as f64 - theirs).abs());
+            logits = chain.forward(&[expected]).unwrap();
+        }
+    }
+    diffs
+}
+
+#[test]
+fn teacher_forced_logprobs_match_llama_cpp_whole_and_split() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
+    let golden = common::golden();
+    let total = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    for ranges in splits(total) {
+        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+        let diffs = teacher_forced(&mut chain, &tokenizer, &golden);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().cloned().fold(0.0, f64::max);
+        eprintln!("{} shard(s): {} steps, mean |Δlogprob| {mean:.4}, max {max:.4}", ranges.len(), diffs.len());
+        assert_eq!(diffs.len(), 5 * 48);
+        assert!(mean <= MEAN_LOGPROB_TOLERANCE, "mean log-probability difference {mean}");
+        assert!(max <= MAX_LOGPROB_TOLERANCE, "largest log-probability difference {max}");
+    }
+}
+
+#[test]
+fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
+    let golden = common::golden();
+    let total = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    for ranges in splits(total) {
+        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+        for case in golden["greedy"].as_array().unwrap() {
+            chain.reset();
+            let prefix_texts: Vec<&str> =
+                case["prefix_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+            let steps = case["steps"].as_array().unwrap();
+            let mut generated = Vec::new();
+            let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
+            let mut matched = 0;
+            for (i, step) in steps.iter().enumerate() {
+                for &eog in tokenizer.eog_ids() {
+                    logits[eog as usize] = f32::NEG_INFINITY;
+                }
+                let next = argmax(&logits);
+                generated.push(next);
+                let text = tokenizer.decode(&generated, false);
+                if text != prefix_texts[i] {
+                    let gap = step["gap"].as_f64().unwrap();
+                    let alts: Vec<&str> = step["alt_texts"]
+                        .as_array()
+                        .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
+                        .unwrap_or_default();
+                    assert!(gap < TIE_GAP, "prompt {:?}: step {i} differs at gap {gap}: {text:?}", case["prompt"]);
+                    assert!(alts.contains(&text.as_str()), "prompt {:?}: step {i}: {text:?} not in {alts:?}", case["prompt"]);
+                    break;
+                }
+                matched += 1;
+                logits = chain.forward(&[next]).unwrap();
+            }
+            eprintln!(
+                "{} shard(s), prompt {:?}: {matched} of {} steps match (untied_steps {})",
+                ranges.len(),
+                case["prompt"].as_str().unwrap(),
+                steps.len(),
+                case["untied_steps"]
+            );
+            assert!(matched as u64 >= case["untied_steps"].as_u64().unwrap());
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The `exo` command: parses the command line, sets up logging and threads, and runs the chosen subcommand.
+
+mod bench;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "exo", version, about = "Pool the machines you own into one LLM inference cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate text from a prompt with a GGUF model on this machine.
+    Run(run::RunArgs),
+    /// Measure prompt-processing and decode speed (like llama.cpp's llama-bench).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: rayon and
+/// candle read `RAYON_NUM_THREADS` when their thread pools start.
+fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
+    match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            Ok(n)
+        }
+        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+    }
+}

@@ -1,0 +1,190 @@
+//! `exo run` as a user runs it: a real process, its stdout, stderr and exit status. Bad input must give one clear
+//! line on stderr and a non-zero exit, never a panic or a hang.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn model_path() -> PathBuf {
+    let path = match std::env::var_os("EXO_TEST_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let cache = std::env::var_os("EXO_MODELS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/exo/models")
+            });
+            cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    assert!(path.exists(), "test model {} is missing: run scripts/fetch-models.sh", path.display());
+    path
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("exo-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs `exo` with `args` (and `stdin`), killing it if it takes longer than a minute.
+fn exo(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exo starts");
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("exo {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts a failed run with exactly one line on stderr that contains `expected`.
+fn assert_clear_error(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?}, stderr {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected on stderr, got: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+}
+
+fn run_model(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", model.to_str().unwrap(), "--prompt", "Hello", "-n", "4"];
+    args.extend_from_slice(extra);
+    exo(&args, None)
+}
+
+/// Replaces the value bytes right after metadata key `key` (and its 4-byte type) in a copy of the model.
+fn patch_metadata(bytes: &mut [u8], key: &str, value: &[u8]) {
+    let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).expect("key in file") + key.len() + 4;
+    bytes[at..at + value.len()].copy_from_slice(value);
+}
+
+#[test]
+fn greedy_run_streams_text_and_reports_speed() {
+    let out = exo(&["run", model_path().to_str().unwrap(), "--prompt", "What is the capital of France?", "--temperature", "0", "-n", "12"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("prompt:") && stderr.contains("tokens/s"), "{stderr}");
+}
+
+#[test]
+fn prompt_from_stdin_and_raw_mode() {
+    let model = model_path();
+    let out = exo(&["run", model.to_str().unwrap(), "--raw", "--temperature", "0", "-n", "8", "--ignore-eos"], Some("The capital of France is"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // llama.cpp's greedy continuation of this raw prompt (golden data) starts " Paris."
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(" Paris."), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn stop_string_is_not_printed() {
+    let model = model_path();
+    let out = exo(&["run", model.to_str().unwrap(), "--raw", "--temperature", "0", "-n", "40", "--ignore-eos", "--stop", "France"], Some("The capital of France is"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Without the stop string the text goes on " Paris.\n\nThe capital of France is a city of ..." (golden data).
+    assert_eq!(stdout.trim_end(), " Paris.\n\nThe capital of");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finish: stop"));
+}
+
+#[test]
+fn same_seed_same_text() {
+    let model = model_path();
+    let args = ["run", model.to_str().unwrap(), "--prompt", "Tell me a story", "--temperature", "1.0", "--seed", "42", "-n", "24"];
+    let a = exo(&args, None);
+    let b = exo(&args, None);
+    assert!(a.status.success());
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn missing_file() {
+    assert_clear_error(&run_model(Path::new("/nonexistent/model.gguf"), &[]), "cannot open model file");
+}
+
+#[test]
+fn not_a_gguf_file() {
+    let path = scratch("text.gguf");
+    std::fs::write(&path, "this is a text file, not a model\n").unwrap();
+    assert_clear_error(&run_model(&path, &[]), "is not a GGUF file");
+}
+
+#[test]
+fn truncated_file() {
+    let path = scratch("truncated.gguf");
+    let bytes = std::fs::read(model_path()).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clear_error(&run_model(&path, &[]), "is truncated");
+}
+
+#[test]
+fn garbage_metadata() {
+    let path = scratch("garbage.gguf");
+    let mut bytes = std::fs::read(model_path()).unwrap();
+    // The first metadata key's length (right after magic, version and the two counts) becomes absurd.
+    bytes[24..32].copy_from_slice(&0x7fff_ffff_ffff_0000u64.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    assert_clear_error(&run_model(&path, &[]), "more than the file can hold");
+}
+
+#[test]
+fn unsupported_architecture() {
+    let path = scratch("mamba.gguf");
+    let mut bytes = std::fs::read(model_path()).unwrap();
+    // general.architecture is a string: after the type come its 8-byte length and then "llama".
+    let key = "general.architecture";
+    let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len() + 4 + 8;
+    bytes[at..at + 5].copy_from_slice(b"mamba");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_clear_error(&run_model(&path, &[]), "unsupported model architecture 'mamba'");
+}
+
+#[test]
+fn unsupported_quantization_type() {
+    let path = scratch("iq.gguf");
+    let mut bytes = std::fs::read(model_path()).unwrap();
+    // The tensor table entry of token_embd.weight: name, n_dims (u32), 2 dims (u64), type (u32), offset (u64).
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+    bytes[at..at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
+    std::fs::write(&path, &bytes).unwrap();
+    assert_clear_error(&run_model(&path, &[]), "IQ2_XXS");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let path = scratch("short-context.gguf");
+    let mut bytes = std::fs::read(model_path()).unwrap();
+    patch_metadata(&mut bytes, "llama.context_length", &16u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let long_prompt = "one two three four five six seven eight nine ten eleven twelve";
+    let out = exo(&["run", path.to_str().unwrap(), "--raw", "--prompt", long_prompt], None);
+    assert_clear_error(&out, "context holds 16");
+}
+
+#[test]
+fn invalid_sampling_values() {
+    let model = model_path();
+    assert_clear_error(&run_model(&model, &["--temperature", "-1"]), "temperature");
+    assert_clear_error(&run_model(&model, &["--top-p", "0"]), "top_p");
+    assert_clear_error(&run_model(&model, &["--top-p", "1.5"]), "top_p");
+    assert_clear_error(&run_model(&model, &["--top-k", "-3"]), "--top-k");
+    assert_clear_error(&run_model(&model, &["--threads", "0"]), "--threads");
+}
