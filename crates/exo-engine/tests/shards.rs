@@ -1,0 +1,125 @@
+//! Sharding changes nothing but where the work happens: a model split into 2 or 3 chained shards gives the same
+//! logits and tokens as the whole model, and each shard reads only its own tensors from the file.
+
+mod common;
+
+use exo_engine::sampler::argmax;
+use exo_engine::{Device, Gguf, ModelShard, Shard, ShardChain};
+
+/// Bytes this thread has read through read-like system calls so far (Linux's /proc/thread-self/io `rchar`);
+/// per thread because the other tests of this binary run in parallel threads.
+fn bytes_read_by_thread() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("/proc/thread-self/io is readable");
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+}
+
+#[test]
+fn half_model_shard_reads_only_its_tensors() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let total_tensor_bytes: u64 = gguf.tensors.values().map(|t| t.size).sum();
+    let layers = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let half = layers / 2;
+
+    // What each half must hold, from the tensor table: its blocks, plus embeddings on the first; the final norm and
+    // the (tied) embeddings on the last.
+    let expected = |range: std::ops::Range<usize>, extra: &[&str]| -> u64 {
+        gguf.tensors
+            .values()
+            .filter(|t| {
+                let layer = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse().ok());
+                match layer {
+                    Some(l) => range.contains(&l),
+                    None => extra.contains(&t.name.as_str()),
+                }
+            })
+            .map(|t| t.size)
+            .sum()
+    };
+
+    let before = bytes_read_by_thread();
+    let first = ModelShard::load(&gguf, Shard::new(0, half - 1, layers).unwrap(), &Device::Cpu).unwrap();
+    let read = bytes_read_by_thread() - before;
+    let second = ModelShard::load(&gguf, Shard::new(half, layers - 1, layers).unwrap(), &Device::Cpu).unwrap();
+
+    assert_eq!(first.bytes_loaded(), expected(0..half, &["token_embd.weight"]));
+    assert_eq!(second.bytes_loaded(), expected(half..layers, &["token_embd.weight", "output_norm.weight"]));
+    // The process really read no more than that: the file is never read whole.
+    assert!(read <= first.bytes_loaded() + (1 << 20), "read {read} bytes for a {} byte shard", first.bytes_loaded());
+    eprintln!(
+        "file tensor data {total_tensor_bytes} bytes; first half (layers 0-{}) loads {} bytes ({:.1}%), read(2) {read}; \
+         second half loads {} bytes ({:.1}%)",
+        half - 1,
+        first.bytes_loaded(),
+        100.0 * first.bytes_loaded() as f64 / total_tensor_bytes as f64,
+        second.bytes_loaded(),
+        100.0 * second.bytes_loaded() as f64 / total_tensor_bytes as f64,
+    );
+    // Together the halves read the file's tensor data once, except the tied embeddings, which both need.
+    let embeddings = gguf.tensors["token_embd.weight"].size;
+    assert_eq!(first.bytes_loaded() + second.bytes_loaded(), total_tensor_bytes + embeddings);
+}
+
+#[test]
+fn chained_shards_match_the_whole_model() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let s = |a, b| Shard::new(a, b, n).unwrap();
+    let mut whole = ShardChain::load(&gguf, &[s(0, n - 1)], 256, &Device::Cpu).unwrap();
+    let mut two = ShardChain::load(&gguf, &[s(0, 11), s(12, n - 1)], 256, &Device::Cpu).unwrap();
+    let mut three = ShardChain::load(&gguf, &[s(0, 6), s(7, 20), s(21, n - 1)], 256, &Device::Cpu).unwrap();
+
+    let prompt = [1u32, 504, 3575, 282, 4649, 314];
+    let mut reference = whole.forward(&prompt).unwrap();
+    let mut split: Vec<Vec<f32>> = [&mut two, &mut three].map(|c| c.forward(&prompt).unwrap()).into();
+    let mut worst = 0.0f32;
+    for step in 0..32 {
+        let token = argmax(&reference);
+        for (logits, chain) in split.iter_mut().zip([&mut two, &mut three]) {
+            let diff = logits.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            worst = worst.max(diff);
+            assert!(diff <= 1e-4, "step {step}: logits differ by {diff}");
+            assert_eq!(argmax(logits), token, "step {step}");
+            *logits = chain.forward(&[token]).unwrap();
+        }
+        reference = whole.forward(&[token]).unwrap();
+    }
+    eprintln!("32 greedy steps, largest logit difference between whole and split models: {worst:e}");
+    assert_eq!(whole.position(), prompt.len() + 32);
+}
+
+#[test]
+fn cache_truncation_replays_identically() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let mut chain = ShardChain::load_whole(&gguf, 128, &Device::Cpu).unwrap();
+    let prompt = [504u32, 3575, 282, 4649, 314];
+    chain.forward(&prompt).unwrap();
+    let first = chain.forward(&[7042]).unwrap();
+    chain.forward(&[30]).unwrap();
+    chain.forward(&[198]).unwrap();
+    // Rewind to just after the prompt and feed the same token: the same logits come back.
+    chain.truncate(prompt.len()).unwrap();
+    assert_eq!(chain.position(), prompt.len());
+    let again = chain.forward(&[7042]).unwrap();
+    let diff = first.iter().zip(&again).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff <= 1e-5, "{diff}");
+}
+
+#[test]
+fn shard_inputs_are_checked() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    assert!(Shard::new(5, 4, n).is_err());
+    assert!(Shard::new(0, n, n).is_err());
+    let second = ModelShard::load(&gguf, Shard::new(10, n - 1, n).unwrap(), &Device::Cpu).unwrap();
+    let mut cache = second.new_cache(16);
+    let e = second.forward(exo_engine::ShardInput::Tokens(&[1, 2]), &mut cache).unwrap_err();
+    assert!(e.to_string().contains("takes hidden states"), "{e}");
+    let first = ModelShard::load(&gguf, Shard::new(0, 9, n).unwrap(), &Device::Cpu).unwrap();
+    let mut cache = first.new_cache(16);
+    let e = first.forward(exo_engine::ShardInput::Tokens(&[999_999]), &mut cache).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    assert!(ModelShard::load(&gguf, Shard::new(0, 9, n + 1).unwrap(), &Device::Cpu).is_err());
+    let mut chain = ShardChain::load_whole(&gguf, 4, &Device::Cpu).unwrap();
+    let e = chain.forward(&[1, 2, 3, 4, 5]).unwrap_err();
+    assert!(matches!(e, exo_engine::EngineError::ContextOverflow { needed: 5, context: 4 }), "{e}");
+}
