@@ -131,16 +131,14 @@ impl KvCache {
             capacity = (capacity * 2).min(self.max_len);
         }
         let shape = (self.n_kv_heads, capacity, self.head_dim);
-        for slot in self.layers.iter_mut() {
-            if let Some(buffers) = slot {
-                let keys = Tensor::zeros(shape, DType::F32, &self.device)?;
-                let values = Tensor::zeros(shape, DType::F32, &self.device)?;
-                if self.len > 0 {
-                    keys.slice_set(&buffers.keys.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                    values.slice_set(&buffers.values.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                }
-                *buffers = LayerBuffers { keys, values };
+        for buffers in self.layers.iter_mut().flatten() {
+            let keys = Tensor::zeros(shape, DType::F32, &self.device)?;
+            let values = Tensor::zeros(shape, DType::F32, &self.device)?;
+            if self.len > 0 {
+                keys.slice_set(&buffers.keys.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                values.slice_set(&buffers.values.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
             }
+            *buffers = LayerBuffers { keys, values };
         }
         self.capacity = capacity;
         Ok(())

@@ -16,17 +16,17 @@
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
-pub mod chat_template;
 pub mod chain;
+pub mod chat_template;
 pub mod config;
 pub mod error;
-// pub mod generation;
+pub mod generation;
 pub mod gguf;
 pub mod kv_cache;
 pub mod sampler;
 pub mod shard;
 pub mod stop;
-// pub mod tokenizer;
+pub mod tokenizer;
 pub mod weights;
 
 pub use candle_core::Device;

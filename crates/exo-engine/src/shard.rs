@@ -331,10 +331,7 @@ impl ModelShard {
                 sin.push(angle.sin());
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (seq, half), &self.device)?,
-            Tensor::from_vec(sin, (seq, half), &self.device)?,
-        ))
+        Ok((Tensor::from_vec(cos, (seq, half), &self.device)?, Tensor::from_vec(sin, (seq, half), &self.device)?))
     }
 
     /// Additive mask (group*seq, pos+seq): row r is query position pos + r % seq, which sees keys up to itself.

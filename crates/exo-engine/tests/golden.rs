@@ -137,7 +137,11 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
                         .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
                         .unwrap_or_default();
                     assert!(gap < TIE_GAP, "prompt {:?}: step {i} differs at gap {gap}: {text:?}", case["prompt"]);
-                    assert!(alts.contains(&text.as_str()), "prompt {:?}: step {i}: {text:?} not in {alts:?}", case["prompt"]);
+                    assert!(
+                        alts.contains(&text.as_str()),
+                        "prompt {:?}: step {i}: {text:?} not in {alts:?}",
+                        case["prompt"]
+                    );
                     break;
                 }
                 matched += 1;
