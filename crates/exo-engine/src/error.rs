@@ -18,6 +18,8 @@ pub enum EngineError {
     InvalidShard(String),
     #[error("the prompt and generation need {needed} tokens, more than the model's context of {context} tokens")]
     ContextOverflow { needed: usize, context: usize },
+    #[error("the prompt is {prompt} tokens, but the model's context holds {context} (it must leave room for at least one new token)")]
+    PromptTooLong { prompt: usize, context: usize },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

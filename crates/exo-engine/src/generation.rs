@@ -178,7 +178,7 @@ pub fn generate(
         return Err(EngineError::Tokenizer("the prompt is empty: there is nothing to continue".into()));
     }
     if prompt.len() >= chain.max_len() {
-        return Err(EngineError::ContextOverflow { needed: prompt.len() + 1, context: chain.max_len() });
+        return Err(EngineError::PromptTooLong { prompt: prompt.len(), context: chain.max_len() });
     }
     let mut generation = Generation::new(tokenizer, prompt, params)?;
     chain.reset();
@@ -205,4 +205,97 @@ pub fn generate(
         generation_time: start.elapsed(),
         finish_reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::tiny_test_tokenizer;
+
+    fn params(max_tokens: usize, stop: &[&str], ignore_eos: bool) -> GenerationParams {
+        GenerationParams {
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            ignore_eos,
+        }
+    }
+
+    /// Logits that make greedy sampling pick `first`, with `second` as the runner-up.
+    fn logits_for(t: &Tokenizer, first: u32, second: u32) -> Vec<f32> {
+        let mut logits = vec![0.0; t.vocab_size()];
+        logits[first as usize] = 10.0;
+        logits[second as usize] = 5.0;
+        logits
+    }
+
+    fn id(t: &Tokenizer, text: &str) -> u32 {
+        let ids = t.encode(text, false, true).unwrap();
+        assert_eq!(ids.len(), 1, "{text} is one token");
+        ids[0]
+    }
+
+    #[test]
+    fn end_of_generation_token_stops_without_text() {
+        let t = tiny_test_tokenizer();
+        let eos = t.eos_id().unwrap();
+        let hello = id(&t, "hello");
+        let mut g = Generation::new(&t, &[hello], &params(10, &[], false)).unwrap();
+        let step = g.step(&mut logits_for(&t, hello, eos));
+        assert_eq!((step.text.as_str(), step.finished), ("hello", None));
+        let step = g.step(&mut logits_for(&t, eos, hello));
+        assert_eq!((step.token, step.text.as_str(), step.finished), (eos, "", Some(FinishReason::Stop)));
+        assert_eq!(g.history(), &[hello, hello, eos]);
+    }
+
+    #[test]
+    fn ignore_eos_takes_the_next_best_token() {
+        let t = tiny_test_tokenizer();
+        let (eos, hello) = (t.eos_id().unwrap(), id(&t, "hello"));
+        let mut g = Generation::new(&t, &[hello], &params(10, &[], true)).unwrap();
+        let step = g.step(&mut logits_for(&t, eos, hello));
+        assert_eq!((step.token, step.finished), (hello, None));
+    }
+
+    #[test]
+    fn token_limit_finishes_with_length() {
+        let t = tiny_test_tokenizer();
+        let hello = id(&t, "hello");
+        let mut g = Generation::new(&t, &[hello], &params(2, &[], false)).unwrap();
+        assert_eq!(g.step(&mut logits_for(&t, hello, 0)).finished, None);
+        let step = g.step(&mut logits_for(&t, hello, 0));
+        assert_eq!((step.text.as_str(), step.finished), ("hello", Some(FinishReason::Length)));
+        assert_eq!(g.generated(), 2);
+    }
+
+    #[test]
+    fn stop_string_across_tokens_is_cut() {
+        let t = tiny_test_tokenizer();
+        let (hello, world) = (id(&t, "hello"), id(&t, " world"));
+        let mut g = Generation::new(&t, &[hello], &params(10, &["o wor"], false)).unwrap();
+        // "hello" may end a stop string's start ("o"), so its last letter is held back.
+        let step = g.step(&mut logits_for(&t, hello, world));
+        assert_eq!((step.text.as_str(), step.finished), ("hell", None));
+        let step = g.step(&mut logits_for(&t, world, hello));
+        assert_eq!((step.text.as_str(), step.finished), ("", Some(FinishReason::Stop)));
+    }
+
+    #[test]
+    fn ending_early_releases_held_text() {
+        let t = tiny_test_tokenizer();
+        let hello = id(&t, "hello");
+        let mut g = Generation::new(&t, &[hello], &params(10, &["o wor"], false)).unwrap();
+        assert_eq!(g.step(&mut logits_for(&t, hello, 0)).text, "hell");
+        assert_eq!(g.end(FinishReason::Length), "o");
+        assert_eq!(g.finished(), Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let t = tiny_test_tokenizer();
+        assert!(matches!(Generation::new(&t, &[1], &params(0, &[], false)), Err(EngineError::InvalidSampling(_))));
+        let mut p = params(5, &[], false);
+        p.sampling.top_p = 0.0;
+        assert!(matches!(Generation::new(&t, &[1], &p), Err(EngineError::InvalidSampling(_))));
+    }
 }

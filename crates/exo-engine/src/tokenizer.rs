@@ -390,6 +390,18 @@ impl Tokenizer {
         Ok(tokenizer)
     }
 
+    /// The ids of a prompt rendered by a chat template: control tokens parsed, BOS first when the model's metadata
+    /// asks for it, but never twice when the template already wrote it (Llama 3 and Mistral templates do). No EOS.
+    pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(rendered, false, true)?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// The ids of `text`. `add_special` adds BOS/EOS as the model's metadata asks; `parse_special` turns control
     /// tokens written in the text (like `<|im_start|>`) into their ids. User-defined tokens are always split out.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
@@ -1115,6 +1127,13 @@ fn tokenizer_error(msg: impl Into<String>) -> EngineError {
     EngineError::Tokenizer(msg.into())
 }
 
+/// A tokenizer over a tiny byte-level vocabulary (the 256 byte tokens, "hello", "Ġworld", `<|im_end|>` as EOS…),
+/// for other modules' unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_test_tokenizer() -> Tokenizer {
+    tests::tiny_bpe("gpt-2")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1180,7 +1199,7 @@ mod tests {
         256 + extra as u32
     }
 
-    fn tiny_bpe(pre: &str) -> Tokenizer {
+    pub(super) fn tiny_bpe(pre: &str) -> Tokenizer {
         Tokenizer::from_metadata(&tiny_bpe_metadata(Some(pre))).expect("tiny vocabulary builds")
     }
 
@@ -1298,6 +1317,21 @@ mod tests {
         assert_eq!(t.encode("hello", true, false).unwrap(), vec![id_of("hello"), id_of("<|im_end|>")]);
         assert_eq!(t.encode("", true, false).unwrap(), vec![id_of("<|im_end|>")]);
         assert!(t.encode("", false, true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chat_prompts_get_exactly_one_bos() {
+        let mut meta = tiny_bpe_metadata(Some("llama-bpe"));
+        let bos = id_of("<|im_start|>");
+        meta.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(bos));
+        let with_bos = Tokenizer::from_metadata(&meta).unwrap();
+        assert!(with_bos.add_bos());
+        assert_eq!(with_bos.encode_chat("hello").unwrap(), vec![bos, id_of("hello")]);
+        assert_eq!(with_bos.encode_chat("<|im_start|>hello").unwrap(), vec![bos, id_of("hello")]);
+        let without = tiny_bpe("gpt-2");
+        assert!(!without.add_bos());
+        assert_eq!(without.encode_chat("<|im_start|>hello").unwrap(), vec![bos, id_of("hello")]);
+        assert_eq!(without.encode_chat("hello").unwrap(), vec![id_of("hello")]);
     }
 
     #[test]

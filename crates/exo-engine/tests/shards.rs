@@ -123,3 +123,23 @@ fn shard_inputs_are_checked() {
     let e = chain.forward(&[1, 2, 3, 4, 5]).unwrap_err();
     assert!(matches!(e, exo_engine::EngineError::ContextOverflow { needed: 5, context: 4 }), "{e}");
 }
+
+#[test]
+fn generation_refuses_empty_and_overlong_prompts() {
+    use exo_engine::generation::{generate, GenerationParams};
+    use exo_engine::sampler::SamplingParams;
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let tokenizer = exo_engine::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+    let mut chain = ShardChain::load_whole(&gguf, 8, &Device::Cpu).unwrap();
+    let params =
+        GenerationParams { max_tokens: 4, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false };
+    let e = generate(&mut chain, &tokenizer, &[], &params, |_| {}).unwrap_err();
+    assert!(e.to_string().contains("prompt is empty"), "{e}");
+    let e = generate(&mut chain, &tokenizer, &[504; 8], &params, |_| {}).unwrap_err();
+    assert!(matches!(e, exo_engine::EngineError::PromptTooLong { prompt: 8, context: 8 }), "{e}");
+    // A prompt that fits generates until the context is full, then finishes with "length": positions 6 and 7 take
+    // the first two new tokens, and the third is sampled from position 7's logits.
+    let params = GenerationParams { max_tokens: 100, ignore_eos: true, ..params };
+    let report = generate(&mut chain, &tokenizer, &[504; 6], &params, |_| {}).unwrap();
+    assert_eq!((report.generated_tokens, report.finish_reason.as_str()), (3, "length"));
+}

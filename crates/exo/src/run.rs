@@ -107,17 +107,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default().to_string();
         let template = ChatTemplate::from_gguf(&gguf, &text(tokenizer.bos_id()), &text(tokenizer.eos_id()))?;
         let rendered = template.render(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
-        // The template writes BOS itself where the model wants it; special tokens in it are parsed as such.
-        tokenizer.encode(&rendered, false, true)?
+        tokenizer.encode_chat(&rendered)?
     };
     let mut chain = ShardChain::load_whole(&gguf, usize::MAX, &Device::Cpu)?;
-    if prompt_ids.len() >= chain.max_len() {
-        bail!(
-            "the prompt is {} tokens, but the model's context holds {} (it must leave room for at least one new token)",
-            prompt_ids.len(),
-            chain.max_len()
-        );
-    }
 
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

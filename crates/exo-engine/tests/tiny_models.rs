@@ -1,0 +1,185 @@
+//! The `qwen2` architecture (q/k/v biases, rope on the two halves of each head) and Llama 3's `rope_freqs`
+//! (per-pair rope frequency divisors) against llama.cpp, on tiny random-weight models that
+//! `scripts/make-tiny-models.py` writes afresh (needs Python 3 with `gguf` and `numpy`). llama.cpp's greedy tokens
+//! and log-probabilities on them are in `tests/data/tiny_models_llama_cpp.json` (`scripts/gen_tiny_model_fixture.py`),
+//! with the sha256 of the files they were computed on. The engine is teacher-forced with llama.cpp's tokens, whole and
+//! split into 2 shards, and judged as in `golden.rs`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use exo_engine::sampler::{argmax, log_softmax};
+use exo_engine::{Architecture, Device, Gguf, ModelConfig, Shard, ShardChain};
+use serde_json::Value;
+
+/// A teacher-forced step is checked for its top token only when llama.cpp's own top-2 gap is at least this.
+const TIE_GAP: f64 = 0.3;
+const MEAN_LOGPROB_TOLERANCE: f64 = 0.05;
+const MAX_LOGPROB_TOLERANCE: f64 = 0.5;
+/// What to do when the models cannot be made (`scripts/test.sh` does it).
+const INSTALL: &str = "install Python 3, then run `python3 -m pip install gguf==0.19.0 numpy`";
+
+/// A folder of freshly made tiny models, removed when dropped.
+struct TinyModels {
+    dir: PathBuf,
+}
+
+impl TinyModels {
+    /// Runs `scripts/make-tiny-models.py` (with the test model as the tokenizer donor) into a new folder.
+    fn make(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("exo-tiny-models-{}-{tag}", std::process::id()));
+        let models = Self { dir };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-tiny-models.py");
+        let output = Command::new("python3")
+            .arg(script)
+            .arg(&models.dir)
+            .arg("--donor")
+            .arg(common::model_path())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run python3 ({e}), which makes the tiny models with {script}: {INSTALL}")
+            });
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("ModuleNotFoundError") {
+            panic!("{script} needs the Python packages gguf and numpy: {INSTALL}\n{stderr}");
+        }
+        assert!(output.status.success(), "{script} failed ({}):\n{stderr}", output.status);
+        models
+    }
+
+    /// The model `file`, after checking that it is byte for byte the one llama.cpp's reference data was computed on.
+    fn checked(&self, file: &str, reference: &Value) -> PathBuf {
+        let path = self.dir.join(file);
+        let expected = reference["sha256"].as_str().expect("the reference data has the model's sha256");
+        let found = sha256(&path);
+        assert_eq!(
+            found, expected,
+            "{file} made by scripts/make-tiny-models.py is not the file llama.cpp's reference data was computed on \
+             (the script, or the numpy or gguf package, writes different bytes: the reference data lists the versions \
+             it was made with; regenerate it with scripts/gen_tiny_model_fixture.py)"
+        );
+        path
+    }
+}
+
+impl Drop for TinyModels {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sha256(path: &Path) -> String {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sha256sum (coreutils) on {}: {e}", path.display()));
+    assert!(
+        output.status.success(),
+        "sha256sum {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("sha256sum prints ASCII");
+    text.split_whitespace().next().expect("sha256sum prints the digest first").to_string()
+}
+
+fn reference(file: &str) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny_models_llama_cpp.json");
+    let data: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference data is in the repository"))
+            .expect("reference data is JSON");
+    data["models"]
+        .as_array()
+        .expect("a list of models")
+        .iter()
+        .find(|m| m["file"] == file)
+        .unwrap_or_else(|| panic!("no reference data for {file}"))
+        .clone()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// Per-step log-probability differences of llama.cpp's token, for every prompt, for one way of splitting.
+fn teacher_forced(chain: &mut ShardChain, reference: &Value) -> Vec<f64> {
+    // The tokens llama.cpp never chose (end-of-generation tokens, and tokens that are not UTF-8 on their own).
+    let masked = ids(&reference["masked_ids"]);
+    let mut diffs = Vec::new();
+    for case in reference["greedy"].as_array().unwrap() {
+        chain.reset();
+        let expected_ids = ids(&case["ids"]);
+        let steps = case["steps"].as_array().unwrap();
+        assert_eq!(expected_ids.len(), steps.len());
+        let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
+        for (i, (&expected, step)) in expected_ids.iter().zip(steps).enumerate() {
+            let logprobs = log_softmax(&logits);
+            let gap = step["gap"].as_f64().unwrap();
+            if gap >= TIE_GAP {
+                let mut unmasked = logits.clone();
+                for &id in &masked {
+                    unmasked[id as usize] = f32::NEG_INFINITY;
+                }
+                assert_eq!(argmax(&unmasked), expected, "prompt {} step {i} (gap {gap})", case["prompt"]);
+            }
+            let theirs = step["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t[0].as_u64() == Some(expected as u64))
+                .map(|t| t[1].as_f64().unwrap())
+                .expect("llama.cpp's chosen token is among its top five");
+            diffs.push((logprobs[expected as usize] as f64 - theirs).abs());
+            logits = chain.forward(&[expected]).unwrap();
+        }
+    }
+    diffs
+}
+
+/// Teacher-forces llama.cpp's tokens through `path`, whole and split into 2 shards, and checks the agreement.
+fn check_against_llama_cpp(path: &Path, reference: &Value) {
+    let gguf = Gguf::open(path).unwrap();
+    let total = ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let s = |a, b| Shard::new(a, b, total).unwrap();
+    let n_steps: usize =
+        reference["greedy"].as_array().unwrap().iter().map(|c| c["ids"].as_array().unwrap().len()).sum();
+    for ranges in [vec![s(0, total - 1)], vec![s(0, total / 2 - 1), s(total / 2, total - 1)]] {
+        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+        let diffs = teacher_forced(&mut chain, reference);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().cloned().fold(0.0, f64::max);
+        eprintln!(
+            "{}, {} shard(s): {} steps, mean |Δlogprob| {mean:.4}, max {max:.4}",
+            reference["file"].as_str().unwrap(),
+            ranges.len(),
+            diffs.len()
+        );
+        assert_eq!(diffs.len(), n_steps);
+        assert!(mean <= MEAN_LOGPROB_TOLERANCE, "mean log-probability difference {mean}");
+        assert!(max <= MAX_LOGPROB_TOLERANCE, "largest log-probability difference {max}");
+    }
+}
+
+#[test]
+fn tiny_qwen2_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("qwen2");
+    let reference = reference("tiny-qwen2.gguf");
+    let path = models.checked("tiny-qwen2.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    assert_eq!(ModelConfig::from_gguf(&gguf).unwrap().architecture, Architecture::Qwen2);
+    assert!(gguf.tensors.contains_key("blk.0.attn_k.bias") && gguf.tensors.contains_key("output.weight"));
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_llama3_with_rope_freqs_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("llama3");
+    let reference = reference("tiny-llama3.gguf");
+    let path = models.checked("tiny-llama3.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    assert_eq!(ModelConfig::from_gguf(&gguf).unwrap().architecture, Architecture::Llama);
+    assert!(gguf.tensors.contains_key("rope_freqs.weight") && !gguf.tensors.contains_key("output.weight"));
+    check_against_llama_cpp(&path, &reference);
+}

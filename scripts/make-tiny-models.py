@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Writes two tiny random-weight GGUF models, the same bytes on every run, for checking the engine's `qwen2` and
+Llama 3 code paths against llama.cpp (crates/exo-engine/tests/tiny_models.rs, scripts/gen_tiny_model_fixture.py):
+
+- `tiny-qwen2.gguf`: architecture `qwen2` (q/k/v biases, rope on the two halves of each head, untied output head),
+  3 layers;
+- `tiny-llama3.gguf`: architecture `llama` with a Llama 3.1 `rope_freqs.weight` (per-pair rope frequency
+  divisors) and a tied output head, 2 layers.
+
+Both are 128 wide with 4 query heads sharing 2 KV heads (head size 32), and take the real tokenizer (49152 tokens)
+of the donor model. The layers' matrices are F32, so that llama.cpp computes them without rounding its activations
+to 8 bits (with Q8_0 matrices, its log-probabilities move by about 0.06 on average from an exact float64 forward
+pass, as much as a small bug would); the token embeddings and the output head are Q8_0, to keep the files small.
+The weights are random but scaled so that attention is peaked (positions, hence rope, matter) and the logits are
+spread out (most top-2 gaps are well above llama.cpp's numerical noise).
+
+The bytes depend on numpy's default generator, the `gguf` writer and the donor file: the test compares each file's
+sha256 with the one its llama.cpp reference data was computed on, so a change in any shows as a sha256 mismatch.
+
+Usage: pip install gguf==0.19.0 numpy
+       python3 scripts/make-tiny-models.py OUT_DIR [--donor SmolLM2-135M-Instruct.Q4_1.gguf]
+"""
+
+import argparse
+import math
+import os
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+HIDDEN, HEADS, KV_HEADS, FFN, CONTEXT = 128, 4, 2, 256, 512
+HEAD_DIM = HIDDEN // HEADS
+
+
+def tokenizer_fields(donor: str) -> list[tuple]:
+    """Every `tokenizer.*` key of the donor as (name, value, type, sub_type)."""
+    reader = gguf.GGUFReader(donor)
+    fields = []
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer."):
+            sub_type = field.types[1] if len(field.types) > 1 else None
+            fields.append((name, field.contents(), field.types[0], sub_type))
+    return fields
+
+
+def llama3_rope_factors(base: float, dim: int) -> np.ndarray:
+    """Llama 3.1's frequency-dependent rope scaling as per-pair divisors, as llama.cpp's converter computes them
+    (conversion/llama.py, `generate_extra_tensors`): factor 8, low_freq_factor 1, high_freq_factor 4, original
+    context 8192."""
+    factor, low_freq_factor, high_freq_factor, old_context_len = 8.0, 1.0, 4.0, 8192
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_freq_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+class Model:
+    """A GGUF writer with a seeded generator and helpers for random tensors."""
+
+    def __init__(self, path: str, arch: str, seed: int, tokenizer: list[tuple]):
+        self.rng = np.random.default_rng(seed)
+        self.w = gguf.GGUFWriter(path, arch)
+        self.w.add_name(os.path.splitext(os.path.basename(path))[0])
+        for name, value, vtype, sub_type in tokenizer:
+            self.w.add_key_value(name, value, vtype, sub_type=sub_type)
+        self.vocab = len(next(v for n, v, _, _ in tokenizer if n == "tokenizer.ggml.tokens"))
+
+    def normal(self, shape, std: float) -> np.ndarray:
+        return self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    def matrix(self, name: str, rows: int, cols: int, std: float, kind: T = T.F32) -> None:
+        x = self.normal((rows, cols), std)
+        if kind == T.F32:
+            self.w.add_tensor(name, x)
+        else:
+            self.w.add_tensor(name, gguf.quants.quantize(x, kind), raw_dtype=kind)
+
+    def vector(self, name: str, n: int, mean: float, std: float) -> None:
+        self.w.add_tensor(name, np.float32(mean) + self.normal(n, std))
+
+    def blocks(self, layers: int, biases: bool) -> None:
+        kv = KV_HEADS * HEAD_DIM
+        for i in range(layers):
+            b = f"blk.{i}."
+            self.vector(b + "attn_norm.weight", HIDDEN, 1.0, 0.1)
+            # Large q/k weights make the attention peaked, so that where each position's rotation lands matters.
+            self.matrix(b + "attn_q.weight", HIDDEN, HIDDEN, 0.12)
+            self.matrix(b + "attn_k.weight", kv, HIDDEN, 0.12)
+            self.matrix(b + "attn_v.weight", kv, HIDDEN, 0.1)
+            if biases:
+                self.vector(b + "attn_q.bias", HIDDEN, 0.0, 0.5)
+                self.vector(b + "attn_k.bias", kv, 0.0, 1.0)
+                self.vector(b + "attn_v.bias", kv, 0.0, 0.2)
+            self.matrix(b + "attn_output.weight", HIDDEN, HIDDEN, 0.1)
+            self.vector(b + "ffn_norm.weight", HIDDEN, 1.0, 0.1)
+            self.matrix(b + "ffn_gate.weight", FFN, HIDDEN, 0.1)
+            self.matrix(b + "ffn_up.weight", FFN, HIDDEN, 0.1)
+            self.matrix(b + "ffn_down.weight", HIDDEN, FFN, 0.1)
+
+    def close(self) -> None:
+        self.w.write_header_to_file()
+        self.w.write_kv_data_to_file()
+        self.w.write_tensors_to_file()
+        self.w.close()
+
+
+def hparams(w: gguf.GGUFWriter, layers: int, rope_base: float, rms_eps: float) -> None:
+    w.add_block_count(layers)
+    w.add_context_length(CONTEXT)
+    w.add_embedding_length(HIDDEN)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(rms_eps)
+
+
+def write_qwen2(path: str, tokenizer: list[tuple]) -> None:
+    layers = 3
+    m = Model(path, "qwen2", seed=2, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-6)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    m.blocks(layers, biases=True)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
+def write_llama3(path: str, tokenizer: list[tuple]) -> None:
+    layers = 2
+    base = 10_000.0  # with head size 32, pairs 11-15 have wavelengths beyond 2048 positions: 5 factors differ from 1
+    m = Model(path, "llama", seed=3, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=base, rms_eps=1e-5)
+    m.w.add_tensor("rope_freqs.weight", llama3_rope_factors(base, HEAD_DIM))
+    # Tied head: the logits are the token embeddings against the final hidden state.
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.blocks(layers, biases=False)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.close()
+
+
+def main() -> None:
+    home = os.path.expanduser("~")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir")
+    p.add_argument("--donor", default=os.path.join(home, ".cache/exo/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                   help="GGUF file whose tokenizer the tiny models take")
+    a = p.parse_args()
+    os.makedirs(a.out_dir, exist_ok=True)
+    tokenizer = tokenizer_fields(a.donor)
+    write_qwen2(os.path.join(a.out_dir, "tiny-qwen2.gguf"), tokenizer)
+    write_llama3(os.path.join(a.out_dir, "tiny-llama3.gguf"), tokenizer)
+    print(f"wrote tiny-qwen2.gguf and tiny-llama3.gguf to {a.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
