@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
-# The tiny models must come out byte for byte as llama.cpp's reference data expects: gguf's writer is pinned.
-python3 -c 'import numpy, importlib.metadata as m; assert m.version("gguf") == "0.19.0"' 2>/dev/null ||
-  python3 -m pip install -q "gguf==0.19.0" numpy
+# The tiny models must come out byte for byte as llama.cpp's reference data expects: the random generator and
+# gguf's writer are pinned.
+python3 -c 'import importlib.metadata as m; assert (m.version("gguf"), m.version("numpy")) == ("0.19.0", "2.4.6")' \
+  2>/dev/null || python3 -m pip install -q "gguf==0.19.0" "numpy==2.4.6"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo test --workspace
