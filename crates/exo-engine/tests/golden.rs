@@ -4,21 +4,10 @@
 
 mod common;
 
-use candle_core::Device;
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
-use exo_engine::sampler::{argmax, log_softmax};
+use exo_engine::sampler::argmax;
 use exo_engine::tokenizer::Tokenizer;
-use exo_engine::{Gguf, Shard, ShardChain};
-use serde_json::Value;
-
-/// A teacher-forced step is checked for its top token only when llama.cpp's own top-2 gap is at least this.
-const TIE_GAP: f64 = 0.3;
-const MEAN_LOGPROB_TOLERANCE: f64 = 0.05;
-const MAX_LOGPROB_TOLERANCE: f64 = 0.5;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
+use exo_engine::{Device, Gguf, Shard, ShardChain};
 
 fn splits(total: usize) -> Vec<Vec<Shard>> {
     let s = |a, b| Shard::new(a, b, total).unwrap();
@@ -37,7 +26,7 @@ fn tokenizer_matches_llama_cpp() {
     let cases = golden["tokenize"].as_array().unwrap();
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tokenizer.encode(text, false, true).unwrap(), ids(&case["ids"]), "tokenizing {text:?}");
+        assert_eq!(tokenizer.encode(text, false, true).unwrap(), common::ids(&case["ids"]), "tokenizing {text:?}");
     }
     assert_eq!(cases.len(), 18);
 }
@@ -57,38 +46,6 @@ fn chat_template_matches_llama_cpp() {
     }
 }
 
-/// Per-step log-probability differences of llama.cpp's token, for every prompt, for one way of splitting.
-fn teacher_forced(chain: &mut ShardChain, tokenizer: &Tokenizer, golden: &Value) -> Vec<f64> {
-    let mut diffs = Vec::new();
-    for case in golden["greedy"].as_array().unwrap() {
-        chain.reset();
-        let reference = ids(&case["ids"]);
-        let steps = case["steps"].as_array().unwrap();
-        let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
-        for (i, (&expected, step)) in reference.iter().zip(steps).enumerate() {
-            let logprobs = log_softmax(&logits);
-            let gap = step["gap"].as_f64().unwrap();
-            if gap >= TIE_GAP {
-                let mut masked = logits.clone();
-                for &eog in tokenizer.eog_ids() {
-                    masked[eog as usize] = f32::NEG_INFINITY;
-                }
-                assert_eq!(argmax(&masked), expected, "prompt {:?} step {i} (gap {gap})", case["prompt"]);
-            }
-            let theirs = step["top"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t[0].as_u64() == Some(expected as u64))
-                .map(|t| t[1].as_f64().unwrap())
-                .expect("llama.cpp's chosen token is among its top five");
-            diffs.push((logprobs[expected as usize] as f64 - theirs).abs());
-            logits = chain.forward(&[expected]).unwrap();
-        }
-    }
-    diffs
-}
-
 #[test]
 fn teacher_forced_logprobs_match_llama_cpp_whole_and_split() {
     let gguf = Gguf::open(common::model_path()).unwrap();
@@ -97,13 +54,10 @@ fn teacher_forced_logprobs_match_llama_cpp_whole_and_split() {
     let total = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
     for ranges in splits(total) {
         let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
-        let diffs = teacher_forced(&mut chain, &tokenizer, &golden);
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        eprintln!("{} shard(s): {} steps, mean |Δlogprob| {mean:.4}, max {max:.4}", ranges.len(), diffs.len());
-        assert_eq!(diffs.len(), 5 * 48);
-        assert!(mean <= MEAN_LOGPROB_TOLERANCE, "mean log-probability difference {mean}");
-        assert!(max <= MAX_LOGPROB_TOLERANCE, "largest log-probability difference {max}");
+        let cases = golden["greedy"].as_array().unwrap();
+        // llama.cpp masked end-of-generation tokens (ignore_eos) when it chose its tokens.
+        let diffs = common::teacher_forced(&mut chain, cases, tokenizer.eog_ids());
+        common::assert_logprobs_close(&format!("{} shard(s)", ranges.len()), &diffs, 5 * 48);
     }
 }
 
@@ -121,7 +75,7 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
                 case["prefix_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
             let steps = case["steps"].as_array().unwrap();
             let mut generated = Vec::new();
-            let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
+            let mut logits = chain.forward(&common::ids(&case["prompt_ids"])).unwrap();
             let mut matched = 0;
             for (i, step) in steps.iter().enumerate() {
                 for &eog in tokenizer.eog_ids() {
@@ -136,7 +90,11 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
                         .as_array()
                         .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
                         .unwrap_or_default();
-                    assert!(gap < TIE_GAP, "prompt {:?}: step {i} differs at gap {gap}: {text:?}", case["prompt"]);
+                    assert!(
+                        gap < common::TIE_GAP,
+                        "prompt {:?}: step {i} differs at gap {gap}: {text:?}",
+                        case["prompt"]
+                    );
                     assert!(
                         alts.contains(&text.as_str()),
                         "prompt {:?}: step {i}: {text:?} not in {alts:?}",

@@ -10,14 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use exo_engine::sampler::{argmax, log_softmax};
 use exo_engine::{Architecture, Device, Gguf, ModelConfig, Shard, ShardChain};
 use serde_json::Value;
 
-/// A teacher-forced step is checked for its top token only when llama.cpp's own top-2 gap is at least this.
-const TIE_GAP: f64 = 0.3;
-const MEAN_LOGPROB_TOLERANCE: f64 = 0.05;
-const MAX_LOGPROB_TOLERANCE: f64 = 0.5;
 /// What to do when the models cannot be made (`scripts/test.sh` does it).
 const INSTALL: &str = "install Python 3, then run `python3 -m pip install gguf==0.19.0 numpy`";
 
@@ -99,45 +94,6 @@ fn reference(file: &str) -> Value {
         .clone()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
-}
-
-/// Per-step log-probability differences of llama.cpp's token, for every prompt, for one way of splitting.
-fn teacher_forced(chain: &mut ShardChain, reference: &Value) -> Vec<f64> {
-    // The tokens llama.cpp never chose (end-of-generation tokens, and tokens that are not UTF-8 on their own).
-    let masked = ids(&reference["masked_ids"]);
-    let mut diffs = Vec::new();
-    for case in reference["greedy"].as_array().unwrap() {
-        chain.reset();
-        let expected_ids = ids(&case["ids"]);
-        let steps = case["steps"].as_array().unwrap();
-        assert_eq!(expected_ids.len(), steps.len());
-        let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
-        for (i, (&expected, step)) in expected_ids.iter().zip(steps).enumerate() {
-            let logprobs = log_softmax(&logits);
-            let gap = step["gap"].as_f64().unwrap();
-            if gap >= TIE_GAP {
-                let mut unmasked = logits.clone();
-                for &id in &masked {
-                    unmasked[id as usize] = f32::NEG_INFINITY;
-                }
-                assert_eq!(argmax(&unmasked), expected, "prompt {} step {i} (gap {gap})", case["prompt"]);
-            }
-            let theirs = step["top"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t[0].as_u64() == Some(expected as u64))
-                .map(|t| t[1].as_f64().unwrap())
-                .expect("llama.cpp's chosen token is among its top five");
-            diffs.push((logprobs[expected as usize] as f64 - theirs).abs());
-            logits = chain.forward(&[expected]).unwrap();
-        }
-    }
-    diffs
-}
-
 /// Teacher-forces llama.cpp's tokens through `path`, whole and split into 2 shards, and checks the agreement.
 fn check_against_llama_cpp(path: &Path, reference: &Value) {
     let gguf = Gguf::open(path).unwrap();
@@ -147,18 +103,11 @@ fn check_against_llama_cpp(path: &Path, reference: &Value) {
         reference["greedy"].as_array().unwrap().iter().map(|c| c["ids"].as_array().unwrap().len()).sum();
     for ranges in [vec![s(0, total - 1)], vec![s(0, total / 2 - 1), s(total / 2, total - 1)]] {
         let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
-        let diffs = teacher_forced(&mut chain, reference);
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        eprintln!(
-            "{}, {} shard(s): {} steps, mean |Δlogprob| {mean:.4}, max {max:.4}",
-            reference["file"].as_str().unwrap(),
-            ranges.len(),
-            diffs.len()
-        );
-        assert_eq!(diffs.len(), n_steps);
-        assert!(mean <= MEAN_LOGPROB_TOLERANCE, "mean log-probability difference {mean}");
-        assert!(max <= MAX_LOGPROB_TOLERANCE, "largest log-probability difference {max}");
+        // The tokens llama.cpp never chose (end-of-generation tokens, and tokens that are not UTF-8 on their own).
+        let masked = common::ids(&reference["masked_ids"]);
+        let diffs = common::teacher_forced(&mut chain, reference["greedy"].as_array().unwrap(), &masked);
+        let label = format!("{}, {} shard(s)", reference["file"].as_str().unwrap(), ranges.len());
+        common::assert_logprobs_close(&label, &diffs, n_steps);
     }
 }
 

@@ -1,24 +1,15 @@
 //! `exo run` as a user runs it: a real process, its stdout, stderr and exit status. Bad input must give one clear
 //! line on stderr and a non-zero exit, never a panic or a hang.
 
+// The engine's test helpers: where the test model and llama.cpp's reference data are.
+#[path = "../../exo-engine/tests/common/mod.rs"]
+mod common;
+
+use common::model_path;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn model_path() -> PathBuf {
-    let path = match std::env::var_os("EXO_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("EXO_MODELS_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/exo/models")
-            });
-            cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    assert!(path.exists(), "test model {} is missing: run scripts/fetch-models.sh", path.display());
-    path
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("exo-cli-test-{}", std::process::id()));
@@ -110,8 +101,7 @@ fn prompt_from_stdin_and_raw_mode() {
 
 /// llama.cpp's greedy continuation of "The capital of France is" (reference data of the engine's golden tests).
 fn golden_continuation() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../exo-engine/tests/data/smollm2-135m-instruct-q4_1.json");
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let golden = common::golden();
     let case = &golden["greedy"][0];
     assert_eq!(case["prompt"], "The capital of France is");
     case["text"].as_str().unwrap().to_string()

@@ -12,8 +12,12 @@
 //! rules differ from Hugging Face's; the regex splitting and byte-level spelling because they are a few lines and
 //! twice as fast without `tokenizers`' offset tracking.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+mod pre_tokenizers;
+mod special_texts;
+mod spm;
+mod stream;
+
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -22,6 +26,12 @@ use tokenizers::Model;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, Value};
+#[cfg(test)]
+use pre_tokenizers::PRE_TOKENIZERS;
+use pre_tokenizers::{pre_tokenizer_rules, PreTokenizerRules};
+use special_texts::*;
+use spm::{spm_algorithm, spm_encode};
+pub use stream::TextStream;
 
 /// A tokenizer for one model: vocabulary, special tokens and the encoding rules its metadata names.
 pub struct Tokenizer {
@@ -88,207 +98,6 @@ impl std::ops::BitOr for Attr {
         Attr(self.0 | other.0)
     }
 }
-
-/// What a `tokenizer.ggml.pre` value means to llama.cpp.
-struct PreTokenizerRules {
-    /// Applied in order, each splitting the pieces the previous left; text between matches is kept as a piece.
-    regexes: &'static [&'static str],
-    /// A whole pre-tokenized word that is itself in the vocabulary is taken as one token, skipping merges.
-    ignore_merges: bool,
-    add_bos: bool,
-    /// Decoding removes the space before `?!.,` and some apostrophes, as GPT-2's `clean_up_tokenization` does.
-    clean_spaces: bool,
-}
-
-const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN35_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const SEED_CODER_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+";
-const TEKKEN_REGEX: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT4O_REGEX: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const DEEPSEEK3_REGEX: &str = r"[!\x22#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// CJK ideographs, Hangul and the blocks between, as llama.cpp's deepseek-coder regex writes them, less
-/// whitespace: llama.cpp runs this regex on text whose non-ASCII whitespace (U+3000, ...) it has replaced by `\v`.
-const DEEPSEEK_CJK_REGEX: &str = "[[\u{4E00}-\u{9FA5}\u{0800}-\u{4E00}\u{AC00}-\u{D7FF}]&&\\S]+";
-const DEEPSEEK3_CJK_REGEX: &str = "[\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}]+";
-
-/// The `tokenizer.ggml.pre` values supported, grouped by the rules llama.cpp gives them.
-const PRE_TOKENIZERS: &[(&[&str], PreTokenizerRules)] = &[
-    (
-        &["default"],
-        PreTokenizerRules {
-            regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: true,
-        },
-    ),
-    (
-        &["llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"],
-        PreTokenizerRules { regexes: &[LLAMA3_REGEX], ignore_merges: true, add_bos: true, clean_spaces: true },
-    ),
-    (
-        &["dbrx", "smaug-bpe"],
-        PreTokenizerRules { regexes: &[LLAMA3_REGEX], ignore_merges: false, add_bos: false, clean_spaces: true },
-    ),
-    (
-        &["tekken"],
-        PreTokenizerRules { regexes: &[TEKKEN_REGEX], ignore_merges: true, add_bos: true, clean_spaces: false },
-    ),
-    (
-        &["gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "gigachat", "a.x-4.0", "mellum", "exaone4"],
-        PreTokenizerRules { regexes: &[GPT2_REGEX], ignore_merges: false, add_bos: false, clean_spaces: true },
-    ),
-    (
-        &["trillion", "granite-docling"],
-        PreTokenizerRules { regexes: &[GPT2_REGEX], ignore_merges: false, add_bos: false, clean_spaces: false },
-    ),
-    (
-        &["smollm", "command-r"],
-        PreTokenizerRules {
-            regexes: &[r"\p{N}", GPT2_REGEX],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: false,
-        },
-    ),
-    (
-        &["starcoder", "refact", "codeshell", "exaone", "minerva-7b", "mellum2"],
-        PreTokenizerRules {
-            regexes: &[r"\p{N}", GPT2_REGEX],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: true,
-        },
-    ),
-    (
-        &["falcon"],
-        PreTokenizerRules {
-            regexes: &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: true,
-        },
-    ),
-    (
-        &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "hunyuan", "solar-open", "grok-2"],
-        PreTokenizerRules { regexes: &[QWEN2_REGEX], ignore_merges: false, add_bos: false, clean_spaces: false },
-    ),
-    (
-        &["stablelm2", "megrez"],
-        PreTokenizerRules { regexes: &[QWEN2_REGEX], ignore_merges: false, add_bos: false, clean_spaces: true },
-    ),
-    (
-        &["qwen35"],
-        PreTokenizerRules { regexes: &[QWEN35_REGEX], ignore_merges: false, add_bos: false, clean_spaces: false },
-    ),
-    (
-        &["seed-coder"],
-        PreTokenizerRules { regexes: &[SEED_CODER_REGEX], ignore_merges: false, add_bos: false, clean_spaces: false },
-    ),
-    (
-        &["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"],
-        PreTokenizerRules { regexes: &[GPT4O_REGEX], ignore_merges: false, add_bos: false, clean_spaces: false },
-    ),
-    (
-        &["deepseek-coder"],
-        PreTokenizerRules {
-            regexes: &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", DEEPSEEK_CJK_REGEX, r"\p{N}"],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: false,
-        },
-    ),
-    (
-        &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"],
-        PreTokenizerRules {
-            regexes: &[r"\p{N}{1,3}", DEEPSEEK3_CJK_REGEX, DEEPSEEK3_REGEX],
-            ignore_merges: false,
-            add_bos: false,
-            clean_spaces: false,
-        },
-    ),
-];
-
-/// Token texts llama.cpp takes as end-of-turn, end-of-message and fill-in-the-middle tokens when the metadata
-/// does not name them; each found one is made a control token.
-const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "<｜end▁of▁sentence｜>",
-    "<end_of_utterance>",
-];
-const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>",
-    "<fim-prefix>",
-    "<fim_prefix>",
-    "<｜fim▁begin｜>",
-    "<PRE>",
-    "▁<PRE>",
-    "<|code_prefix|>",
-    "<|prefix|>",
-];
-const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>",
-    "<fim-suffix>",
-    "<fim_suffix>",
-    "<｜fim▁hole｜>",
-    "<SUF>",
-    "▁<SUF>",
-    "<|code_suffix|>",
-    "<|suffix|>",
-];
-const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>",
-    "<fim-middle>",
-    "<fim_middle>",
-    "<｜fim▁end｜>",
-    "<MID>",
-    "▁<MID>",
-    "<|code_middle|>",
-    "<|middle|>",
-];
-const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
-const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
-
-/// Token texts that end generation whatever the metadata says (llama.cpp matches them by text).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<|flush|>",
-    "<|calls|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "[EOS]",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-    "<eos>",
-    "<turn|>",
-    "<|tool_response>",
-    "<｜end▁of▁sentence｜>",
-    "[e~[",
-];
-
-/// gpt-oss's channel markers, which llama.cpp always renders as text.
-const ALWAYS_RENDERED_TEXTS: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
 impl Tokenizer {
     /// Builds the tokenizer the GGUF file's `tokenizer.ggml.*` metadata describes.
@@ -598,58 +407,6 @@ impl fmt::Debug for Tokenizer {
     }
 }
 
-/// Turns generated ids into text one at a time, never splitting a UTF-8 character across two pieces: bytes of an
-/// unfinished character wait for the next token; bytes that can never form one come out as U+FFFD.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
-    pending: Vec<u8>,
-}
-
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        TextStream { tokenizer, pending: Vec::new() }
-    }
-
-    /// Adds one token (control tokens contribute nothing) and returns the text it completes, possibly empty.
-    pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tokenizer.token_bytes(id, false));
-        let mut out = String::new();
-        let mut start = 0;
-        while start < self.pending.len() {
-            match std::str::from_utf8(&self.pending[start..]) {
-                Ok(text) => {
-                    out.push_str(text);
-                    start = self.pending.len();
-                }
-                Err(e) => {
-                    let valid_end = start + e.valid_up_to();
-                    out.push_str(&String::from_utf8_lossy(&self.pending[start..valid_end]));
-                    match e.error_len() {
-                        Some(bad) => {
-                            out.push('\u{FFFD}');
-                            start = valid_end + bad;
-                        }
-                        // An unfinished character at the end: keep it for the next token.
-                        None => {
-                            start = valid_end;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.pending.drain(..start);
-        out
-    }
-
-    /// Whatever is still held, with an unfinished character as U+FFFD.
-    pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        out
-    }
-}
-
 /// The adjacent byte pairs a text contains: a quick test that rules out most special tokens before searching for
 /// them, which matters for vocabularies with thousands (`<unused123>`, ...).
 struct BytePairs(Vec<u64>);
@@ -827,14 +584,6 @@ fn read_tokens(meta: &Metadata) -> Result<(Vec<String>, Vocab)> {
     Ok((tokens, ids))
 }
 
-fn pre_tokenizer_rules(pre: Option<&str>) -> Result<&'static PreTokenizerRules> {
-    let pre = pre.unwrap_or("default");
-    PRE_TOKENIZERS.iter().find(|(names, _)| names.contains(&pre)).map(|(_, rules)| rules).ok_or_else(|| {
-        let supported: Vec<&str> = PRE_TOKENIZERS.iter().flat_map(|(names, _)| names.iter().copied()).collect();
-        tokenizer_error(format!("tokenizer.ggml.pre '{pre}' is not supported (supported: {})", supported.join(", ")))
-    })
-}
-
 fn bpe_algorithm(vocab: Vocab, meta: &Metadata, rules: &PreTokenizerRules) -> Result<Algorithm> {
     let merges = meta
         .array("tokenizer.ggml.merges")?
@@ -877,29 +626,6 @@ fn bpe_algorithm(vocab: Vocab, meta: &Metadata, rules: &PreTokenizerRules) -> Re
     Ok(Algorithm::Bpe { model: Box::new(model), regexes })
 }
 
-fn spm_algorithm(ids: Vocab, meta: &Metadata, unk: Option<u32>) -> Result<Algorithm> {
-    let n = ids.len();
-    let scores = match meta.array("tokenizer.ggml.scores")? {
-        None => vec![0.0; n],
-        Some(values) if values.len() < n => {
-            return Err(tokenizer_error(format!("tokenizer.ggml.scores has {} entries for {n} tokens", values.len())))
-        }
-        // -0.0 + 0.0 is 0.0: scores compare as llama.cpp's floats do, where -0.0 == 0.0.
-        Some(values) => values
-            .iter()
-            .take(n)
-            .map(|v| v.as_f64().map_or(f32::NEG_INFINITY, |s| s as f32 + 0.0))
-            .map(|s| if s.is_nan() { f32::NEG_INFINITY } else { s })
-            .collect(),
-    };
-    let mut byte_ids = vec![None; 256];
-    for (byte, slot) in byte_ids.iter_mut().enumerate() {
-        let single = char::from_u32(byte as u32).filter(|c| c.is_ascii()).map(String::from);
-        *slot = ids.get(&format!("<0x{byte:02X}>")).or_else(|| single.and_then(|s| ids.get(&s))).copied().or(unk);
-    }
-    Ok(Algorithm::Spm { ids, scores, byte_ids })
-}
-
 /// Byte-level BPE of one fragment, as llama.cpp does it: split it with each pre-tokenizer regex in turn (text
 /// between matches stays a piece), spell each piece's bytes in GPT-2's byte alphabet, and merge each piece.
 fn bpe_encode(model: &BPE, regexes: &[SysRegex], text: &str, word: &mut String, out: &mut Vec<u32>) -> Result<()> {
@@ -931,95 +657,6 @@ fn bpe_encode(model: &BPE, regexes: &[SysRegex], text: &str, word: &mut String, 
         out.extend(tokens.iter().map(|t| t.id));
     }
     Ok(())
-}
-
-/// One candidate merge of two adjacent symbols, ordered so the heap yields the best score, then the leftmost.
-struct Bigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    len: usize,
-}
-
-impl Ord for Bigram {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
-    }
-}
-
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Bigram {}
-
-/// llama.cpp's SentencePiece encoding of an already `▁`-escaped fragment: start from single characters, keep
-/// merging the adjacent pair whose concatenation is the highest-scoring token, then spell leftovers as bytes.
-fn spm_encode(ids: &Vocab, scores: &[f32], byte_ids: &[Option<u32>], text: &str, out: &mut Vec<u32>) {
-    /// A run of text; `len == 0` once merged into its left neighbour.
-    struct Symbol {
-        start: usize,
-        len: usize,
-        prev: Option<usize>,
-        next: Option<usize>,
-    }
-    let mut symbols: Vec<Symbol> = text
-        .char_indices()
-        .enumerate()
-        .map(|(i, (start, c))| Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) })
-        .collect();
-    let Some(last) = symbols.last_mut() else {
-        return;
-    };
-    last.next = None;
-
-    let mut queue = BinaryHeap::new();
-    let try_add = |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, left: Option<usize>, right: Option<usize>| {
-        let (Some(left), Some(right)) = (left, right) else {
-            return;
-        };
-        let (start, end) = (symbols[left].start, symbols[right].start + symbols[right].len);
-        if let Some(&id) = ids.get(&text[start..end]) {
-            queue.push(Bigram { score: scores[id as usize], left, right, len: end - start });
-        }
-    };
-    for i in 1..symbols.len() {
-        try_add(&symbols, &mut queue, Some(i - 1), Some(i));
-    }
-    while let Some(bigram) = queue.pop() {
-        let (left, right) = (&symbols[bigram.left], &symbols[bigram.right]);
-        // Stale: one side has since been merged into something else.
-        if left.len == 0 || right.len == 0 || left.len + right.len != bigram.len {
-            continue;
-        }
-        let (right_len, right_next) = (right.len, right.next);
-        symbols[bigram.left].len += right_len;
-        symbols[bigram.left].next = right_next;
-        symbols[bigram.right].len = 0;
-        if let Some(next) = right_next {
-            symbols[next].prev = Some(bigram.left);
-        }
-        try_add(&symbols, &mut queue, symbols[bigram.left].prev, Some(bigram.left));
-        try_add(&symbols, &mut queue, Some(bigram.left), right_next);
-    }
-
-    let mut at = Some(0);
-    while let Some(i) = at {
-        let piece = &text[symbols[i].start..symbols[i].start + symbols[i].len];
-        match ids.get(piece) {
-            Some(&id) => out.push(id),
-            None => out.extend(piece.bytes().filter_map(|b| byte_ids[b as usize])),
-        }
-        at = symbols[i].next;
-    }
 }
 
 /// GPT-2's byte-level alphabet, which byte-level BPE tokens are written in: printable bytes stand for themselves,
