@@ -29,7 +29,7 @@ pub enum GgufError {
     Corrupt { path: PathBuf, what: String },
     #[error("{path} is truncated: tensor data needs {needed} bytes, the file has {actual}")]
     Truncated { path: PathBuf, needed: u64, actual: u64 },
-    #[error("{path}: tensor {tensor} has quantization type {kind}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)")]
+    #[error("{path}: tensor {tensor} has quantization type {kind}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
     UnsupportedType { path: PathBuf, tensor: String, kind: String },
     #[error("{path}: I/O error reading {what}: {source}")]
     Io { path: PathBuf, what: String, source: std::io::Error },
@@ -48,13 +48,11 @@ pub enum TensorType {
     Q5_0,
     Q5_1,
     Q8_0,
-    Q8_1,
     Q2K,
     Q3K,
     Q4K,
     Q5K,
     Q6K,
-    Q8K,
 }
 
 impl TensorType {
@@ -68,16 +66,17 @@ impl TensorType {
             6 => Self::Q5_0,
             7 => Self::Q5_1,
             8 => Self::Q8_0,
-            9 => Self::Q8_1,
             10 => Self::Q2K,
             11 => Self::Q3K,
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
-            15 => Self::Q8K,
             30 => Self::Bf16,
             other => {
                 let name = match other {
+                    // ggml's 8-bit activation formats: candle cannot load them, and model files do not use them.
+                    9 => "Q8_1",
+                    15 => "Q8_K",
                     16 => "IQ2_XXS",
                     17 => "IQ2_XS",
                     18 => "IQ3_XXS",
@@ -112,13 +111,11 @@ impl TensorType {
             Self::Q5_0 => (32, 22),
             Self::Q5_1 => (32, 24),
             Self::Q8_0 => (32, 34),
-            Self::Q8_1 => (32, 36),
             Self::Q2K => (256, 84),
             Self::Q3K => (256, 110),
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
-            Self::Q8K => (256, 292),
         }
     }
 
@@ -132,13 +129,11 @@ impl TensorType {
             Self::Q5_0 => "Q5_0",
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
-            Self::Q8_1 => "Q8_1",
             Self::Q2K => "Q2_K",
             Self::Q3K => "Q3_K",
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
-            Self::Q8K => "Q8_K",
         }
     }
 }
