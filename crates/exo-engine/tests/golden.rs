@@ -9,13 +9,16 @@ use exo_engine::sampler::argmax;
 use exo_engine::tokenizer::Tokenizer;
 use exo_engine::{Device, Gguf, Shard, ShardChain};
 
-fn splits(total: usize) -> Vec<Vec<Shard>> {
+/// The model whole and split into 2 and 3 shards, each a chain ready to run.
+fn chains(gguf: &Gguf) -> Vec<ShardChain> {
+    let total = exo_engine::ModelConfig::from_gguf(gguf).unwrap().n_layers;
     let s = |a, b| Shard::new(a, b, total).unwrap();
-    vec![
+    let splits = [
         vec![s(0, total - 1)],
         vec![s(0, total / 2 - 1), s(total / 2, total - 1)],
         vec![s(0, 9), s(10, 19), s(20, total - 1)],
-    ]
+    ];
+    splits.iter().map(|ranges| ShardChain::load(gguf, ranges, 512, &Device::Cpu).unwrap()).collect()
 }
 
 #[test]
@@ -51,13 +54,11 @@ fn teacher_forced_logprobs_match_llama_cpp_whole_and_split() {
     let gguf = Gguf::open(common::model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let golden = common::golden();
-    let total = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
-    for ranges in splits(total) {
-        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+    for mut chain in chains(&gguf) {
         let cases = golden["greedy"].as_array().unwrap();
         // llama.cpp masked end-of-generation tokens (ignore_eos) when it chose its tokens.
         let diffs = common::teacher_forced(&mut chain, cases, tokenizer.eog_ids());
-        common::assert_logprobs_close(&format!("{} shard(s)", ranges.len()), &diffs, 5 * 48);
+        common::assert_logprobs_close(&format!("{} shard(s)", chain.shards().len()), &diffs, 5 * 48);
     }
 }
 
@@ -66,9 +67,7 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
     let gguf = Gguf::open(common::model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let golden = common::golden();
-    let total = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
-    for ranges in splits(total) {
-        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+    for mut chain in chains(&gguf) {
         for case in golden["greedy"].as_array().unwrap() {
             chain.reset();
             let prefix_texts: Vec<&str> =
@@ -107,7 +106,7 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
             }
             eprintln!(
                 "{} shard(s), prompt {:?}: {matched} of {} steps match (untied_steps {})",
-                ranges.len(),
+                chain.shards().len(),
                 case["prompt"].as_str().unwrap(),
                 steps.len(),
                 case["untied_steps"]
