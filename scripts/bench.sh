@@ -2,7 +2,7 @@
 # Prompt (pp128) and decode (tg64) tokens/s of exo's engine next to llama.cpp's llama-bench, on the same files
 # and thread counts, with the ratio. Prints a Markdown table. Never fails on speed.
 #
-# usage: scripts/bench.sh [MODEL.gguf ...]     (default: SmolLM2-135M Q4_1 and a synthetic 1B-shape Q4_K_M)
+# usage: scripts/bench.sh [MODEL.gguf ...]     (default: SmolLM2-135M Q4_1 and synthetic 1B-shape Q4_K_M and Q8_0)
 #   LLAMA_CPP_BIN  folder holding llama-bench (default: built by ../shared/tools/build_llama_cpp.sh if present)
 #   THREADS        thread counts to test (default: "1 2")
 #   REPS           repetitions per test (default: 3)
@@ -25,7 +25,7 @@ fi
 export LLAMA_CPP_BIN
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
-  models=("$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" "$(./scripts/synth-model.sh 1b q4_k_m)")
+  models=("$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" "$(./scripts/synth-model.sh 1b q4_k_m)" "$(./scripts/synth-model.sh 1b q8_0)")
 fi
 
 cargo build --release -q -p exo

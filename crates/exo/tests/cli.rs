@@ -11,10 +11,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("exo-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file for one test (most are damaged copies of the model), removed when the test ends, pass or fail.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("exo-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir.join(name))
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Runs `exo` with `args` (and `stdin`), killing it if it takes longer than a minute.
@@ -151,14 +175,14 @@ fn missing_file() {
 
 #[test]
 fn not_a_gguf_file() {
-    let path = scratch("text.gguf");
+    let path = Scratch::new("text.gguf");
     std::fs::write(&path, "this is a text file, not a model\n").unwrap();
     assert_clear_error(&run_model(&path, &[]), "is not a GGUF file");
 }
 
 #[test]
 fn truncated_file() {
-    let path = scratch("truncated.gguf");
+    let path = Scratch::new("truncated.gguf");
     let bytes = std::fs::read(model_path()).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert_clear_error(&run_model(&path, &[]), "is truncated");
@@ -166,7 +190,7 @@ fn truncated_file() {
 
 #[test]
 fn garbage_metadata() {
-    let path = scratch("garbage.gguf");
+    let path = Scratch::new("garbage.gguf");
     let mut bytes = std::fs::read(model_path()).unwrap();
     // The first metadata key's length (right after magic, version and the two counts) becomes absurd.
     bytes[24..32].copy_from_slice(&0x7fff_ffff_ffff_0000u64.to_le_bytes());
@@ -176,7 +200,7 @@ fn garbage_metadata() {
 
 #[test]
 fn unsupported_architecture() {
-    let path = scratch("mamba.gguf");
+    let path = Scratch::new("mamba.gguf");
     let mut bytes = std::fs::read(model_path()).unwrap();
     // general.architecture is a string: after the type come its 8-byte length and then "llama".
     let key = "general.architecture";
@@ -188,7 +212,7 @@ fn unsupported_architecture() {
 
 #[test]
 fn unsupported_quantization_type() {
-    let path = scratch("iq.gguf");
+    let path = Scratch::new("iq.gguf");
     let mut bytes = std::fs::read(model_path()).unwrap();
     // The tensor table entry of token_embd.weight: name, n_dims (u32), 2 dims (u64), type (u32), offset (u64).
     let name = b"token_embd.weight";
@@ -200,7 +224,7 @@ fn unsupported_quantization_type() {
 
 #[test]
 fn prompt_longer_than_context() {
-    let path = scratch("short-context.gguf");
+    let path = Scratch::new("short-context.gguf");
     let mut bytes = std::fs::read(model_path()).unwrap();
     patch_metadata(&mut bytes, "llama.context_length", &16u32.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
