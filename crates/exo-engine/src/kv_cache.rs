@@ -77,14 +77,8 @@ impl KvCache {
         Ok(())
     }
 
-    /// Bytes held by the buffers.
-    pub fn allocated_bytes(&self) -> usize {
-        let per_layer = 2 * self.n_kv_heads * self.capacity * self.head_dim * DType::F32.size_in_bytes();
-        per_layer * self.layers.iter().filter(|l| l.is_some()).count()
-    }
-
     /// Checks that `n` more positions fit in the context.
-    pub fn check_room(&self, n: usize) -> Result<()> {
+    fn check_room(&self, n: usize) -> Result<()> {
         if self.len + n > self.max_len {
             return Err(EngineError::ContextOverflow { needed: self.len + n, context: self.max_len });
         }

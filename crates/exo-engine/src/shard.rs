@@ -239,7 +239,6 @@ impl ModelShard {
         if seq == 0 {
             return Err(EngineError::InvalidShard("a forward pass needs at least one position".into()));
         }
-        cache.check_room(seq)?;
         let pos = cache.len();
         let (cos, sin) = self.rope_tables(pos, seq)?;
         let mask = if seq > 1 { Some(self.causal_mask(pos, seq)?) } else { None };
@@ -304,7 +303,7 @@ impl ModelShard {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values.contiguous()?)?;
+        let out = probs.matmul(&values)?;
         let out = out.reshape((c.n_heads, seq, c.head_dim))?.transpose(0, 1)?.reshape((seq, c.n_heads * c.head_dim))?;
         Ok(attn.o.forward(&out)?)
     }

@@ -104,8 +104,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let prompt_ids = if args.raw {
         tokenizer.encode(&prompt, true, false)?
     } else {
-        let text = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default().to_string();
-        let template = ChatTemplate::from_gguf(&gguf, &text(tokenizer.bos_id()), &text(tokenizer.eos_id()))?;
+        let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
         let rendered = template.render(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
         tokenizer.encode_chat(&rendered)?
     };

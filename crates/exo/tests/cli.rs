@@ -165,6 +165,7 @@ fn same_seed_same_text() {
     let a = exo(&args, None);
     let b = exo(&args, None);
     assert!(a.status.success());
+    assert!(!String::from_utf8_lossy(&a.stdout).trim().is_empty());
     assert_eq!(a.stdout, b.stdout);
 }
 
