@@ -7,8 +7,8 @@ use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
-use crate::kv_cache::KvCache;
-use crate::shard::{ModelShard, Shard, ShardInput, ShardOutput};
+use crate::kv_cache::{KvCache, KvType};
+use crate::shard::{Backend, ModelShard, Shard, ShardInput, ShardOutput};
 
 pub struct ShardChain {
     shards: Vec<ModelShard>,
@@ -16,8 +16,20 @@ pub struct ShardChain {
 }
 
 impl ShardChain {
-    /// Loads `ranges` (which must cover the model's layers in order, without gaps) with caches of `max_len`.
+    /// Loads `ranges` (which must cover the model's layers in order, without gaps) with f16 caches of `max_len`.
     pub fn load(gguf: &Gguf, ranges: &[Shard], max_len: usize, device: &Device) -> Result<Self> {
+        Self::load_with(gguf, ranges, max_len, device, KvType::default(), Backend::Auto)
+    }
+
+    /// [`ShardChain::load`] with a chosen KV cache type and backend.
+    pub fn load_with(
+        gguf: &Gguf,
+        ranges: &[Shard],
+        max_len: usize,
+        device: &Device,
+        kv_type: KvType,
+        backend: Backend,
+    ) -> Result<Self> {
         let mut next = 0;
         for r in ranges {
             if r.start != next {
@@ -28,8 +40,9 @@ impl ShardChain {
         if ranges.last().is_none_or(|r| !r.is_last()) {
             return Err(EngineError::InvalidShard("the shards do not reach the model's last layer".into()));
         }
-        let shards = ranges.iter().map(|&r| ModelShard::load(gguf, r, device)).collect::<Result<Vec<_>>>()?;
-        let caches = shards.iter().map(|s| s.new_cache(max_len)).collect();
+        let shards =
+            ranges.iter().map(|&r| ModelShard::load_with(gguf, r, device, backend)).collect::<Result<Vec<_>>>()?;
+        let caches = shards.iter().map(|s| s.new_cache(max_len, kv_type)).collect();
         Ok(Self { shards, caches })
     }
 
@@ -37,6 +50,18 @@ impl ShardChain {
     pub fn load_whole(gguf: &Gguf, max_len: usize, device: &Device) -> Result<Self> {
         let layers = crate::config::ModelConfig::from_gguf(gguf)?.n_layers;
         Self::load(gguf, &[Shard::whole(layers)?], max_len, device)
+    }
+
+    /// The whole model as one shard, with a chosen KV cache type and backend.
+    pub fn load_whole_with(
+        gguf: &Gguf,
+        max_len: usize,
+        device: &Device,
+        kv_type: KvType,
+        backend: Backend,
+    ) -> Result<Self> {
+        let layers = crate::config::ModelConfig::from_gguf(gguf)?.n_layers;
+        Self::load_with(gguf, &[Shard::whole(layers)?], max_len, device, kv_type, backend)
     }
 
     pub fn shards(&self) -> &[ModelShard] {
@@ -63,6 +88,11 @@ impl ShardChain {
             }
         }
         Err(EngineError::InvalidShard("the last shard returned hidden states, not logits".into()))
+    }
+
+    /// Bytes allocated for keys and values now, over all shards.
+    pub fn cache_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::bytes).sum()
     }
 
     /// Forgets the sequence.

@@ -9,19 +9,25 @@
 //! | [`stop`] | stop strings across token boundaries |
 //! | [`config`] | a model's hyper-parameters from its metadata |
 //! | [`weights`] | reading named tensors into candle tensors |
-//! | [`shard`] | `Shard` (a layer range) and `ModelShard` (its weights and forward pass) |
+//! | [`shard`] | `Shard` (a layer range) and `ModelShard` (its weights and forward pass on a backend) |
+//! | [`kernels`] | the CPU matrix kernels: quantized dot products, SIMD variants chosen at run time |
+//! | [`cpu`] | the CPU backend: forward pass on the kernels, thread pool |
+//! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
 //! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
+pub mod candle_backend;
 pub mod chain;
 pub mod chat_template;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod generation;
 pub mod gguf;
+pub mod kernels;
 pub mod kv_cache;
 pub mod sampler;
 pub mod shard;
@@ -34,5 +40,5 @@ pub use chain::ShardChain;
 pub use config::{Architecture, ModelConfig};
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
-pub use kv_cache::KvCache;
-pub use shard::{ModelShard, Shard, ShardInput, ShardOutput};
+pub use kv_cache::{KvCache, KvType};
+pub use shard::{Backend, ModelShard, Shard, ShardInput, ShardOutput};

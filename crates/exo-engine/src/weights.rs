@@ -6,7 +6,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::error::{EngineError, Result};
-use crate::gguf::{Gguf, TensorType};
+use crate::gguf::{Gguf, TensorInfo, TensorType};
 
 fn candle_dtype(kind: TensorType) -> GgmlDType {
     match kind {
@@ -47,8 +47,21 @@ impl<'a> TensorReader<'a> {
         self.gguf.tensors.contains_key(name)
     }
 
-    /// The tensor as stored (quantized or not), with `expected` dims in candle order (row length last).
-    pub fn quantized(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
+    /// The stored type of a tensor, if the file has it.
+    pub fn kind(&self, name: &str) -> Option<TensorType> {
+        self.gguf.tensors.get(name).map(|t| t.kind)
+    }
+
+    /// The tensor's bytes exactly as stored, with its type, after checking its dims (candle order, row length
+    /// last) against `expected`.
+    pub fn raw(&mut self, name: &str, expected: &[usize]) -> Result<(TensorType, Vec<u8>)> {
+        let info = self.checked(name, expected)?;
+        let bytes = self.gguf.read_tensor(info)?;
+        self.bytes_read += info.size;
+        Ok((info.kind, bytes))
+    }
+
+    fn checked(&self, name: &str, expected: &[usize]) -> Result<&'a TensorInfo> {
         let info = self.gguf.tensors.get(name).ok_or_else(|| EngineError::MissingTensor {
             path: self.gguf.path.display().to_string(),
             name: name.to_string(),
@@ -63,9 +76,13 @@ impl<'a> TensorReader<'a> {
                 expected: expected.iter().map(|&d| d as u64).collect(),
             });
         }
-        let bytes = self.gguf.read_tensor(info)?;
-        self.bytes_read += info.size;
-        Ok(qtensor_from_ggml(candle_dtype(info.kind), &bytes, dims, &self.device)?)
+        Ok(info)
+    }
+
+    /// The tensor as stored (quantized or not), with `expected` dims in candle order (row length last).
+    pub fn quantized(&mut self, name: &str, expected: &[usize]) -> Result<QTensor> {
+        let (kind, bytes) = self.raw(name, expected)?;
+        Ok(qtensor_from_ggml(candle_dtype(kind), &bytes, expected.to_vec(), &self.device)?)
     }
 
     /// The tensor converted to f32 (norm weights, biases, rope factors).

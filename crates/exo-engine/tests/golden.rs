@@ -7,18 +7,28 @@ mod common;
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::sampler::argmax;
 use exo_engine::tokenizer::Tokenizer;
-use exo_engine::{Device, Gguf, Shard, ShardChain};
+use exo_engine::{Backend, Device, Gguf, KvType, Shard, ShardChain};
 
-/// The model whole and split into 2 and 3 shards, each a chain ready to run.
-fn chains(gguf: &Gguf) -> Vec<ShardChain> {
+/// The model whole and split into 2 and 3 shards on the CPU kernels with the default f16 KV cache, whole with an
+/// f32 cache, and whole on candle's backend: each a chain ready to run, with a label for messages.
+fn chains(gguf: &Gguf) -> Vec<(String, ShardChain)> {
     let total = exo_engine::ModelConfig::from_gguf(gguf).unwrap().n_layers;
     let s = |a, b| Shard::new(a, b, total).unwrap();
-    let splits = [
-        vec![s(0, total - 1)],
-        vec![s(0, total / 2 - 1), s(total / 2, total - 1)],
-        vec![s(0, 9), s(10, 19), s(20, total - 1)],
+    let whole = vec![s(0, total - 1)];
+    let configs = [
+        (whole.clone(), KvType::F16, Backend::Cpu),
+        (vec![s(0, total / 2 - 1), s(total / 2, total - 1)], KvType::F16, Backend::Cpu),
+        (vec![s(0, 9), s(10, 19), s(20, total - 1)], KvType::F16, Backend::Cpu),
+        (whole.clone(), KvType::F32, Backend::Cpu),
+        (whole, KvType::F16, Backend::Candle),
     ];
-    splits.iter().map(|ranges| ShardChain::load(gguf, ranges, 512, &Device::Cpu).unwrap()).collect()
+    configs
+        .into_iter()
+        .map(|(ranges, kv, backend)| {
+            let chain = ShardChain::load_with(gguf, &ranges, 512, &Device::Cpu, kv, backend).unwrap();
+            (format!("{} shard(s), {kv} KV cache, {backend:?} backend", ranges.len()), chain)
+        })
+        .collect()
 }
 
 #[test]
@@ -53,11 +63,11 @@ fn teacher_forced_logprobs_match_llama_cpp_whole_and_split() {
     let gguf = Gguf::open(common::model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let golden = common::golden();
-    for mut chain in chains(&gguf) {
+    for (label, mut chain) in chains(&gguf) {
         let cases = golden["greedy"].as_array().unwrap();
         // llama.cpp masked end-of-generation tokens (ignore_eos) when it chose its tokens.
         let diffs = common::teacher_forced(&mut chain, cases, tokenizer.eog_ids());
-        common::assert_logprobs_close(&format!("{} shard(s)", chain.shards().len()), &diffs, 5 * 48);
+        common::assert_logprobs_close(&label, &diffs, 5 * 48);
     }
 }
 
@@ -66,7 +76,7 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
     let gguf = Gguf::open(common::model_path()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let golden = common::golden();
-    for mut chain in chains(&gguf) {
+    for (label, mut chain) in chains(&gguf) {
         for case in golden["greedy"].as_array().unwrap() {
             chain.reset();
             let prefix_texts: Vec<&str> =
@@ -104,8 +114,7 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
                 logits = chain.forward(&[next]).unwrap();
             }
             eprintln!(
-                "{} shard(s), prompt {:?}: {matched} of {} steps match (untied_steps {})",
-                chain.shards().len(),
+                "{label}, prompt {:?}: {matched} of {} steps match (untied_steps {})",
                 case["prompt"].as_str().unwrap(),
                 steps.len(),
                 case["untied_steps"]

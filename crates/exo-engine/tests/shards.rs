@@ -4,7 +4,7 @@
 mod common;
 
 use exo_engine::sampler::argmax;
-use exo_engine::{Device, Gguf, ModelShard, Shard, ShardChain};
+use exo_engine::{Device, Gguf, KvType, ModelShard, Shard, ShardChain};
 
 /// Bytes this thread has read through read-like system calls so far (Linux's /proc/thread-self/io `rchar`);
 /// per thread because the other tests of this binary run in parallel threads.
@@ -111,11 +111,11 @@ fn shard_inputs_are_checked() {
     assert!(Shard::new(5, 4, n).is_err());
     assert!(Shard::new(0, n, n).is_err());
     let second = ModelShard::load(&gguf, Shard::new(10, n - 1, n).unwrap(), &Device::Cpu).unwrap();
-    let mut cache = second.new_cache(16);
+    let mut cache = second.new_cache(16, KvType::default());
     let e = second.forward(exo_engine::ShardInput::Tokens(&[1, 2]), &mut cache).unwrap_err();
     assert!(e.to_string().contains("takes hidden states"), "{e}");
     let first = ModelShard::load(&gguf, Shard::new(0, 9, n).unwrap(), &Device::Cpu).unwrap();
-    let mut cache = first.new_cache(16);
+    let mut cache = first.new_cache(16, KvType::default());
     let e = first.forward(exo_engine::ShardInput::Tokens(&[999_999]), &mut cache).unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     assert!(ModelShard::load(&gguf, Shard::new(0, 9, n + 1).unwrap(), &Device::Cpu).is_err());

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use exo_engine::{Architecture, Device, Gguf, ModelConfig, Shard, ShardChain};
+use exo_engine::{Architecture, Backend, Device, Gguf, KvType, ModelConfig, Shard, ShardChain};
 use serde_json::Value;
 
 /// What to do when the models cannot be made (`scripts/test.sh` does it).
@@ -101,12 +101,23 @@ fn check_against_llama_cpp(path: &Path, reference: &Value) {
     let s = |a, b| Shard::new(a, b, total).unwrap();
     let n_steps: usize =
         reference["greedy"].as_array().unwrap().iter().map(|c| c["ids"].as_array().unwrap().len()).sum();
-    for ranges in [vec![s(0, total - 1)], vec![s(0, total / 2 - 1), s(total / 2, total - 1)]] {
-        let mut chain = ShardChain::load(&gguf, &ranges, 512, &Device::Cpu).unwrap();
+    let whole = vec![s(0, total - 1)];
+    let half = vec![s(0, total / 2 - 1), s(total / 2, total - 1)];
+    for (ranges, kv, backend) in [
+        (whole.clone(), KvType::F16, Backend::Auto),
+        (half, KvType::F16, Backend::Auto),
+        (whole, KvType::F32, Backend::Candle),
+    ] {
+        let mut chain = ShardChain::load_with(&gguf, &ranges, 512, &Device::Cpu, kv, backend).unwrap();
         // The tokens llama.cpp never chose (end-of-generation tokens, and tokens that are not UTF-8 on their own).
         let masked = common::ids(&reference["masked_ids"]);
         let diffs = common::teacher_forced(&mut chain, reference["greedy"].as_array().unwrap(), &masked);
-        let label = format!("{}, {} shard(s)", reference["file"].as_str().unwrap(), ranges.len());
+        let label = format!(
+            "{}, {} shard(s), {kv} KV cache, {} backend",
+            reference["file"].as_str().unwrap(),
+            ranges.len(),
+            chain.shards()[0].backend()
+        );
         common::assert_logprobs_close(&label, &diffs, n_steps);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use exo_engine::{Device, Gguf, ShardChain};
+use exo_engine::kernels::Kernels;
+use exo_engine::{Backend, Device, Gguf, KvType, ShardChain};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -25,6 +26,13 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// How the KV cache stores keys and values: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_type: KvType,
+    /// Which implementation runs the model: auto (our CPU kernels when they handle every weight type), cpu, or
+    /// candle (candle's own kernels, for comparison).
+    #[arg(long, default_value = "auto")]
+    pub backend: Backend,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
@@ -36,7 +44,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let threads = crate::set_threads(args.threads)?;
     let gguf = Gguf::open(&args.model)?;
-    let mut chain = ShardChain::load_whole(&gguf, args.prompt_tokens.max(args.gen_tokens) + 1, &Device::Cpu)?;
+    let max_len = args.prompt_tokens.max(args.gen_tokens) + 1;
+    let mut chain = ShardChain::load_whole_with(&gguf, max_len, &Device::Cpu, args.kv_type, args.backend)?;
+    let backend = chain.shards()[0].backend();
+    let kernels =
+        if backend == "cpu" { format!("{:?}", Kernels::best().isa()).to_lowercase() } else { "candle".into() };
     let vocab = chain.shards()[0].config().vocab_size as u32;
     // Token ids spread over the vocabulary; speed does not depend on which tokens they are.
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -64,20 +76,41 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (pp, tg) = (mean(&pp), mean(&tg));
+    let tensor_bytes: u64 = chain.shards().iter().map(|s| s.bytes_loaded()).sum();
+    let kv_bytes = chain.cache_bytes() as u64;
+    let peak_rss = peak_rss_bytes();
     if args.json {
         println!(
-            "{{\"model\":{:?},\"threads\":{threads},\"pp_tokens\":{},\"tg_tokens\":{},\"pp_tps\":{pp:.2},\"tg_tps\":{tg:.2}}}",
+            "{{\"model\":{:?},\"threads\":{threads},\"backend\":\"{backend}\",\"kernels\":\"{kernels}\",\"kv_type\":\"{}\",\"pp_tokens\":{},\"tg_tokens\":{},\"pp_tps\":{pp:.2},\"tg_tps\":{tg:.2},\"tensor_bytes\":{tensor_bytes},\"kv_bytes\":{kv_bytes},\"peak_rss_bytes\":{}}}",
             args.model.display().to_string(),
+            args.kv_type,
             args.prompt_tokens,
-            args.gen_tokens
+            args.gen_tokens,
+            peak_rss.map_or("null".to_string(), |b| b.to_string()),
         );
     } else {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
-            "{}: threads {threads}, pp{} {pp:.1} tokens/s, tg{} {tg:.1} tokens/s",
+            "{}: threads {threads}, {kernels} kernels, pp{} {pp:.1} tokens/s, tg{} {tg:.1} tokens/s",
             args.model.display(),
             args.prompt_tokens,
             args.gen_tokens
         );
+        println!(
+            "memory: tensors {:.1} MiB + KV cache ({}) {:.1} MiB; peak resident {}",
+            mib(tensor_bytes),
+            args.kv_type,
+            mib(kv_bytes),
+            peak_rss.map_or("unknown".to_string(), |b| format!("{:.1} MiB", mib(b)))
+        );
     }
     Ok(())
+}
+
+/// The process's peak resident set size (`VmHWM` in `/proc/self/status`), where the system reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

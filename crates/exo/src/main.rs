@@ -41,15 +41,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: rayon and
-/// candle read `RAYON_NUM_THREADS` when their thread pools start.
+/// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: the
+/// engine's pool starts on first use, and rayon (candle's backend) reads `RAYON_NUM_THREADS` when it starts.
 fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {
-    match threads {
+    let n = match threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
-        Some(n) => {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            Ok(n)
-        }
-        None => Ok(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-    }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    exo_engine::cpu::set_threads(n);
+    Ok(n)
 }

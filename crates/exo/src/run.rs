@@ -9,7 +9,7 @@ use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::generation::{generate, GenerationParams};
 use exo_engine::sampler::SamplingParams;
 use exo_engine::tokenizer::Tokenizer;
-use exo_engine::{Device, Gguf, ShardChain};
+use exo_engine::{Backend, Device, Gguf, KvType, ShardChain};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Stop when this text is generated (may be given several times); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// How the KV cache stores keys and values: f16 (half the memory) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_type: KvType,
 }
 
 impl RunArgs {
@@ -108,7 +111,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let rendered = template.render(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
         tokenizer.encode_chat(&rendered)?
     };
-    let mut chain = ShardChain::load_whole(&gguf, usize::MAX, &Device::Cpu)?;
+    let mut chain = ShardChain::load_whole_with(&gguf, usize::MAX, &Device::Cpu, args.kv_type, Backend::Auto)?;
 
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

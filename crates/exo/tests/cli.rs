@@ -243,3 +243,57 @@ fn invalid_sampling_values() {
     assert_clear_error(&run_model(&model, &["--top-k", "-3"]), "--top-k");
     assert_clear_error(&run_model(&model, &["--threads", "0"]), "--threads");
 }
+
+#[test]
+fn kv_type_and_backend_values_are_checked() {
+    let model = model_path();
+    let out = run_model(&model, &["--kv-type", "q8_0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected f16 or f32"));
+    let out = exo(&["bench", model.to_str().unwrap(), "--backend", "gpu"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected auto, cpu or candle"));
+}
+
+#[test]
+fn weight_types_without_cpu_kernels_fall_back_to_candle() {
+    let path = Scratch::new("q5_1-embeddings.gguf");
+    let mut bytes = std::fs::read(model_path()).unwrap();
+    // token_embd.weight becomes Q5_1 (smaller than its Q8_0, so the file stays valid; the values are noise).
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+    bytes[at..at + 4].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", path.to_str().unwrap(), "-p", "4", "-n", "2", "-r", "1", "--json"];
+        args.extend_from_slice(extra);
+        exo(&args, None)
+    };
+    assert_clear_error(
+        &bench(&["--backend", "cpu"]),
+        "the CPU kernels cannot run this model: token_embd.weight is Q5_1",
+    );
+    let out = bench(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "candle");
+}
+
+#[test]
+fn bench_reports_speed_and_memory() {
+    let model = model_path();
+    let out = exo(&["bench", model.to_str().unwrap(), "-p", "8", "-n", "4", "-r", "1", "--json", "-t", "2"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["backend"].as_str(), r["kv_type"].as_str(), r["threads"].as_u64()),
+        (Some("cpu"), Some("f16"), Some(2))
+    );
+    assert!(r["pp_tps"].as_f64().unwrap() > 0.0 && r["tg_tps"].as_f64().unwrap() > 0.0);
+    // The whole file's tensor data, and a cache of max(8, 4) + 1 positions x 30 layers x 3 KV heads x 64 x 2
+    // (keys and values) in f16.
+    assert_eq!(r["tensor_bytes"], 96_576_768);
+    assert_eq!(r["kv_bytes"], 9 * 30 * 3 * 64 * 2 * 2);
+    let rss = r["peak_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 96_576_768 && (rss as f64) < 1.1 * (96_576_768.0 + 207_360.0) + 100.0 * 1048576.0, "peak RSS {rss}");
+}

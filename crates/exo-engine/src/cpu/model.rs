@@ -1,0 +1,535 @@
+//! `CpuModel`: one shard's weights held as the file stores them, and its forward pass on the CPU kernels.
+//!
+//! Per layer the work is: RMS norm, the q/k/v products (one parallel step), rotary embeddings, keys and values
+//! written into the cache, attention over the cache (one parallel step over heads), the output product, RMS
+//! norm, the gate and up products with SwiGLU (one parallel step), and the down product. Each product
+//! quantizes its input once; the pool splits the weight rows between threads.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::ModelConfig;
+use crate::cpu::ops;
+use crate::cpu::pool::{self, share, ThreadPool};
+use crate::error::{EngineError, Result};
+use crate::gguf::TensorType;
+use crate::kernels::{ActType, Kernels, WeightType};
+use crate::kv_cache::{HostBuf, HostLayer, KvCache};
+use crate::shard::Shard;
+use crate::weights::TensorReader;
+
+/// Rows of a product are split between threads in multiples of this.
+const ROW_ALIGN: usize = 8;
+/// Rows per tile when several positions go through a product at once.
+const GEMM_TILE_ROWS: usize = 64;
+
+/// The weight types the CPU kernels handle.
+pub(crate) fn weight_type(kind: TensorType) -> Option<WeightType> {
+    Some(match kind {
+        TensorType::F32 => WeightType::F32,
+        TensorType::F16 => WeightType::F16,
+        TensorType::Q4_0 => WeightType::Q4_0,
+        TensorType::Q4_1 => WeightType::Q4_1,
+        TensorType::Q8_0 => WeightType::Q8_0,
+        TensorType::Q4K => WeightType::Q4K,
+        TensorType::Q6K => WeightType::Q6K,
+        _ => return None,
+    })
+}
+
+/// A weight matrix of `rows` rows of `cols` values, in the file's own block layout.
+struct Matrix {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl Matrix {
+    fn load(reader: &mut TensorReader<'_>, name: &str, rows: usize, cols: usize) -> Result<Self> {
+        let (kind, data) = reader.raw(name, &[rows, cols])?;
+        let ty = weight_type(kind).ok_or_else(|| {
+            EngineError::InvalidShard(format!("tensor {name} is {}, which the CPU kernels do not handle", kind.name()))
+        })?;
+        if cols % ty.block_len() != 0 || data.len() != rows * ty.row_bytes(cols) {
+            return Err(EngineError::InvalidShard(format!(
+                "tensor {name}: {} bytes do not hold {rows} rows of {cols} {} values",
+                data.len(),
+                kind.name()
+            )));
+        }
+        Ok(Self { ty, rows, cols, row_bytes: ty.row_bytes(cols), data })
+    }
+
+    fn rows(&self, r: std::ops::Range<usize>) -> &[u8] {
+        &self.data[r.start * self.row_bytes..r.end * self.row_bytes]
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    o: Matrix,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// Buffers reused from step to step; they grow only when a batch has more positions than any before it.
+#[derive(Default)]
+struct Scratch {
+    /// The residual stream, (positions, hidden).
+    x: Vec<f32>,
+    /// Normed input of the current product, (positions, hidden).
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    /// Output of the attention output and down products, (positions, hidden).
+    out: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// The product input quantized for each activation type.
+    acts: [Vec<u8>; 3],
+    /// cos and sin of each position's rotation angles, (positions, head_dim / 2).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// Keys or values of the new positions converted for the cache.
+    half: Vec<u16>,
+}
+
+/// Per-thread buffers.
+#[derive(Default)]
+struct ThreadScratch {
+    scores: Vec<f32>,
+    tile: Vec<f32>,
+}
+
+/// Grows `v` to at least `n` elements and returns the first `n`.
+fn fit<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+fn act_index(a: ActType) -> usize {
+    match a {
+        ActType::F32 => 0,
+        ActType::Q8_32 => 1,
+        ActType::Q8K => 2,
+    }
+}
+
+/// An output buffer that the threads of one parallel step write in disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: threads write disjoint ranges (see `slice`), and the buffer outlives the parallel step.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(buf: &mut [f32]) -> Self {
+        Self { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// # Safety
+    /// No two live slices from the same `SharedOut` may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "output range {start}+{len} outside a buffer of {}", self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+}
+
+/// One product of a parallel step: `out[t * m.rows + r] = m.row(r) · input[t]`.
+struct Product<'a> {
+    m: &'a Matrix,
+    out: SharedOut,
+}
+
+pub(crate) struct CpuModel {
+    config: ModelConfig,
+    kernels: &'static Kernels,
+    embeddings: Option<Arc<Matrix>>,
+    layers: Vec<Layer>,
+    output_norm: Option<Vec<f32>>,
+    output: Option<Arc<Matrix>>,
+    inv_freq: Vec<f32>,
+    scratch: Mutex<Scratch>,
+    threads: Vec<Mutex<ThreadScratch>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CpuModel {
+    /// Why the CPU kernels cannot run `shard` of this file (a weight type they do not handle), or `None`.
+    pub(crate) fn unsupported(reader: &TensorReader<'_>, shard: Shard) -> Option<String> {
+        let mut names: Vec<String> = Vec::new();
+        for layer in shard.start..=shard.end {
+            for t in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+                names.push(format!("blk.{layer}.{t}.weight"));
+            }
+        }
+        if shard.is_first() || (shard.is_last() && !reader.has("output.weight")) {
+            names.push("token_embd.weight".into());
+        }
+        if shard.is_last() && reader.has("output.weight") {
+            names.push("output.weight".into());
+        }
+        for name in names {
+            match reader.kind(&name) {
+                Some(kind) if weight_type(kind).is_none() => return Some(format!("{name} is {}", kind.name())),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    pub(crate) fn load(
+        reader: &mut TensorReader<'_>,
+        config: &ModelConfig,
+        shard: Shard,
+        inv_freq: Vec<f32>,
+    ) -> Result<Self> {
+        let (h, vocab) = (config.hidden_size, config.vocab_size);
+        let tied = !reader.has("output.weight");
+        let embeddings = if shard.is_first() || (shard.is_last() && tied) {
+            Some(Arc::new(Matrix::load(reader, "token_embd.weight", vocab, h)?))
+        } else {
+            None
+        };
+        let layers = (shard.start..=shard.end).map(|l| load_layer(reader, config, l)).collect::<Result<Vec<_>>>()?;
+        let (output_norm, output) = if shard.is_last() {
+            let norm = reader.dense("output_norm.weight", &[h])?.to_vec1::<f32>()?;
+            let head = match &embeddings {
+                Some(e) if tied => e.clone(),
+                _ => Arc::new(Matrix::load(reader, "output.weight", vocab, h)?),
+            };
+            (Some(norm), Some(head))
+        } else {
+            (None, None)
+        };
+        let embeddings = if shard.is_first() { embeddings } else { None };
+        let threads = (0..pool::global().threads()).map(|_| Mutex::default()).collect();
+        Ok(Self {
+            config: config.clone(),
+            kernels: Kernels::best(),
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            inv_freq,
+            scratch: Mutex::default(),
+            threads,
+        })
+    }
+
+    /// Runs `seq` positions (token ids, or hidden states of `seq * hidden` values) at the cache's position and
+    /// returns the logits of the last position (last shard) or the hidden states (any other).
+    pub(crate) fn forward(&self, input: CpuInput<'_>, cache: &mut KvCache) -> Result<CpuOutput> {
+        let c = &self.config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let pool = pool::global();
+        let k = self.kernels;
+        let seq = match input {
+            CpuInput::Tokens(ids) => ids.len(),
+            CpuInput::Hidden(x) => x.len() / h,
+        };
+        let pos = cache.len();
+        let mut guard = lock(&self.scratch);
+        let s = &mut *guard;
+
+        // The residual stream.
+        let x = fit(&mut s.x, seq * h);
+        match input {
+            CpuInput::Tokens(ids) => {
+                let emb = self
+                    .embeddings
+                    .as_ref()
+                    .ok_or_else(|| EngineError::InvalidShard("this shard does not hold the token embeddings".into()))?;
+                for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
+                    k.dequantize_row(emb.ty, emb.rows(id as usize..id as usize + 1), row);
+                }
+            }
+            CpuInput::Hidden(hidden) => x.copy_from_slice(hidden),
+        }
+
+        // Rotation angles of the new positions, shared by every layer.
+        let half = hd / 2;
+        let (cos, sin) = (fit(&mut s.cos, seq * half), fit(&mut s.sin, seq * half));
+        for t in 0..seq {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let (sn, cs) = ((pos + t) as f32 * f).sin_cos();
+                cos[t * half + i] = cs;
+                sin[t * half + i] = sn;
+            }
+        }
+
+        let kv_layers = cache.host_layers(seq)?;
+        for (layer, kv) in self.layers.iter().zip(kv_layers.iter_mut()) {
+            // Attention.
+            self.norm(&s.x[..seq * h], &layer.attn_norm, fit(&mut s.xn, seq * h));
+            let (q, kk, v) = (fit(&mut s.q, seq * q_dim), fit(&mut s.k, seq * kv_dim), fit(&mut s.v, seq * kv_dim));
+            let products = [
+                Product { m: &layer.q, out: SharedOut::new(q) },
+                Product { m: &layer.k, out: SharedOut::new(kk) },
+                Product { m: &layer.v, out: SharedOut::new(v) },
+            ];
+            self.quantize(&mut s.acts, &s.xn[..seq * h], h, &products);
+            self.run_products(pool, &products, &s.acts, seq, None);
+            for (buf, bias) in [(&mut s.q, &layer.q_bias), (&mut s.k, &layer.k_bias), (&mut s.v, &layer.v_bias)] {
+                if let Some(b) = bias {
+                    for row in buf.chunks_exact_mut(b.len()).take(seq) {
+                        row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                    }
+                }
+            }
+            for t in 0..seq {
+                let (cs, sn) = (&s.cos[t * half..(t + 1) * half], &s.sin[t * half..(t + 1) * half]);
+                ops::rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cs, sn, c.rope_style);
+                ops::rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, cs, sn, c.rope_style);
+            }
+            self.store_kv(kv, pos, seq, kv_dim, &s.k, &s.v, &mut s.half);
+            self.attention(pool, kv, pos, seq, &s.q, fit(&mut s.attn, seq * q_dim));
+
+            let out = fit(&mut s.out, seq * h);
+            let products = [Product { m: &layer.o, out: SharedOut::new(out) }];
+            self.quantize(&mut s.acts, &s.attn[..seq * q_dim], q_dim, &products);
+            self.run_products(pool, &products, &s.acts, seq, None);
+            s.x[..seq * h].iter_mut().zip(&s.out[..seq * h]).for_each(|(x, o)| *x += o);
+
+            // Feed-forward.
+            self.norm(&s.x[..seq * h], &layer.ffn_norm, fit(&mut s.xn, seq * h));
+            let ffn = c.ffn_size;
+            let (gate, up) = (fit(&mut s.gate, seq * ffn), fit(&mut s.up, seq * ffn));
+            let (gate_out, up_out) = (SharedOut::new(gate), SharedOut::new(up));
+            let products = [Product { m: &layer.gate, out: gate_out }, Product { m: &layer.up, out: up_out }];
+            self.quantize(&mut s.acts, &s.xn[..seq * h], h, &products);
+            // Each thread combines the gate and up rows it computed.
+            let swiglu = |rows: std::ops::Range<usize>| {
+                for t in 0..seq {
+                    // SAFETY: `rows` is this thread's share, disjoint from every other thread's.
+                    let (g, u) = unsafe {
+                        (
+                            gate_out.slice(t * ffn + rows.start, rows.len()),
+                            up_out.slice(t * ffn + rows.start, rows.len()),
+                        )
+                    };
+                    ops::swiglu(g, u);
+                }
+            };
+            self.run_products(pool, &products, &s.acts, seq, Some(&swiglu));
+
+            let out = fit(&mut s.out, seq * h);
+            let products = [Product { m: &layer.down, out: SharedOut::new(out) }];
+            self.quantize(&mut s.acts, &s.gate[..seq * ffn], ffn, &products);
+            self.run_products(pool, &products, &s.acts, seq, None);
+            s.x[..seq * h].iter_mut().zip(&s.out[..seq * h]).for_each(|(x, o)| *x += o);
+        }
+        cache.advance(seq);
+
+        match (&self.output_norm, &self.output) {
+            (Some(norm), Some(head)) => {
+                let last = &s.x[(seq - 1) * h..seq * h];
+                ops::rms_norm(last, norm, c.rms_eps, fit(&mut s.xn, h));
+                let mut logits = vec![0.0f32; head.rows];
+                let products = [Product { m: head, out: SharedOut::new(&mut logits) }];
+                self.quantize(&mut s.acts, &s.xn[..h], h, &products);
+                self.run_products(pool, &products, &s.acts, 1, None);
+                Ok(CpuOutput::Logits(logits))
+            }
+            _ => Ok(CpuOutput::Hidden(s.x[..seq * h].to_vec())),
+        }
+    }
+
+    fn norm(&self, x: &[f32], weight: &[f32], out: &mut [f32]) {
+        let h = weight.len();
+        for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            ops::rms_norm(row, weight, self.config.rms_eps, o);
+        }
+    }
+
+    /// Quantizes `x` (rows of `cols` values) once for each activation type the products need.
+    fn quantize(&self, acts: &mut [Vec<u8>; 3], x: &[f32], cols: usize, products: &[Product<'_>]) {
+        let mut done = [false; 3];
+        for p in products {
+            let a = p.m.ty.act_type();
+            let i = act_index(a);
+            if done[i] {
+                continue;
+            }
+            done[i] = true;
+            let rb = a.row_bytes(cols);
+            let buf = fit(&mut acts[i], rb * (x.len() / cols));
+            for (row, out) in x.chunks_exact(cols).zip(buf.chunks_exact_mut(rb)) {
+                self.kernels.quantize_row(a, row, out);
+            }
+        }
+    }
+
+    /// Runs `products` over `seq` quantized input rows in one parallel step; each thread takes the same share of
+    /// every product's rows and then calls `after` with that share.
+    fn run_products(
+        &self,
+        pool: &ThreadPool,
+        products: &[Product<'_>],
+        acts: &[Vec<u8>; 3],
+        seq: usize,
+        after: Option<&(dyn Fn(std::ops::Range<usize>) + Sync)>,
+    ) {
+        let k = self.kernels;
+        pool.run(&|i, n| {
+            let mut mine = None;
+            for p in products {
+                let m = p.m;
+                let rows = share(m.rows, ROW_ALIGN, i, n);
+                if rows.is_empty() {
+                    continue;
+                }
+                let act = &acts[act_index(m.ty.act_type())];
+                if seq == 1 {
+                    // SAFETY: each thread's row share is disjoint.
+                    let out = unsafe { p.out.slice(rows.start, rows.len()) };
+                    k.gemv(m.ty, m.cols, m.rows(rows.clone()), &act[..m.ty.act_type().row_bytes(m.cols)], out);
+                } else {
+                    let mut ts = lock(mine.get_or_insert_with(|| &self.threads[i.min(self.threads.len() - 1)]));
+                    let rb = m.ty.act_type().row_bytes(m.cols);
+                    for start in rows.clone().step_by(GEMM_TILE_ROWS) {
+                        let end = (start + GEMM_TILE_ROWS).min(rows.end);
+                        let tile = fit(&mut ts.tile, seq * (end - start));
+                        k.gemm(m.ty, m.cols, m.rows(start..end), end - start, &act[..seq * rb], seq, tile, end - start);
+                        for t in 0..seq {
+                            // SAFETY: rows start..end of position t belong to this thread alone.
+                            let out = unsafe { p.out.slice(t * m.rows + start, end - start) };
+                            out.copy_from_slice(&tile[t * (end - start)..(t + 1) * (end - start)]);
+                        }
+                    }
+                }
+            }
+            if let Some(after) = after {
+                if let Some(p) = products.first() {
+                    after(share(p.m.rows, ROW_ALIGN, i, n));
+                }
+            }
+        });
+    }
+
+    /// Writes the new positions' keys and values into the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn store_kv(
+        &self,
+        kv: &mut HostLayer,
+        pos: usize,
+        seq: usize,
+        kv_dim: usize,
+        k: &[f32],
+        v: &[f32],
+        half: &mut Vec<u16>,
+    ) {
+        let range = pos * kv_dim..(pos + seq) * kv_dim;
+        for (buf, src) in [(&mut kv.keys, &k[..seq * kv_dim]), (&mut kv.values, &v[..seq * kv_dim])] {
+            match buf {
+                HostBuf::F32(dst) => dst[range.clone()].copy_from_slice(src),
+                HostBuf::F16(dst) => {
+                    let tmp = fit(half, src.len());
+                    self.kernels.f32_to_f16(src, tmp);
+                    dst[range.clone()].copy_from_slice(tmp);
+                }
+            }
+        }
+    }
+
+    /// Causal attention of the `seq` new positions over the cache (which already holds them), one parallel step
+    /// over (position, head) pairs; query heads share key/value heads in groups (GQA).
+    fn attention(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
+        let c = &self.config;
+        let (hd, n_heads) = (c.head_dim, c.n_heads);
+        let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let k = self.kernels;
+        let out = SharedOut::new(out);
+        pool.run(&|i, n| {
+            let mut ts = lock(&self.threads[i.min(self.threads.len() - 1)]);
+            for item in share(seq * n_heads, 1, i, n) {
+                let (t, head) = (item / n_heads, item % n_heads);
+                let visible = pos + t + 1;
+                let kv_off = (head / group) * hd;
+                let query = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
+                let scores = fit(&mut ts.scores, visible);
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let at = j * kv_dim + kv_off;
+                    *s = scale
+                        * match &kv.keys {
+                            HostBuf::F16(keys) => k.dot_f16(&keys[at..at + hd], query),
+                            HostBuf::F32(keys) => k.dot_f32(&keys[at..at + hd], query),
+                        };
+                }
+                ops::softmax(scores);
+                // SAFETY: each (position, head) pair is one thread's alone.
+                let o = unsafe { out.slice(t * q_dim + head * hd, hd) };
+                o.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    let at = j * kv_dim + kv_off;
+                    match &kv.values {
+                        HostBuf::F16(values) => k.axpy_f16(o, p, &values[at..at + hd]),
+                        HostBuf::F32(values) => k.axpy_f32(o, p, &values[at..at + hd]),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What the CPU forward pass consumes: token ids, or hidden states of `positions * hidden` values.
+pub(crate) enum CpuInput<'a> {
+    Tokens(&'a [u32]),
+    Hidden(&'a [f32]),
+}
+
+pub(crate) enum CpuOutput {
+    Hidden(Vec<f32>),
+    Logits(Vec<f32>),
+}
+
+fn load_layer(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> Result<Layer> {
+    let name = |t: &str| format!("blk.{layer}.{t}");
+    let (h, kv, q_dim) = (c.hidden_size, c.n_kv_heads * c.head_dim, c.n_heads * c.head_dim);
+    let dense = |reader: &mut TensorReader<'_>, t: &str, n: usize| -> Result<Vec<f32>> {
+        Ok(reader.dense(&name(t), &[n])?.to_vec1::<f32>()?)
+    };
+    let bias = |reader: &mut TensorReader<'_>, t: &str, n: usize| -> Result<Option<Vec<f32>>> {
+        Ok(match reader.dense_if_present(&name(t), &[n])? {
+            Some(t) => Some(t.to_vec1::<f32>()?),
+            None => None,
+        })
+    };
+    Ok(Layer {
+        attn_norm: dense(reader, "attn_norm.weight", h)?,
+        q: Matrix::load(reader, &name("attn_q.weight"), q_dim, h)?,
+        k: Matrix::load(reader, &name("attn_k.weight"), kv, h)?,
+        v: Matrix::load(reader, &name("attn_v.weight"), kv, h)?,
+        q_bias: bias(reader, "attn_q.bias", q_dim)?,
+        k_bias: bias(reader, "attn_k.bias", kv)?,
+        v_bias: bias(reader, "attn_v.bias", kv)?,
+        o: Matrix::load(reader, &name("attn_output.weight"), h, q_dim)?,
+        ffn_norm: dense(reader, "ffn_norm.weight", h)?,
+        gate: Matrix::load(reader, &name("ffn_gate.weight"), c.ffn_size, h)?,
+        up: Matrix::load(reader, &name("ffn_up.weight"), c.ffn_size, h)?,
+        down: Matrix::load(reader, &name("ffn_down.weight"), h, c.ffn_size)?,
+    })
+}

@@ -1,0 +1,115 @@
+//! The CPU backend's small per-position operations: RMS norm, rotary embeddings, softmax, SwiGLU.
+//!
+//! Each works in place or into a caller's buffer, on one position's vector at a time; none allocates. They are a
+//! few percent of a decode step (the matrix products in `kernels` are the rest), so they stay plain loops.
+
+use crate::config::RopeStyle;
+
+/// `out = x / rms(x) * weight`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_square + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// Rotates each head of `x` (heads of `head_dim` values, one after another) by the angles whose cosines and
+/// sines are `cos`/`sin` (`head_dim / 2` each).
+pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        match style {
+            // Adjacent pairs (x[2i], x[2i+1]): llama's GGUF layout (ggml's normal rope).
+            RopeStyle::Interleaved => {
+                for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * cos[i] - b * sin[i];
+                    pair[1] = a * sin[i] + b * cos[i];
+                }
+            }
+            // Pairs (x[i], x[i + half]): qwen2 (ggml's NeoX rope).
+            RopeStyle::Halves => {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (lo[i], hi[i]);
+                    lo[i] = a * cos[i] - b * sin[i];
+                    hi[i] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// Softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `gate = silu(gate) * up`, SwiGLU's combination of the two feed-forward projections.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_scales_to_unit_rms() {
+        let x = [3.0, -4.0, 0.0, 5.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut out);
+        let rms = (50.0f32 / 4.0).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6);
+        assert!((out[1] + 8.0 / rms).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_styles_rotate_different_pairs() {
+        let angle = 0.3f32;
+        let (c, s) = ([1.0, angle.cos()], [0.0, angle.sin()]);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, &c, &s, RopeStyle::Interleaved);
+        // Pair 0 (x0, x1) by angle 0, pair 1 (x2, x3) by `angle`.
+        assert_eq!(&x[..2], &[1.0, 2.0]);
+        assert!((x[2] - (3.0 * c[1] - 4.0 * s[1])).abs() < 1e-6);
+        assert!((x[3] - (3.0 * s[1] + 4.0 * c[1])).abs() < 1e-6);
+
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, &c, &s, RopeStyle::Halves);
+        // Pair 0 (x0, x2) by angle 0, pair 1 (x1, x3) by `angle`.
+        assert_eq!((x[0], x[2]), (1.0, 3.0));
+        assert!((x[1] - (2.0 * c[1] - 4.0 * s[1])).abs() < 1e-6);
+        assert!((x[3] - (2.0 * s[1] + 4.0 * c[1])).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_values() {
+        let mut x = [1000.0, 1001.0, f32::NEG_INFINITY];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((x[1] / x[0] - 1f32.exp()).abs() < 1e-4);
+        assert_eq!(x[2], 0.0);
+    }
+
+    #[test]
+    fn swiglu_is_silu_times_up() {
+        let mut g = [0.0, 2.0, -3.0];
+        swiglu(&mut g, &[5.0, 0.5, 2.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 / (1.0 + (-2.0f32).exp()) * 0.5).abs() < 1e-6);
+        assert!((g[2] - -3.0 / (1.0 + 3.0f32.exp()) * 2.0).abs() < 1e-6);
+    }
+}

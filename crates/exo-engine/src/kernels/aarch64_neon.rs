@@ -1,0 +1,477 @@
+//! NEON kernels (aarch64, where NEON is baseline). Plain NEON widening multiplies (`smull`/`sadalp`), no
+//! `sdot`, so they run on every aarch64 CPU. f16 conversions use `fcvtl`/`fcvtn` through inline assembly
+//! (Rust's f16 NEON types are not stable).
+//!
+//! Inner loops are `#[inline(always)]` const-generic tiles (1 weight row x T tokens); gemv uses T = 1,
+//! gemm T = 4.
+
+use super::{q8_32_at, scalar, Isa, Kernels, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+pub(super) static KERNELS: Kernels = Kernels {
+    isa: Isa::Neon,
+    quantize_q8_32,
+    quantize_q8k,
+    gemv,
+    gemm,
+    dequantize_row: scalar::dequantize_row,
+    f32_to_f16,
+    f16_to_f32,
+    dot_f16,
+    dot_f32,
+    axpy_f16,
+    axpy_f32,
+};
+
+// ---- safe wrappers (NEON is part of the aarch64 baseline; lengths checked by the public wrapper) ----
+
+fn quantize_q8_32(x: &[f32], out: &mut [u8]) {
+    // SAFETY: only whole blocks inside both slices are touched.
+    unsafe { quant_rows::<false>(x, out) }
+}
+
+fn quantize_q8k(x: &[f32], out: &mut [u8]) {
+    // SAFETY: as above.
+    unsafe { quant_rows::<true>(x, out) }
+}
+
+fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    let nb = cols / ty.block_len();
+    // SAFETY: the public wrapper checked that `w` holds `out.len()` rows and `act` one activation row.
+    unsafe {
+        match ty {
+            WeightType::F32 => gemv_f32(cols, w, act, out),
+            WeightType::F16 => gemv_f16(cols, w, act, out),
+            WeightType::Q4_0 => gemv_q4_0(nb, w, act, out),
+            WeightType::Q4_1 => gemv_q4_1(nb, w, act, out),
+            WeightType::Q8_0 => gemv_q8_0(nb, w, act, out),
+            WeightType::Q4K => gemv_q4k(nb, w, act, out),
+            WeightType::Q6K => gemv_q6k(nb, w, act, out),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok: usize, o: &mut [f32], os: usize) {
+    let nb = cols / ty.block_len();
+    // SAFETY: the public wrapper checked every slice against n_rows, n_tok and out_stride.
+    unsafe {
+        match ty {
+            WeightType::F32 => gemm_f32(cols, w, n_rows, acts, n_tok, o, os),
+            WeightType::F16 => gemm_f16(cols, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q4_0 => gemm_q4_0(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q4_1 => gemm_q4_1(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q8_0 => gemm_q8_0(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
+        }
+    }
+}
+
+fn f32_to_f16(x: &[f32], out: &mut [u16]) {
+    // SAFETY: equal lengths (checked by the public wrapper).
+    unsafe { f32_to_f16_neon(x, out) }
+}
+
+fn f16_to_f32(x: &[u16], out: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { f16_to_f32_neon(x, out) }
+}
+
+fn dot_f16(a: &[u16], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { tile_flt::<true, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe { tile_flt::<false, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
+}
+
+fn axpy_f16(y: &mut [f32], alpha: f32, x: &[u16]) {
+    // SAFETY: as above.
+    unsafe { axpy_neon::<true>(y, alpha, x.as_ptr() as *const u8) }
+}
+
+fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
+    // SAFETY: as above.
+    unsafe { axpy_neon::<false>(y, alpha, x.as_ptr() as *const u8) }
+}
+
+// ---- helpers ----
+
+/// Four halves to f32 (`fcvtl`).
+#[inline(always)]
+unsafe fn cvt_f16x4(h: uint16x4_t) -> float32x4_t {
+    let r: float32x4_t;
+    asm!("fcvtl {0:v}.4s, {1:v}.4h", out(vreg) r, in(vreg) h, options(pure, nomem, nostack));
+    r
+}
+
+/// Four f32 to halves, round to nearest even (`fcvtn`, default FPCR rounding).
+#[inline(always)]
+unsafe fn cvt_to_f16x4(x: float32x4_t) -> uint16x4_t {
+    let r: uint16x4_t;
+    asm!("fcvtn {0:v}.4h, {1:v}.4s", out(vreg) r, in(vreg) x, options(pure, nomem, nostack));
+    r
+}
+
+#[inline(always)]
+unsafe fn ld_f16(p: *const u8) -> f32 {
+    scalar::f16_to_f32((p as *const u16).read_unaligned())
+}
+
+#[inline(always)]
+unsafe fn ld_f32(p: *const u8) -> f32 {
+    (p as *const f32).read_unaligned()
+}
+
+#[inline(always)]
+unsafe fn ld_s8(p: *const u8) -> int8x16_t {
+    vld1q_s8(p as *const i8)
+}
+
+/// Σ a*b over 16 int8 lanes as 4 i32 partial sums. `b` (activations) is within ±127, so each product is
+/// within ±16256 and two of them add in i16 without overflow.
+#[inline(always)]
+unsafe fn dot16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    vpaddlq_s16(vaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)))
+}
+
+// ---- activation quantization ----
+
+#[inline(always)]
+unsafe fn quant8(x: *const f32, dv: float32x4_t) -> (int8x8_t, int32x4_t) {
+    let q0 = vcvtq_s32_f32(vrndaq_f32(vdivq_f32(vld1q_f32(x), dv)));
+    let q1 = vcvtq_s32_f32(vrndaq_f32(vdivq_f32(vld1q_f32(x.add(4)), dv)));
+    (vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))), vaddq_s32(q0, q1))
+}
+
+/// Quantizes whole blocks (32 values for the pair-interleaved Q8_32, 256 for Q8K).
+unsafe fn quant_rows<const K: bool>(x: &[f32], out: &mut [u8]) {
+    let (blen, bbytes) = if K { (256, Q8K_BYTES) } else { (32, Q8_32_BYTES) };
+    let nb = (x.len() / blen).min(out.len() / bbytes);
+    let op = out.as_mut_ptr();
+    for b in 0..nb {
+        let xp = x.as_ptr().add(b * blen);
+        let mut m = vdupq_n_f32(0.0);
+        for i in (0..blen).step_by(4) {
+            m = vmaxq_f32(m, vabsq_f32(vld1q_f32(xp.add(i))));
+        }
+        let d = vmaxvq_f32(m) / 127.0;
+        let dv = vdupq_n_f32(if d == 0.0 { 1.0 } else { d });
+        let mut sum = vdupq_n_s32(0);
+        let mut q = [0i8; 256];
+        for i in (0..blen).step_by(8) {
+            let (q8, s) = quant8(xp.add(i), dv);
+            vst1_s8(q.as_mut_ptr().add(i), q8);
+            sum = vaddq_s32(sum, s);
+        }
+        if K {
+            let ob = op.add(b * Q8K_BYTES);
+            (ob as *mut f32).write_unaligned(d);
+            core::ptr::copy_nonoverlapping(q.as_ptr() as *const u8, ob.add(4), 256);
+            for j in 0..16 {
+                let s = vaddlvq_s8(vld1q_s8(q.as_ptr().add(16 * j)));
+                (ob.add(Q8K_BSUMS + 2 * j) as *mut i16).write_unaligned(s);
+            }
+        } else {
+            let (od, os, lo, hi) = q8_32_at(nb, b);
+            (op.add(od) as *mut f32).write_unaligned(d);
+            (op.add(os) as *mut f32).write_unaligned(d * vaddvq_s32(sum) as f32);
+            core::ptr::copy_nonoverlapping(q.as_ptr() as *const u8, op.add(lo), 16);
+            core::ptr::copy_nonoverlapping(q.as_ptr().add(16) as *const u8, op.add(hi), 16);
+        }
+    }
+}
+
+// ---- drivers: gemv row by row, gemm over 1 row x 4 token tiles ----
+
+/// Defines `$gemv(nb, w, act, out)` and `$gemm(nb, w, n_rows, acts, n_tok, out, stride)` from a tile
+/// `$tile::<T>(row, acts, nb) -> [f32; T]` over blocks of `$wb` weight and `$ab` activation bytes.
+macro_rules! drivers {
+    ($gemv:ident, $gemm:ident, $tile:ident, $wb:expr, $ab:expr) => {
+        unsafe fn $gemv(nb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+            let rb = nb * $wb;
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = $tile::<1>(w.as_ptr().add(r * rb), [act.as_ptr()], nb)[0];
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $gemm(nb: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok: usize, out: &mut [f32], os: usize) {
+            let (rb, ab) = (nb * $wb, nb * $ab);
+            let (wp, ap, op) = (w.as_ptr(), acts.as_ptr(), out.as_mut_ptr());
+            for r in 0..n_rows {
+                let row = wp.add(r * rb);
+                let mut t = 0;
+                while t + 4 <= n_tok {
+                    let v = $tile::<4>(
+                        row,
+                        [ap.add(t * ab), ap.add((t + 1) * ab), ap.add((t + 2) * ab), ap.add((t + 3) * ab)],
+                        nb,
+                    );
+                    for (k, &x) in v.iter().enumerate() {
+                        *op.add((t + k) * os + r) = x;
+                    }
+                    t += 4;
+                }
+                while t < n_tok {
+                    *op.add(t * os + r) = $tile::<1>(row, [ap.add(t * ab)], nb)[0];
+                    t += 1;
+                }
+            }
+        }
+    };
+}
+
+// ---- Q4_0 / Q4_1 / Q8_0 against Q8_32 ----
+
+/// Q4_0 (`Q1 = false`, value = d*(q-8)) or Q4_1 (`Q1 = true`, value = d*q + m).
+#[inline(always)]
+unsafe fn tile_q4<const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let bb = if Q1 { 20 } else { 18 };
+    let mask = vdupq_n_u8(0x0f);
+    let mut acc = [vdupq_n_f32(0.0); T];
+    let mut off = [0f32; T];
+    for b in 0..nb {
+        let wb = w.add(b * bb);
+        let dw = ld_f16(wb);
+        let m = if Q1 { ld_f16(wb.add(2)) } else { -8.0 * dw };
+        let q = vld1q_u8(wb.add(if Q1 { 4 } else { 2 }));
+        let lo = vreinterpretq_s8_u8(vandq_u8(q, mask));
+        let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+        let (od, os, ol, oh) = q8_32_at(nb, b);
+        for t in 0..T {
+            let s = vaddq_s32(dot16(lo, ld_s8(a[t].add(ol))), dot16(hi, ld_s8(a[t].add(oh))));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * ld_f32(a[t].add(od)));
+            off[t] += m * ld_f32(a[t].add(os));
+        }
+    }
+    let mut res = [0f32; T];
+    for t in 0..T {
+        res[t] = vaddvq_f32(acc[t]) + off[t];
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_q4_0<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q4::<false, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q4_1<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q4::<true, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q8_0<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for b in 0..nb {
+        let wb = w.add(b * 34);
+        let dw = ld_f16(wb);
+        let (lo, hi) = (ld_s8(wb.add(2)), ld_s8(wb.add(18)));
+        let (od, _, ol, oh) = q8_32_at(nb, b);
+        for t in 0..T {
+            let s = vaddq_s32(dot16(lo, ld_s8(a[t].add(ol))), dot16(hi, ld_s8(a[t].add(oh))));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * ld_f32(a[t].add(od)));
+        }
+    }
+    acc.map(|v| vaddvq_f32(v))
+}
+
+drivers!(gemv_q4_0, gemm_q4_0, tile_q4_0, 18, Q8_32_BYTES);
+drivers!(gemv_q4_1, gemm_q4_1, tile_q4_1, 20, Q8_32_BYTES);
+drivers!(gemv_q8_0, gemm_q8_0, tile_q8_0, 34, Q8_32_BYTES);
+
+// ---- Q4_K / Q6_K against Q8K ----
+
+#[inline(always)]
+unsafe fn tile_q4k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let mask = vdupq_n_u8(0x0f);
+    let mut acc = [vdupq_n_f32(0.0); T];
+    let mut accm = [0f32; T];
+    for b in 0..nb {
+        let wb = w.add(b * 144);
+        let (d, dmin) = (ld_f16(wb), ld_f16(wb.add(2)));
+        let (sc, mn) = scalar::q4k_scales_mins(core::slice::from_raw_parts(wb.add(4), 12));
+        let mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+        let mut sumi = [vdupq_n_s32(0); T];
+        for c in 0..4 {
+            let q = wb.add(16 + 32 * c);
+            let (v0, v1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+            let lo0 = vreinterpretq_s8_u8(vandq_u8(v0, mask));
+            let lo1 = vreinterpretq_s8_u8(vandq_u8(v1, mask));
+            let hi0 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v0));
+            let hi1 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1));
+            for t in 0..T {
+                let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * c);
+                let l = vaddq_s32(dot16(lo0, ld_s8(ap)), dot16(lo1, ld_s8(ap.add(16))));
+                let h = vaddq_s32(dot16(hi0, ld_s8(ap.add(32))), dot16(hi1, ld_s8(ap.add(48))));
+                sumi[t] = vmlaq_n_s32(vmlaq_n_s32(sumi[t], l, sc[2 * c] as i32), h, sc[2 * c + 1] as i32);
+            }
+        }
+        for t in 0..T {
+            let ab = a[t].add(b * Q8K_BYTES);
+            let bs = ab.add(Q8K_BSUMS) as *const i16;
+            // Sums of 32 activations per sub-block, dotted with the mins.
+            let bs32 = vpaddq_s16(vld1q_s16(bs), vld1q_s16(bs.add(8)));
+            let pm = vaddq_s32(vmull_s16(vget_low_s16(mins), vget_low_s16(bs32)), vmull_high_s16(mins, bs32));
+            let da = ld_f32(ab);
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(sumi[t]), d * da);
+            accm[t] += dmin * da * vaddvq_s32(pm) as f32;
+        }
+    }
+    let mut res = [0f32; T];
+    for t in 0..T {
+        res[t] = vaddvq_f32(acc[t]) - accm[t];
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_q6k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let m4 = vdupq_n_u8(0x0f);
+    let m2 = vdupq_n_u8(0x03);
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for b in 0..nb {
+        let wb = w.add(b * 210);
+        let d = ld_f16(wb.add(208));
+        let sc = core::slice::from_raw_parts(wb.add(192) as *const i8, 16);
+        let mut sumi = [vdupq_n_s32(0); T];
+        for h in 0..2 {
+            for l16 in 0..2 {
+                let qla = vld1q_u8(wb.add(64 * h + 16 * l16));
+                let qlb = vld1q_u8(wb.add(64 * h + 32 + 16 * l16));
+                let qh = vld1q_u8(wb.add(128 + 32 * h + 16 * l16));
+                // Quarter k covers elements 128h + 32k + 16*l16 .. +16, scale index 8h + 2k + l16.
+                let q = [
+                    vorrq_u8(vandq_u8(qla, m4), vshlq_n_u8::<4>(vandq_u8(qh, m2))),
+                    vorrq_u8(vandq_u8(qlb, m4), vshlq_n_u8::<2>(vandq_u8(qh, vdupq_n_u8(0x0c)))),
+                    vorrq_u8(vshrq_n_u8::<4>(qla), vandq_u8(qh, vdupq_n_u8(0x30))),
+                    vorrq_u8(vshrq_n_u8::<4>(qlb), vshrq_n_u8::<2>(vandq_u8(qh, vdupq_n_u8(0xc0)))),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let s = sc[8 * h + 2 * k + l16] as i32;
+                    for t in 0..T {
+                        let ap = a[t].add(b * Q8K_BYTES + 4 + 128 * h + 32 * k + 16 * l16);
+                        sumi[t] = vmlaq_n_s32(sumi[t], dot16(vreinterpretq_s8_u8(qk), ld_s8(ap)), s);
+                    }
+                }
+            }
+        }
+        let scv = vld1q_s8(sc.as_ptr());
+        let (sl, sh) = (vmovl_s8(vget_low_s8(scv)), vmovl_high_s8(scv));
+        for t in 0..T {
+            let ab = a[t].add(b * Q8K_BYTES);
+            let bs = ab.add(Q8K_BSUMS) as *const i16;
+            let (b0, b1) = (vld1q_s16(bs), vld1q_s16(bs.add(8)));
+            // The -32 offset: 32 * Σ scale_j * bsum_j.
+            let o = vaddq_s32(
+                vaddq_s32(vmull_s16(vget_low_s16(sl), vget_low_s16(b0)), vmull_high_s16(sl, b0)),
+                vaddq_s32(vmull_s16(vget_low_s16(sh), vget_low_s16(b1)), vmull_high_s16(sh, b1)),
+            );
+            let s = vsubq_s32(sumi[t], vshlq_n_s32::<5>(o));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * ld_f32(ab));
+        }
+    }
+    acc.map(|v| vaddvq_f32(v))
+}
+
+drivers!(gemv_q4k, gemm_q4k, tile_q4k, 144, Q8K_BYTES);
+drivers!(gemv_q6k, gemm_q6k, tile_q6k, 210, Q8K_BYTES);
+
+// ---- F32 / F16 weights ----
+
+#[inline(always)]
+unsafe fn ld4<const H: bool>(p: *const u8, i: usize) -> float32x4_t {
+    if H {
+        cvt_f16x4(vld1_u16((p as *const u16).add(i)))
+    } else {
+        vld1q_f32((p as *const f32).add(i))
+    }
+}
+
+#[inline(always)]
+unsafe fn ld1<const H: bool>(p: *const u8, i: usize) -> f32 {
+    if H {
+        ld_f16(p.add(2 * i))
+    } else {
+        ld_f32(p.add(4 * i))
+    }
+}
+
+/// Float weights (`H`: f16, else f32) against f32 activations; `n` columns.
+#[inline(always)]
+unsafe fn tile_flt<const H: bool, const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
+    let mut acc0 = [vdupq_n_f32(0.0); T];
+    let mut acc1 = [vdupq_n_f32(0.0); T];
+    let mut i = 0;
+    while i + 8 <= n {
+        let (w0, w1) = (ld4::<H>(w, i), ld4::<H>(w, i + 4));
+        for t in 0..T {
+            let ap = a[t] as *const f32;
+            acc0[t] = vfmaq_f32(acc0[t], w0, vld1q_f32(ap.add(i)));
+            acc1[t] = vfmaq_f32(acc1[t], w1, vld1q_f32(ap.add(i + 4)));
+        }
+        i += 8;
+    }
+    let mut res = [0f32; T];
+    for t in 0..T {
+        let mut s = vaddvq_f32(vaddq_f32(acc0[t], acc1[t]));
+        for j in i..n {
+            s += ld1::<H>(w, j) * ld_f32(a[t].add(4 * j));
+        }
+        res[t] = s;
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_f16<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
+    tile_flt::<true, T>(w, a, n)
+}
+
+#[inline(always)]
+unsafe fn tile_f32<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
+    tile_flt::<false, T>(w, a, n)
+}
+
+drivers!(gemv_f16, gemm_f16, tile_f16, 2, 4);
+drivers!(gemv_f32, gemm_f32, tile_f32, 4, 4);
+
+// ---- f16 helpers ----
+
+unsafe fn f32_to_f16_neon(x: &[f32], out: &mut [u16]) {
+    let mut xs = x.chunks_exact(4);
+    let mut os = out.chunks_exact_mut(4);
+    for (xc, oc) in (&mut xs).zip(&mut os) {
+        vst1_u16(oc.as_mut_ptr(), cvt_to_f16x4(vld1q_f32(xc.as_ptr())));
+    }
+    scalar::f32_to_f16_slice(xs.remainder(), os.into_remainder());
+}
+
+unsafe fn f16_to_f32_neon(x: &[u16], out: &mut [f32]) {
+    let mut xs = x.chunks_exact(4);
+    let mut os = out.chunks_exact_mut(4);
+    for (xc, oc) in (&mut xs).zip(&mut os) {
+        vst1q_f32(oc.as_mut_ptr(), cvt_f16x4(vld1_u16(xc.as_ptr())));
+    }
+    scalar::f16_to_f32_slice(xs.remainder(), os.into_remainder());
+}
+
+/// `y += alpha * x` with `x` f16 (`H`) or f32 at `x`, `y.len()` values.
+unsafe fn axpy_neon<const H: bool>(y: &mut [f32], alpha: f32, x: *const u8) {
+    let n = y.len();
+    let yp = y.as_mut_ptr();
+    let mut i = 0;
+    while i + 4 <= n {
+        vst1q_f32(yp.add(i), vfmaq_n_f32(vld1q_f32(yp.add(i)), ld4::<H>(x, i), alpha));
+        i += 4;
+    }
+    for j in i..n {
+        *yp.add(j) += alpha * ld1::<H>(x, j);
+    }
+}

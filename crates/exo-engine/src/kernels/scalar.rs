@@ -1,0 +1,300 @@
+//! Plain reference kernels: written for clarity, used as the truth by the tests and as the fallback everywhere.
+//! Dot products follow the same integer formulation as the SIMD kernels.
+
+use super::{q8_32_at, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+
+/// IEEE half (bits) to f32, exact.
+pub(super) fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if man == 0 => sign,
+        // Subnormal: man * 2^-24, exact in f32.
+        0 => sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits(),
+        31 => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// f32 to IEEE half (bits), round to nearest even; NaN stays NaN (quieted, top payload bits kept).
+pub(super) fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        return if man == 0 { sign | 0x7c00 } else { sign | 0x7e00 | (man >> 13) as u16 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        // Subnormal half: mantissa (with the implicit bit) shifted right, rounded to nearest even.
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let (r, rem, half) = (m >> shift, m & ((1 << shift) - 1), 1 << (shift - 1));
+        let r = if rem > half || (rem == half && r & 1 == 1) { r + 1 } else { r };
+        return sign | r as u16;
+    }
+    let r = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    // A carry out of the mantissa correctly bumps the exponent (up to infinity).
+    let r = if rem > 0x1000 || (rem == 0x1000 && r & 1 == 1) { r + 1 } else { r };
+    sign | r as u16
+}
+
+fn rd_f16(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn rd_f32(b: &[u8], at: usize) -> f32 {
+    f32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn rd_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+/// Round half away from zero (as `f32::round`), shared by all variants.
+fn quant_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let mut sum = 0;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        let v = if d == 0.0 { 0 } else { (v / d).round() as i32 };
+        sum += v;
+        *q = v as i8 as u8;
+    }
+    (d, sum)
+}
+
+/// Quantizes whole blocks of 32 to `Q8_32` (pair-interleaved layout, see [`q8_32_at`]).
+pub(super) fn quantize_q8_32(x: &[f32], out: &mut [u8]) {
+    let nb = (x.len() / 32).min(out.len() / Q8_32_BYTES);
+    for (b, xb) in x.chunks_exact(32).enumerate().take(nb) {
+        let mut q = [0u8; 32];
+        let (d, sum) = quant_block(xb, &mut q);
+        let (od, os, lo, hi) = q8_32_at(nb, b);
+        out[od..od + 4].copy_from_slice(&d.to_ne_bytes());
+        out[os..os + 4].copy_from_slice(&(d * sum as f32).to_ne_bytes());
+        out[lo..lo + 16].copy_from_slice(&q[..16]);
+        out[hi..hi + 16].copy_from_slice(&q[16..]);
+    }
+}
+
+/// Block `b` of a `Q8_32` row of `nb` blocks: `(d, s, qs)`.
+pub(super) fn q8_32_block(a: &[u8], nb: usize, b: usize) -> (f32, f32, [i8; 32]) {
+    let (od, os, lo, hi) = q8_32_at(nb, b);
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = a[lo + j] as i8;
+        q[16 + j] = a[hi + j] as i8;
+    }
+    (rd_f32(a, od), rd_f32(a, os), q)
+}
+
+/// Quantizes whole blocks of 256 to `Q8K`.
+pub(super) fn quantize_q8k(x: &[f32], out: &mut [u8]) {
+    for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8K_BYTES)) {
+        let (d, _) = quant_block(xb, &mut ob[4..260]);
+        ob[0..4].copy_from_slice(&d.to_ne_bytes());
+        for j in 0..16 {
+            let s: i16 = ob[4 + 16 * j..4 + 16 * j + 16].iter().map(|&q| q as i8 as i16).sum();
+            ob[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2].copy_from_slice(&s.to_ne_bytes());
+        }
+    }
+}
+
+/// The 8 six-bit scales and 8 six-bit mins of a Q4_K block (`get_scale_min_k4` packing).
+pub(super) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0f) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    (sc, mn)
+}
+
+/// The 6-bit unsigned quant (0..64) of element `i` of a Q6_K block (value = d * scale[i / 16] * (q - 32)).
+pub(super) fn q6k_quant(b: &[u8], i: usize) -> i32 {
+    let (half, l) = (i / 128, i % 128);
+    let (ql, qh) = (&b[64 * half..64 * half + 64], &b[128 + 32 * half..128 + 32 * half + 32]);
+    let quarter = l / 32; // which 2-bit field of qh, and low/high nibble of ql
+    let lo = if quarter < 2 { ql[l] & 0x0f } else { ql[l - 64] >> 4 };
+    let hi = (qh[l % 32] >> (2 * quarter)) & 3;
+    (lo | (hi << 4)) as i32
+}
+
+/// Dequantizes one block of `ty` into `out` (`ty.block_len()` values).
+fn dequant_block(ty: WeightType, b: &[u8], out: &mut [f32]) {
+    match ty {
+        WeightType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        WeightType::F16 => out[0] = rd_f16(b, 0),
+        WeightType::Q4_0 | WeightType::Q4_1 => {
+            let d = rd_f16(b, 0);
+            let (m, qs) = if ty == WeightType::Q4_1 { (rd_f16(b, 2), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
+            for j in 0..16 {
+                out[j] = d * (qs[j] & 0x0f) as f32 + m;
+                out[j + 16] = d * (qs[j] >> 4) as f32 + m;
+            }
+        }
+        WeightType::Q8_0 => {
+            let d = rd_f16(b, 0);
+            for j in 0..32 {
+                out[j] = d * (b[2 + j] as i8) as f32;
+            }
+        }
+        WeightType::Q4K => {
+            let (d, dmin) = (rd_f16(b, 0), rd_f16(b, 2));
+            let (sc, mn) = q4k_scales_mins(&b[4..16]);
+            for c in 0..4 {
+                let qs = &b[16 + 32 * c..16 + 32 * c + 32];
+                for l in 0..32 {
+                    out[64 * c + l] = d * sc[2 * c] as f32 * (qs[l] & 0x0f) as f32 - dmin * mn[2 * c] as f32;
+                    out[64 * c + 32 + l] = d * sc[2 * c + 1] as f32 * (qs[l] >> 4) as f32 - dmin * mn[2 * c + 1] as f32;
+                }
+            }
+        }
+        WeightType::Q6K => {
+            let d = rd_f16(b, 208);
+            for (i, o) in out.iter_mut().enumerate().take(256) {
+                *o = d * (b[192 + i / 16] as i8) as f32 * (q6k_quant(b, i) - 32) as f32;
+            }
+        }
+    }
+}
+
+/// Dequantizes a row of whole blocks.
+pub(super) fn dequantize_row(ty: WeightType, w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(ty.block_len())) {
+        dequant_block(ty, b, o);
+    }
+}
+
+/// Dot product of one weight row with one activation row (both whole blocks).
+pub(super) fn dot_row(ty: WeightType, w: &[u8], a: &[u8]) -> f32 {
+    match ty {
+        WeightType::F32 => w.chunks_exact(4).zip(a.chunks_exact(4)).map(|(w, a)| rd_f32(w, 0) * rd_f32(a, 0)).sum(),
+        WeightType::F16 => w.chunks_exact(2).zip(a.chunks_exact(4)).map(|(w, a)| rd_f16(w, 0) * rd_f32(a, 0)).sum(),
+        WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => {
+            let nb = (w.len() / ty.block_bytes()).min(a.len() / Q8_32_BYTES);
+            let mut acc = 0f32;
+            for (b, wb) in w.chunks_exact(ty.block_bytes()).enumerate().take(nb) {
+                let (da, sa, aq) = q8_32_block(a, nb, b);
+                let dw = rd_f16(wb, 0);
+                let qa = |j: usize| aq[j] as i32;
+                acc += match ty {
+                    WeightType::Q8_0 => dw * da * (0..32).map(|j| (wb[2 + j] as i8 as i32) * qa(j)).sum::<i32>() as f32,
+                    _ => {
+                        // Unsigned nibbles q: Q4_0 value = d*(q-8), Q4_1 value = d*q + m.
+                        let qs = if ty == WeightType::Q4_1 { &wb[4..20] } else { &wb[2..18] };
+                        let s: i32 =
+                            (0..16).map(|j| (qs[j] & 0x0f) as i32 * qa(j) + (qs[j] >> 4) as i32 * qa(j + 16)).sum();
+                        let offset = if ty == WeightType::Q4_1 { rd_f16(wb, 2) } else { -8.0 * dw };
+                        dw * da * s as f32 + offset * sa
+                    }
+                };
+            }
+            acc
+        }
+        WeightType::Q4K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(144).zip(a.chunks_exact(Q8K_BYTES)) {
+                let (sc, mn) = q4k_scales_mins(&wb[4..16]);
+                let aq = |j: usize| ab[4 + j] as i8 as i32;
+                let (mut sum, mut msum) = (0i32, 0i32);
+                for c in 0..4 {
+                    let qs = &wb[16 + 32 * c..16 + 32 * c + 32];
+                    let lo: i32 = (0..32).map(|l| (qs[l] & 0x0f) as i32 * aq(64 * c + l)).sum();
+                    let hi: i32 = (0..32).map(|l| (qs[l] >> 4) as i32 * aq(64 * c + 32 + l)).sum();
+                    sum += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+                }
+                for (j, &m) in mn.iter().enumerate() {
+                    let bs = rd_i16(ab, Q8K_BSUMS + 4 * j) as i32 + rd_i16(ab, Q8K_BSUMS + 4 * j + 2) as i32;
+                    msum += m as i32 * bs;
+                }
+                let da = rd_f32(ab, 0);
+                acc += da * (rd_f16(wb, 0) * sum as f32 - rd_f16(wb, 2) * msum as f32);
+            }
+            acc
+        }
+        WeightType::Q6K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(210).zip(a.chunks_exact(Q8K_BYTES)) {
+                let mut sum = 0i32;
+                for j in 0..16 {
+                    let s: i32 = (16 * j..16 * j + 16).map(|i| q6k_quant(wb, i) * (ab[4 + i] as i8 as i32)).sum();
+                    let bsum = rd_i16(ab, Q8K_BSUMS + 2 * j) as i32;
+                    sum += (wb[192 + j] as i8 as i32) * (s - 32 * bsum);
+                }
+                acc += rd_f32(ab, 0) * rd_f16(wb, 208) * sum as f32;
+            }
+            acc
+        }
+    }
+}
+
+pub(super) fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    let rb = ty.row_bytes(cols);
+    let a = &act[..ty.act_type().row_bytes(cols)];
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_row(ty, &w[r * rb..(r + 1) * rb], a);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    ty: WeightType,
+    cols: usize,
+    w: &[u8],
+    n_rows: usize,
+    acts: &[u8],
+    n_tok: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let ab = ty.act_type().row_bytes(cols);
+    for t in 0..n_tok {
+        gemv(ty, cols, w, &acts[t * ab..(t + 1) * ab], &mut out[t * out_stride..t * out_stride + n_rows]);
+    }
+}
+
+pub(super) fn f32_to_f16_slice(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f32_to_f16(v);
+    }
+}
+
+pub(super) fn f16_to_f32_slice(x: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f16_to_f32(v);
+    }
+}
+
+pub(super) fn dot_f16(a: &[u16], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(&a, &b)| f16_to_f32(a) * b).sum()
+}
+
+pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(&a, &b)| a * b).sum()
+}
+
+pub(super) fn axpy_f16(y: &mut [f32], alpha: f32, x: &[u16]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * f16_to_f32(x);
+    }
+}
+
+pub(super) fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
