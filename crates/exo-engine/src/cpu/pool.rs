@@ -3,8 +3,9 @@
 //! A decode step of a 30-layer model runs about 150 parallel steps, each a few tens of microseconds long, so
 //! what a step costs to start and to finish matters as much as the work itself. Workers are started once; the
 //! caller publishes a job by bumping an epoch counter, runs its own share, and spins until every worker has
-//! reported done. Idle workers spin briefly (the next step is usually microseconds away) and then park on a
-//! condition variable, so an idle node does not burn its cores.
+//! reported done. Idle workers spin briefly (the next step is usually microseconds away), then yield their core
+//! (so that a machine with more runnable threads than cores still makes progress), and then park on a condition
+//! variable, so an idle node does not burn its cores.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,8 +13,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins before it parks.
+/// How long an idle worker waits (spinning, then yielding its core) before it parks.
 const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
+/// Busy-wait iterations before a waiting thread starts yielding its core to others (a few microseconds).
+const SPINS_BEFORE_YIELD: u32 = 2_000;
 
 /// A job as the workers see it: `(thread index, thread count)`.
 type Job<'a> = dyn Fn(usize, usize) + Sync + 'a;
@@ -100,8 +103,15 @@ impl ThreadPool {
         }
 
         let mine = panic::catch_unwind(AssertUnwindSafe(|| job(0, threads)));
+        let mut spins = 0u32;
         while shared.pending.load(Ordering::Acquire) > 0 {
-            std::hint::spin_loop();
+            // A worker that is not running (more runnable threads than cores) needs this core: stop spinning.
+            spins = spins.saturating_add(1);
+            if spins < SPINS_BEFORE_YIELD {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         *lock(&shared.job) = None;
         if let Err(payload) = mine {
@@ -143,9 +153,13 @@ fn worker(shared: &Shared, index: usize, threads: usize) {
             if e != seen {
                 break e;
             }
-            spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 || started.elapsed() < SPIN_BEFORE_PARK {
+            spins = spins.saturating_add(1);
+            if spins < SPINS_BEFORE_YIELD {
                 std::hint::spin_loop();
+                continue;
+            }
+            if started.elapsed() < SPIN_BEFORE_PARK {
+                std::thread::yield_now();
                 continue;
             }
             let guard = lock(&shared.park);
