@@ -10,6 +10,9 @@ use crate::gguf::Gguf;
 use crate::kv_cache::{KvCache, KvType};
 use crate::shard::{Backend, ModelShard, Shard, ShardInput, ShardOutput};
 
+/// Most positions one forward pass takes; longer prompts are split.
+pub const PREFILL_CHUNK: usize = 512;
+
 pub struct ShardChain {
     shards: Vec<ModelShard>,
     caches: Vec<KvCache>,
@@ -78,8 +81,21 @@ impl ShardChain {
         self.caches[0].max_len()
     }
 
-    /// Runs `tokens` through every shard and returns the logits of the last one.
+    /// Runs `tokens` through every shard and returns the logits of the last one. Long prompts go through in
+    /// chunks of [`PREFILL_CHUNK`] positions, so the scratch memory of a forward pass stays bounded.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidShard("a forward pass needs at least one position".into()));
+        }
+        self.caches[0].check_room(tokens.len())?;
+        let mut logits = Vec::new();
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            logits = self.forward_chunk(chunk)?;
+        }
+        Ok(logits)
+    }
+
+    fn forward_chunk(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let mut input = ShardInput::Tokens(tokens);
         for (shard, cache) in self.shards.iter().zip(self.caches.iter_mut()) {
             match shard.forward(input, cache)? {

@@ -105,7 +105,7 @@ impl std::str::FromStr for Backend {
 }
 
 enum Engine {
-    Cpu(CpuModel),
+    Cpu(Box<CpuModel>),
     Candle(CandleModel),
 }
 
@@ -165,7 +165,7 @@ impl ModelShard {
             },
         };
         let engine = if use_cpu {
-            Engine::Cpu(CpuModel::load(&mut reader, &config, shard, inv_freq)?)
+            Engine::Cpu(Box::new(CpuModel::load(&mut reader, &config, shard, inv_freq)?))
         } else {
             if let (Some(why), true) = (&unsupported, device.is_cpu()) {
                 tracing::info!("using candle's CPU kernels: {why}, a type our kernels do not handle");

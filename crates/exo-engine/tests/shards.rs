@@ -143,3 +143,31 @@ fn generation_refuses_empty_and_overlong_prompts() {
     let report = generate(&mut chain, &tokenizer, &[504; 6], &params, |_| {}).unwrap();
     assert_eq!((report.generated_tokens, report.finish_reason.as_str()), (3, "length"));
 }
+
+/// A prompt longer than one prefill chunk goes through in chunks; where the prompt is cut must not matter: the
+/// logits after it equal those of the same prompt fed in two arbitrary parts, and those of a 2-shard chain.
+#[test]
+fn long_prompts_are_chunked_without_changing_the_result() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let prompt: Vec<u32> = (0..exo_engine::chain::PREFILL_CHUNK as u32 + 77).map(|i| (i * 7919 + 13) % 49152).collect();
+    let mut chain = ShardChain::load_whole(&gguf, 1024, &Device::Cpu).unwrap();
+    let chunked = chain.forward(&prompt).unwrap();
+    assert_eq!(chain.position(), prompt.len());
+    chain.reset();
+    chain.forward(&prompt[..200]).unwrap();
+    let parts = chain.forward(&prompt[200..]).unwrap();
+    let mut split = ShardChain::load(
+        &gguf,
+        &[Shard::new(0, 11, n).unwrap(), Shard::new(12, n - 1, n).unwrap()],
+        1024,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let two_shards = split.forward(&prompt).unwrap();
+    for (what, other) in [("two parts", &parts), ("two shards", &two_shards)] {
+        let diff = chunked.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff <= 1e-3, "{what}: largest logit difference {diff}");
+    }
+    assert_eq!(argmax(&chunked), argmax(&parts));
+}

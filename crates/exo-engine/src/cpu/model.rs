@@ -51,7 +51,7 @@ impl Matrix {
         let ty = weight_type(kind).ok_or_else(|| {
             EngineError::InvalidShard(format!("tensor {name} is {}, which the CPU kernels do not handle", kind.name()))
         })?;
-        if cols % ty.block_len() != 0 || data.len() != rows * ty.row_bytes(cols) {
+        if !cols.is_multiple_of(ty.block_len()) || data.len() != rows * ty.row_bytes(cols) {
             return Err(EngineError::InvalidShard(format!(
                 "tensor {name}: {} bytes do not hold {rows} rows of {cols} {} values",
                 data.len(),

@@ -277,7 +277,7 @@ mod tests {
                 for i in 0..threads {
                     let r = share(n, 4, i, threads);
                     assert_eq!(r.start, next);
-                    assert!(r.start % 4 == 0 || r.start == n);
+                    assert!(r.start.is_multiple_of(4) || r.start == n);
                     next = r.end;
                 }
                 assert_eq!(next, n);

@@ -1,9 +1,16 @@
-//! NEON kernels (aarch64, where NEON is baseline). Plain NEON widening multiplies (`smull`/`sadalp`), no
-//! `sdot`, so they run on every aarch64 CPU. f16 conversions use `fcvtl`/`fcvtn` through inline assembly
-//! (Rust's f16 NEON types are not stable).
+//! NEON kernels (aarch64, where NEON is baseline), in two variants that differ only in the 16-lane int8 dot
+//! product of the quantized tiles ([`IntDot`]):
+//! - [`KERNELS`] ([`Isa::Neon`]): plain NEON widening multiplies (`smull`/`sadalp`), runs on every aarch64 CPU;
+//! - [`KERNELS_DOT`] ([`Isa::NeonDot`]): the Armv8.2 dot-product instruction `sdot` (feature "dotprod",
+//!   detected at run time by [`dotprod_detected`]); its quantized drivers are
+//!   `#[target_feature(enable = "neon,dotprod")]`. Quantization, F32/F16 weights and the f16 helpers are shared.
 //!
-//! Inner loops are `#[inline(always)]` const-generic tiles (1 weight row x T tokens); gemv uses T = 1,
-//! gemm T = 4.
+//! `sdot` and the f16 conversions (`fcvtl`/`fcvtn`) go through inline assembly: `vdotq_s32` and Rust's f16
+//! NEON types are not stable. The assembler only accepts `sdot` inside functions compiled with "dotprod", so
+//! inlining it anywhere else fails the build rather than the CPU.
+//!
+//! Inner loops are `#[inline(always)]` const-generic tiles (1 weight row x T tokens, generic over the
+//! [`IntDot`]); gemv uses T = 1, gemm T = 4.
 
 use super::{q8_32_at, scalar, Isa, Kernels, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
 use core::arch::aarch64::*;
@@ -24,6 +31,27 @@ pub(super) static KERNELS: Kernels = Kernels {
     axpy_f32,
 };
 
+/// As [`KERNELS`], with `sdot` in the quantized gemv/gemm. Only for CPUs where [`dotprod_detected`] holds.
+pub(super) static KERNELS_DOT: Kernels = Kernels {
+    isa: Isa::NeonDot,
+    quantize_q8_32,
+    quantize_q8k,
+    gemv: gemv_dot,
+    gemm: gemm_dot,
+    dequantize_row: scalar::dequantize_row,
+    f32_to_f16,
+    f16_to_f32,
+    dot_f16,
+    dot_f32,
+    axpy_f16,
+    axpy_f32,
+};
+
+/// Whether this CPU has the Armv8.2 dot-product instructions (`sdot`), which [`KERNELS_DOT`] needs.
+pub(super) fn dotprod_detected() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
 // ---- safe wrappers (NEON is part of the aarch64 baseline; lengths checked by the public wrapper) ----
 
 fn quantize_q8_32(x: &[f32], out: &mut [u8]) {
@@ -37,36 +65,25 @@ fn quantize_q8k(x: &[f32], out: &mut [u8]) {
 }
 
 fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
-    let nb = cols / ty.block_len();
     // SAFETY: the public wrapper checked that `w` holds `out.len()` rows and `act` one activation row.
-    unsafe {
-        match ty {
-            WeightType::F32 => gemv_f32(cols, w, act, out),
-            WeightType::F16 => gemv_f16(cols, w, act, out),
-            WeightType::Q4_0 => gemv_q4_0(nb, w, act, out),
-            WeightType::Q4_1 => gemv_q4_1(nb, w, act, out),
-            WeightType::Q8_0 => gemv_q8_0(nb, w, act, out),
-            WeightType::Q4K => gemv_q4k(nb, w, act, out),
-            WeightType::Q6K => gemv_q6k(nb, w, act, out),
-        }
-    }
+    unsafe { widen::gemv(ty, cols, w, act, out) }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn gemm(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok: usize, o: &mut [f32], os: usize) {
-    let nb = cols / ty.block_len();
     // SAFETY: the public wrapper checked every slice against n_rows, n_tok and out_stride.
-    unsafe {
-        match ty {
-            WeightType::F32 => gemm_f32(cols, w, n_rows, acts, n_tok, o, os),
-            WeightType::F16 => gemm_f16(cols, w, n_rows, acts, n_tok, o, os),
-            WeightType::Q4_0 => gemm_q4_0(nb, w, n_rows, acts, n_tok, o, os),
-            WeightType::Q4_1 => gemm_q4_1(nb, w, n_rows, acts, n_tok, o, os),
-            WeightType::Q8_0 => gemm_q8_0(nb, w, n_rows, acts, n_tok, o, os),
-            WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
-            WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
-        }
-    }
+    unsafe { widen::gemm(ty, cols, w, n_rows, acts, n_tok, o, os) }
+}
+
+fn gemv_dot(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    // SAFETY: as `gemv`; and `KERNELS_DOT`, the only way here, is handed out only where dotprod is detected.
+    unsafe { sdot::gemv(ty, cols, w, act, out) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_dot(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok: usize, o: &mut [f32], os: usize) {
+    // SAFETY: as `gemm`; and `KERNELS_DOT`, the only way here, is handed out only where dotprod is detected.
+    unsafe { sdot::gemm(ty, cols, w, n_rows, acts, n_tok, o, os) }
 }
 
 fn f32_to_f16(x: &[f32], out: &mut [u16]) {
@@ -132,11 +149,35 @@ unsafe fn ld_s8(p: *const u8) -> int8x16_t {
     vld1q_s8(p as *const i8)
 }
 
-/// Σ a*b over 16 int8 lanes as 4 i32 partial sums. `b` (activations) is within ±127, so each product is
-/// within ±16256 and two of them add in i16 without overflow.
-#[inline(always)]
-unsafe fn dot16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    vpaddlq_s16(vaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)))
+/// The int8 dot product of the quantized tiles: `dot(acc, a, b)` adds Σ a*b over 16 lanes to `acc`, spread
+/// over its 4 i32 lanes in a way of the implementation's choosing (callers only use the sum of the lanes, or
+/// scale all lanes alike). `a` holds weights, `b` activations (within ±127).
+trait IntDot {
+    unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t;
+}
+
+/// Plain NEON: `smull`/`smull2`, an i16 add, `sadalp`. Each product is within ±16256 (`b` within ±127), so
+/// two of them add in i16 without overflow.
+struct Widen;
+
+impl IntDot for Widen {
+    #[inline(always)]
+    unsafe fn dot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        vpadalq_s16(acc, vaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)))
+    }
+}
+
+/// Armv8.2 `sdot`: lane i gets a[4i..4i+4]·b[4i..4i+4]. Only callable from "dotprod" functions (see the module
+/// docs).
+struct Sdot;
+
+impl IntDot for Sdot {
+    #[inline(always)]
+    unsafe fn dot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        asm!("sdot {0:v}.4s, {1:v}.16b, {2:v}.16b", inout(vreg) acc, in(vreg) a, in(vreg) b,
+             options(pure, nomem, nostack));
+        acc
+    }
 }
 
 // ---- activation quantization ----
@@ -189,16 +230,19 @@ unsafe fn quant_rows<const K: bool>(x: &[f32], out: &mut [u8]) {
 // ---- drivers: gemv row by row, gemm over 1 row x 4 token tiles ----
 
 /// Defines `$gemv(nb, w, act, out)` and `$gemm(nb, w, n_rows, acts, n_tok, out, stride)` from a tile
-/// `$tile::<T>(row, acts, nb) -> [f32; T]` over blocks of `$wb` weight and `$ab` activation bytes.
+/// `$tile::<$g.., T>(row, acts, nb) -> [f32; T]` over blocks of `$wb` weight and `$ab` activation bytes; both
+/// carry the attributes `$attr`.
 macro_rules! drivers {
-    ($gemv:ident, $gemm:ident, $tile:ident, $wb:expr, $ab:expr) => {
+    ($(#[$attr:meta])* $gemv:ident, $gemm:ident, $tile:ident[$($g:ty),*], $wb:expr, $ab:expr) => {
+        $(#[$attr])*
         unsafe fn $gemv(nb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
             let rb = nb * $wb;
             for (r, o) in out.iter_mut().enumerate() {
-                *o = $tile::<1>(w.as_ptr().add(r * rb), [act.as_ptr()], nb)[0];
+                *o = $tile::<$($g,)* 1>(w.as_ptr().add(r * rb), [act.as_ptr()], nb)[0];
             }
         }
 
+        $(#[$attr])*
         #[allow(clippy::too_many_arguments)]
         unsafe fn $gemm(nb: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok: usize, out: &mut [f32], os: usize) {
             let (rb, ab) = (nb * $wb, nb * $ab);
@@ -207,7 +251,7 @@ macro_rules! drivers {
                 let row = wp.add(r * rb);
                 let mut t = 0;
                 while t + 4 <= n_tok {
-                    let v = $tile::<4>(
+                    let v = $tile::<$($g,)* 4>(
                         row,
                         [ap.add(t * ab), ap.add((t + 1) * ab), ap.add((t + 2) * ab), ap.add((t + 3) * ab)],
                         nb,
@@ -218,7 +262,7 @@ macro_rules! drivers {
                     t += 4;
                 }
                 while t < n_tok {
-                    *op.add(t * os + r) = $tile::<1>(row, [ap.add(t * ab)], nb)[0];
+                    *op.add(t * os + r) = $tile::<$($g,)* 1>(row, [ap.add(t * ab)], nb)[0];
                     t += 1;
                 }
             }
@@ -230,7 +274,7 @@ macro_rules! drivers {
 
 /// Q4_0 (`Q1 = false`, value = d*(q-8)) or Q4_1 (`Q1 = true`, value = d*q + m).
 #[inline(always)]
-unsafe fn tile_q4<const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+unsafe fn tile_q4<D: IntDot, const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
     let bb = if Q1 { 20 } else { 18 };
     let mask = vdupq_n_u8(0x0f);
     let mut acc = [vdupq_n_f32(0.0); T];
@@ -244,7 +288,7 @@ unsafe fn tile_q4<const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T
         let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
         let (od, os, ol, oh) = q8_32_at(nb, b);
         for t in 0..T {
-            let s = vaddq_s32(dot16(lo, ld_s8(a[t].add(ol))), dot16(hi, ld_s8(a[t].add(oh))));
+            let s = D::dot(D::dot(vdupq_n_s32(0), lo, ld_s8(a[t].add(ol))), hi, ld_s8(a[t].add(oh)));
             acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * ld_f32(a[t].add(od)));
             off[t] += m * ld_f32(a[t].add(os));
         }
@@ -257,17 +301,17 @@ unsafe fn tile_q4<const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T
 }
 
 #[inline(always)]
-unsafe fn tile_q4_0<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
-    tile_q4::<false, T>(w, a, nb)
+unsafe fn tile_q4_0<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q4::<D, false, T>(w, a, nb)
 }
 
 #[inline(always)]
-unsafe fn tile_q4_1<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
-    tile_q4::<true, T>(w, a, nb)
+unsafe fn tile_q4_1<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q4::<D, true, T>(w, a, nb)
 }
 
 #[inline(always)]
-unsafe fn tile_q8_0<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+unsafe fn tile_q8_0<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
     let mut acc = [vdupq_n_f32(0.0); T];
     for b in 0..nb {
         let wb = w.add(b * 34);
@@ -275,21 +319,17 @@ unsafe fn tile_q8_0<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) 
         let (lo, hi) = (ld_s8(wb.add(2)), ld_s8(wb.add(18)));
         let (od, _, ol, oh) = q8_32_at(nb, b);
         for t in 0..T {
-            let s = vaddq_s32(dot16(lo, ld_s8(a[t].add(ol))), dot16(hi, ld_s8(a[t].add(oh))));
+            let s = D::dot(D::dot(vdupq_n_s32(0), lo, ld_s8(a[t].add(ol))), hi, ld_s8(a[t].add(oh)));
             acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * ld_f32(a[t].add(od)));
         }
     }
     acc.map(|v| vaddvq_f32(v))
 }
 
-drivers!(gemv_q4_0, gemm_q4_0, tile_q4_0, 18, Q8_32_BYTES);
-drivers!(gemv_q4_1, gemm_q4_1, tile_q4_1, 20, Q8_32_BYTES);
-drivers!(gemv_q8_0, gemm_q8_0, tile_q8_0, 34, Q8_32_BYTES);
-
 // ---- Q4_K / Q6_K against Q8K ----
 
 #[inline(always)]
-unsafe fn tile_q4k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+unsafe fn tile_q4k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
     let mask = vdupq_n_u8(0x0f);
     let mut acc = [vdupq_n_f32(0.0); T];
     let mut accm = [0f32; T];
@@ -308,8 +348,8 @@ unsafe fn tile_q4k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -
             let hi1 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1));
             for t in 0..T {
                 let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * c);
-                let l = vaddq_s32(dot16(lo0, ld_s8(ap)), dot16(lo1, ld_s8(ap.add(16))));
-                let h = vaddq_s32(dot16(hi0, ld_s8(ap.add(32))), dot16(hi1, ld_s8(ap.add(48))));
+                let l = D::dot(D::dot(vdupq_n_s32(0), lo0, ld_s8(ap)), lo1, ld_s8(ap.add(16)));
+                let h = D::dot(D::dot(vdupq_n_s32(0), hi0, ld_s8(ap.add(32))), hi1, ld_s8(ap.add(48)));
                 sumi[t] = vmlaq_n_s32(vmlaq_n_s32(sumi[t], l, sc[2 * c] as i32), h, sc[2 * c + 1] as i32);
             }
         }
@@ -332,7 +372,7 @@ unsafe fn tile_q4k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -
 }
 
 #[inline(always)]
-unsafe fn tile_q6k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+unsafe fn tile_q6k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
     let m4 = vdupq_n_u8(0x0f);
     let m2 = vdupq_n_u8(0x03);
     let mut acc = [vdupq_n_f32(0.0); T];
@@ -357,7 +397,8 @@ unsafe fn tile_q6k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -
                     let s = sc[8 * h + 2 * k + l16] as i32;
                     for t in 0..T {
                         let ap = a[t].add(b * Q8K_BYTES + 4 + 128 * h + 32 * k + 16 * l16);
-                        sumi[t] = vmlaq_n_s32(sumi[t], dot16(vreinterpretq_s8_u8(qk), ld_s8(ap)), s);
+                        let p = D::dot(vdupq_n_s32(0), vreinterpretq_s8_u8(qk), ld_s8(ap));
+                        sumi[t] = vmlaq_n_s32(sumi[t], p, s);
                     }
                 }
             }
@@ -380,8 +421,68 @@ unsafe fn tile_q6k<const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -
     acc.map(|v| vaddvq_f32(v))
 }
 
-drivers!(gemv_q4k, gemm_q4k, tile_q4k, 144, Q8K_BYTES);
-drivers!(gemv_q6k, gemm_q6k, tile_q6k, 210, Q8K_BYTES);
+// ---- quantized drivers and gemv/gemm dispatch, once per integer dot ----
+
+/// Defines module `$m` with the quantized drivers over the integer dot `$D` (each carrying `$attr`) and its
+/// `gemv`/`gemm` dispatch over every weight type (F32/F16 go to the shared float drivers).
+macro_rules! int_variant {
+    ($m:ident, $D:ty $(, #[$attr:meta])*) => {
+        mod $m {
+            use super::*;
+
+            drivers!($(#[$attr])* gemv_q4_0, gemm_q4_0, tile_q4_0[$D], 18, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q4_1, gemm_q4_1, tile_q4_1[$D], 20, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q8_0, gemm_q8_0, tile_q8_0[$D], 34, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q4k, gemm_q4k, tile_q4k[$D], 144, Q8K_BYTES);
+            drivers!($(#[$attr])* gemv_q6k, gemm_q6k, tile_q6k[$D], 210, Q8K_BYTES);
+
+            /// # Safety
+            /// `w` holds `out.len()` rows and `act` one activation row; the CPU has the target features of this
+            /// variant's drivers.
+            pub(super) unsafe fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+                let nb = cols / ty.block_len();
+                match ty {
+                    WeightType::F32 => gemv_f32(cols, w, act, out),
+                    WeightType::F16 => gemv_f16(cols, w, act, out),
+                    WeightType::Q4_0 => gemv_q4_0(nb, w, act, out),
+                    WeightType::Q4_1 => gemv_q4_1(nb, w, act, out),
+                    WeightType::Q8_0 => gemv_q8_0(nb, w, act, out),
+                    WeightType::Q4K => gemv_q4k(nb, w, act, out),
+                    WeightType::Q6K => gemv_q6k(nb, w, act, out),
+                }
+            }
+
+            /// # Safety
+            /// The slices hold `n_rows` weight rows, `n_tok` activation rows and the `n_tok` x `n_rows` output tile
+            /// at stride `os`; the CPU has the target features of this variant's drivers.
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn gemm(
+                ty: WeightType,
+                cols: usize,
+                w: &[u8],
+                n_rows: usize,
+                acts: &[u8],
+                n_tok: usize,
+                o: &mut [f32],
+                os: usize,
+            ) {
+                let nb = cols / ty.block_len();
+                match ty {
+                    WeightType::F32 => gemm_f32(cols, w, n_rows, acts, n_tok, o, os),
+                    WeightType::F16 => gemm_f16(cols, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q4_0 => gemm_q4_0(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q4_1 => gemm_q4_1(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q8_0 => gemm_q8_0(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
+                }
+            }
+        }
+    };
+}
+
+int_variant!(widen, Widen);
+int_variant!(sdot, Sdot, #[target_feature(enable = "neon,dotprod")]);
 
 // ---- F32 / F16 weights ----
 
@@ -439,8 +540,8 @@ unsafe fn tile_f32<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) ->
     tile_flt::<false, T>(w, a, n)
 }
 
-drivers!(gemv_f16, gemm_f16, tile_f16, 2, 4);
-drivers!(gemv_f32, gemm_f32, tile_f32, 4, 4);
+drivers!(gemv_f16, gemm_f16, tile_f16[], 2, 4);
+drivers!(gemv_f32, gemm_f32, tile_f32[], 4, 4);
 
 // ---- f16 helpers ----
 

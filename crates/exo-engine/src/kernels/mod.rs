@@ -6,8 +6,9 @@
 //! tokens). This module also owns the f16 helpers used by the KV cache and attention.
 //!
 //! Variants: [`Isa::Scalar`] (the reference, available everywhere), [`Isa::Avx2`] (x86_64 with AVX2+FMA+F16C,
-//! detected at run time) and [`Isa::Neon`] (aarch64). All kernels are single-threaded; callers split rows
-//! across threads (`gemv` and `gemm` take any contiguous range of weight rows).
+//! detected at run time), [`Isa::Neon`] (aarch64) and [`Isa::NeonDot`] (aarch64 with the Armv8.2 dot-product
+//! instructions, detected at run time). All kernels are single-threaded; callers split rows across threads
+//! (`gemv` and `gemm` take any contiguous range of weight rows).
 //!
 //! Activation formats are private to the process:
 //! - `Q8_32`: per 32 values `d: f32, s: f32 = d * Σq, qs: [i8; 32]` (40 bytes). Blocks go in pairs of 80 bytes
@@ -39,7 +40,7 @@ const Q8K_BSUMS: usize = 260;
 #[inline(always)]
 fn q8_32_at(nb: usize, b: usize) -> (usize, usize, usize, usize) {
     let base = b / 2 * 2 * Q8_32_BYTES;
-    if b % 2 == 0 && b + 1 == nb {
+    if b.is_multiple_of(2) && b + 1 == nb {
         (base, base + 4, base + 8, base + 24)
     } else {
         let k = b % 2;
@@ -132,7 +133,10 @@ impl ActType {
 pub enum Isa {
     Scalar,
     Avx2,
+    /// aarch64 baseline NEON.
     Neon,
+    /// aarch64 NEON with the Armv8.2 dot-product instructions (`sdot`, feature "dotprod").
+    NeonDot,
 }
 
 /// Signature of the quantization kernels (one activation row, whole blocks).
@@ -187,7 +191,12 @@ impl Kernels {
             v.push(&x86_avx2::KERNELS);
         }
         #[cfg(target_arch = "aarch64")]
-        v.push(&aarch64_neon::KERNELS);
+        {
+            v.push(&aarch64_neon::KERNELS);
+            if aarch64_neon::dotprod_detected() {
+                v.push(&aarch64_neon::KERNELS_DOT);
+            }
+        }
         v
     }
 

@@ -397,13 +397,19 @@ fn f16_and_f32_vector_helpers() {
 #[test]
 fn best_is_supported_and_sizes_are_ggml() {
     let best = Kernels::best();
-    assert_eq!(Kernels::supported().last().map(|k| k.isa()), Some(best.isa()));
+    let isas: Vec<Isa> = Kernels::supported().iter().map(|k| k.isa()).collect();
+    eprintln!("variants tested: {isas:?}, best: {:?}", best.isa());
+    assert_eq!(isas.last(), Some(&best.isa()));
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         assert_eq!(best.isa(), Isa::Avx2);
     }
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(best.isa(), Isa::Neon);
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        assert_eq!(isas, [Isa::Scalar, Isa::Neon, Isa::NeonDot]);
+    } else {
+        assert_eq!(isas, [Isa::Scalar, Isa::Neon]);
+    }
     let bytes: Vec<usize> = ALL.iter().map(|t| t.block_bytes()).collect();
     assert_eq!(bytes, [4, 2, 18, 20, 34, 144, 210]);
     assert_eq!(WeightType::Q4K.row_bytes(4096), 16 * 144);
