@@ -364,6 +364,8 @@ mod tests {
         let mut cache = KvCache::new(1, 1, 2, 4, KvType::F32, &Device::Cpu);
         let one = entries(1, 1, 2, 0.0);
         assert!(cache.append(3, &one, &one).is_err());
+        // A tensor cache has no host buffers.
+        assert!(cache.host_layers(1).is_err());
     }
     #[test]
     fn f16_tensors_round_trip_and_report_their_size() {

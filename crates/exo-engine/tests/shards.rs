@@ -119,6 +119,16 @@ fn shard_inputs_are_checked() {
     let e = first.forward(exo_engine::ShardInput::Tokens(&[999_999]), &mut cache).unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     assert!(ModelShard::load(&gguf, Shard::new(0, 9, n + 1).unwrap(), &Device::Cpu).is_err());
+    // A cache belongs to the backend of the shard that made it.
+    let on_candle =
+        ModelShard::load_with(&gguf, Shard::new(0, 9, n).unwrap(), &Device::Cpu, exo_engine::Backend::Candle).unwrap();
+    assert_eq!((first.backend(), on_candle.backend()), ("cpu", "candle"));
+    let mut candle_cache = on_candle.new_cache(16, KvType::default());
+    let e = first.forward(exo_engine::ShardInput::Tokens(&[1]), &mut candle_cache).unwrap_err();
+    assert!(e.to_string().contains("made for another backend"), "{e}");
+    let mut cpu_cache = first.new_cache(16, KvType::default());
+    let e = on_candle.forward(exo_engine::ShardInput::Tokens(&[1]), &mut cpu_cache).unwrap_err();
+    assert!(e.to_string().contains("made for another backend"), "{e}");
     let mut chain = ShardChain::load_whole(&gguf, 4, &Device::Cpu).unwrap();
     let e = chain.forward(&[1, 2, 3, 4, 5]).unwrap_err();
     assert!(matches!(e, exo_engine::EngineError::ContextOverflow { needed: 5, context: 4 }), "{e}");
