@@ -1,0 +1,104 @@
+//! `ApiError`: every way an API request fails, each with one HTTP status and OpenAI's error body
+//! (`{"error": {"message", "type", "param", "code"}}`), so every failure renders the same way.
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or not a JSON object.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// A field is missing, of the wrong type, or out of range.
+    #[error("{message}")]
+    InvalidField { param: String, message: String },
+    #[error("the model '{0}' does not exist on this node")]
+    ModelNotFound(String),
+    /// The prompt and the tokens asked for do not fit in the model's context.
+    #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens and max_tokens is {max_tokens} ({} in all)", prompt + max_tokens)]
+    ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
+    #[error("the model needs {needed_mib} MiB but only {available_mib} MiB of memory is available")]
+    ModelTooLarge { needed_mib: u64, available_mib: u64 },
+    #[error("the server is busy: {0} requests are already waiting; try again later")]
+    QueueFull(usize),
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub(crate) fn field(param: &str, message: impl Into<String>) -> Self {
+        ApiError::InvalidField { param: param.to_string(), message: message.into() }
+    }
+
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
+            ApiError::ModelNotFound(_) => 404,
+            ApiError::BodyTooLarge(_) => 413,
+            ApiError::ModelTooLarge { .. } | ApiError::QueueFull(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn kind(&self) -> &'static str {
+        match self.status() {
+            400 | 413 => "invalid_request_error",
+            404 => "not_found_error",
+            _ => "server_error",
+        }
+    }
+
+    /// OpenAI's error `code`, where it has one for this case.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::ModelNotFound(_) => Some("model_not_found"),
+            ApiError::ContextExceeded { .. } => Some("context_length_exceeded"),
+            ApiError::QueueFull(_) => Some("server_busy"),
+            ApiError::ModelTooLarge { .. } => Some("insufficient_memory"),
+            ApiError::BodyTooLarge(_) => Some("request_too_large"),
+            _ => None,
+        }
+    }
+
+    /// The field the error is about, if any.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::ContextExceeded { .. } => Some("max_tokens"),
+            _ => None,
+        }
+    }
+
+    /// The response body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.to_string(), "type": self.kind(), "param": self.param(), "code": self.code()}})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_render_in_openais_shape_with_their_status() {
+        let e = ApiError::field("temperature", "temperature must be between 0 and 2, got 3");
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.body(),
+            json!({"error": {"message": "temperature must be between 0 and 2, got 3", "type": "invalid_request_error",
+                "param": "temperature", "code": null}})
+        );
+        let e = ApiError::ContextExceeded { prompt: 8000, max_tokens: 500, context: 8192 };
+        assert_eq!((e.status(), e.code()), (400, Some("context_length_exceeded")));
+        let message = e.to_string();
+        assert!(message.contains("8192") && message.contains("8000") && message.contains("500"), "{message}");
+        assert_eq!(ApiError::ModelNotFound("x".into()).status(), 404);
+        assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);
+        assert_eq!(ApiError::QueueFull(16).body()["error"]["type"], "server_error");
+        assert_eq!(ApiError::ModelTooLarge { needed_mib: 40_000, available_mib: 24_000 }.status(), 503);
+    }
+}

@@ -1,0 +1,406 @@
+//! Request validation: the bodies of `/v1/chat/completions` and `/v1/completions` become checked requests, or an
+//! [`ApiError`] that names the field and says what was expected.
+//!
+//! Every parameter is checked here and nowhere else. Fields this server does not use (`user`, `response_format`,
+//! …) are ignored, as OpenAI-compatible servers do; `null` counts as absent. Sampling defaults are llama.cpp's
+//! (`llama-server`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05.
+
+use exo_engine::chat_template::ChatMessage;
+use exo_engine::generation::GenerationParams;
+use exo_engine::sampler::SamplingParams;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Most stop strings a request may give.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Most alternatives per token `top_logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// What both endpoints take besides the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub model: String,
+    /// Most tokens to generate; `None`: until the context is full.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    /// Send a usage chunk before `[DONE]` (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Log-probabilities: `None` for none, `Some(k)` for the chosen token's and the `k` most likely.
+    pub logprobs: Option<usize>,
+}
+
+impl Options {
+    /// The engine's generation parameters, with the token budget the caller worked out from the context.
+    pub fn generation_params(&self, max_tokens: usize) -> GenerationParams {
+        GenerationParams { max_tokens, sampling: self.sampling.clone(), stop: self.stop.clone(), ignore_eos: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    pub options: Options,
+}
+
+/// Parses and checks a `/v1/chat/completions` body.
+pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let object = json_object(body)?;
+    let fields = Fields(&object);
+    let messages = match fields.get("messages") {
+        None => return Err(ApiError::field("messages", "messages is required")),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::field("messages", "messages must hold at least one message"))
+        }
+        Some(Value::Array(items)) => items.iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::field("messages", "messages must be an array of messages")),
+    };
+    let logprobs = match fields.bool("logprobs")? {
+        Some(true) => Some(fields.uint("top_logprobs", 0, MAX_TOP_LOGPROBS as u64)?.unwrap_or(0) as usize),
+        _ if fields.get("top_logprobs").is_some() => {
+            return Err(ApiError::field("top_logprobs", "top_logprobs needs logprobs set to true"))
+        }
+        _ => None,
+    };
+    Ok(ChatRequest { messages, options: options(&fields, logprobs)? })
+}
+
+/// Parses and checks a `/v1/completions` body.
+pub fn completion_request(body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let object = json_object(body)?;
+    let fields = Fields(&object);
+    let prompt = match fields.get("prompt") {
+        None => return Err(ApiError::field("prompt", "prompt is required")),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => match items.as_slice() {
+            [Value::String(s)] => s.clone(),
+            _ => return Err(ApiError::field("prompt", "prompt must be a string or an array of exactly one string")),
+        },
+        Some(_) => return Err(ApiError::field("prompt", "prompt must be a string")),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::field("prompt", "prompt must not be empty"));
+    }
+    // The legacy completions API gives the number of alternatives in `logprobs` itself (at most 5).
+    let logprobs = fields.uint("logprobs", 0, 5)?.map(|k| k as usize);
+    Ok(CompletionRequest { prompt, options: options(&fields, logprobs)? })
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::MalformedJson("the body must be a JSON object".into())),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
+    let param = format!("messages[{i}]");
+    let Value::Object(m) = m else {
+        return Err(ApiError::field(&param, format!("{param} must be an object with role and content")));
+    };
+    let role = match m.get("role") {
+        Some(Value::String(r)) if ["system", "developer", "user", "assistant", "tool"].contains(&r.as_str()) => r,
+        Some(Value::String(r)) => {
+            return Err(ApiError::field(
+                &format!("{param}.role"),
+                format!("{param}.role '{r}' is not one of system, developer, user, assistant, tool"),
+            ))
+        }
+        _ => return Err(ApiError::field(&format!("{param}.role"), format!("{param}.role must be a string"))),
+    };
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        // An assistant turn that only called tools has no content.
+        None | Some(Value::Null) if role == "assistant" => String::new(),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let part_param = format!("{param}.content[{j}]");
+                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some("text"), None) => {
+                        return Err(ApiError::field(&part_param, format!("{part_param} needs a string text")))
+                    }
+                    (Some(other), _) => {
+                        return Err(ApiError::field(
+                            &part_param,
+                            format!("{part_param} is a '{other}' part; only text parts are supported"),
+                        ))
+                    }
+                    (None, _) => return Err(ApiError::field(&part_param, format!("{part_param} needs a type"))),
+                }
+            }
+            text
+        }
+        _ => {
+            return Err(ApiError::field(
+                &format!("{param}.content"),
+                format!("{param}.content must be a string or an array of text parts"),
+            ))
+        }
+    };
+    Ok(ChatMessage { role: role.clone(), content })
+}
+
+fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiError> {
+    let model = match fields.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) | None => return Err(ApiError::field("model", "model is required")),
+        Some(_) => return Err(ApiError::field("model", "model must be a string")),
+    };
+    if let Some(n) = fields.uint("n", 1, u64::MAX)? {
+        if n != 1 {
+            return Err(ApiError::field("n", format!("n must be 1 (one choice per request), got {n}")));
+        }
+    }
+    // max_completion_tokens replaces max_tokens in OpenAI's current API; either is accepted.
+    let max_tokens = match fields.uint("max_completion_tokens", 1, u64::MAX)? {
+        Some(n) => Some(n),
+        None => fields.uint("max_tokens", 1, u64::MAX)?,
+    }
+    .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+
+    let defaults = SamplingParams::default();
+    let sampling = SamplingParams {
+        temperature: fields.number("temperature", 0.0, 2.0, true)?.unwrap_or(defaults.temperature),
+        top_p: fields.number("top_p", 0.0, 1.0, false)?.unwrap_or(defaults.top_p),
+        top_k: fields.uint("top_k", 0, u32::MAX as u64)?.map_or(defaults.top_k, |k| k as usize),
+        min_p: fields.number("min_p", 0.0, 1.0, true)?.unwrap_or(defaults.min_p),
+        presence_penalty: fields.number("presence_penalty", -2.0, 2.0, true)?.unwrap_or(defaults.presence_penalty),
+        frequency_penalty: fields.number("frequency_penalty", -2.0, 2.0, true)?.unwrap_or(defaults.frequency_penalty),
+        repeat_penalty: fields.number("repetition_penalty", 0.0, 10.0, false)?.unwrap_or(defaults.repeat_penalty),
+        seed: fields.seed()?,
+        ..defaults
+    };
+
+    let stop = match fields.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            let mut stop = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) => stop.push(s.clone()),
+                    _ => return Err(ApiError::field("stop", "stop must be a string or an array of strings")),
+                }
+            }
+            stop
+        }
+        Some(_) => return Err(ApiError::field("stop", "stop must be a string or an array of strings")),
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::field("stop", format!("at most {MAX_STOP_STRINGS} stop strings, got {}", stop.len())));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::field("stop", "stop strings must not be empty"));
+    }
+
+    let stream = fields.bool("stream")?.unwrap_or(false);
+    let include_usage = match fields.get("stream_options") {
+        None => false,
+        Some(_) if !stream => {
+            return Err(ApiError::field("stream_options", "stream_options is only allowed when stream is true"))
+        }
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::field(
+                    "stream_options.include_usage",
+                    "stream_options.include_usage must be a boolean",
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::field("stream_options", "stream_options must be an object")),
+    };
+    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs })
+}
+
+/// Typed access to a request's fields, with OpenAI-style messages for wrong types and ranges.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    /// The field, or `None` when absent or null.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::field(name, format!("{name} must be a boolean"))),
+        }
+    }
+
+    /// A whole number in `min..=max`.
+    fn uint(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ if max == u64::MAX => Err(ApiError::field(name, format!("{name} must be an integer >= {min}, got {v}"))),
+            _ => Err(ApiError::field(name, format!("{name} must be an integer from {min} to {max}, got {v}"))),
+        }
+    }
+
+    /// A number in `[min, max]`, or `(min, max]` when `min_inclusive` is false.
+    fn number(&self, name: &str, min: f64, max: f64, min_inclusive: bool) -> Result<Option<f32>, ApiError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        let ok = |x: f64| (x > min || (min_inclusive && x == min)) && x <= max;
+        match v.as_f64() {
+            Some(x) if ok(x) => Ok(Some(x as f32)),
+            _ => {
+                let open = if min_inclusive { "[" } else { "(" };
+                Err(ApiError::field(name, format!("{name} must be a number in {open}{min}, {max}], got {v}")))
+            }
+        }
+    }
+
+    /// Any integer; negative seeds are taken bit for bit.
+    fn seed(&self) -> Result<Option<u64>, ApiError> {
+        match self.get("seed") {
+            None => Ok(None),
+            Some(v) => match (v.as_u64(), v.as_i64()) {
+                (Some(n), _) => Ok(Some(n)),
+                (None, Some(n)) => Ok(Some(n as u64)),
+                _ => Err(ApiError::field("seed", format!("seed must be an integer, got {v}"))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ChatRequest, ApiError> {
+        chat_request(body.as_bytes())
+    }
+
+    /// Asserts a 400 about `param` whose message contains `expected`.
+    fn rejects(result: Result<impl std::fmt::Debug, ApiError>, param: &str, expected: &str) {
+        let e = result.expect_err("the request must be refused");
+        assert_eq!(e.status(), 400, "{e}");
+        assert_eq!(e.param(), Some(param), "{e}");
+        assert!(e.to_string().contains(expected), "expected {expected:?} in {e}");
+    }
+
+    #[test]
+    fn a_full_chat_request_is_read() {
+        let r = chat(
+            r#"{"model": "smollm2", "messages": [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}],
+                "max_completion_tokens": 20, "max_tokens": 99, "temperature": 0, "top_p": 0.5, "top_k": 7, "min_p": 0.1,
+                "seed": -1, "stop": ["\n\n", "END"], "presence_penalty": 0.5, "frequency_penalty": -0.5,
+                "repetition_penalty": 1.1, "logprobs": true, "top_logprobs": 3, "n": 1, "stream": true,
+                "stream_options": {"include_usage": true}, "user": "ignored"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages[1], ChatMessage { role: "user".into(), content: "Hi there".into() });
+        let o = &r.options;
+        assert_eq!(
+            (o.model.as_str(), o.max_tokens, o.stream, o.include_usage, o.logprobs),
+            ("smollm2", Some(20), true, true, Some(3))
+        );
+        assert_eq!(o.stop, vec!["\n\n".to_string(), "END".into()]);
+        let s = &o.sampling;
+        assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.seed), (0.0, 0.5, 7, 0.1, Some(u64::MAX)));
+        assert_eq!((s.presence_penalty, s.frequency_penalty, s.repeat_penalty), (0.5, -0.5, 1.1));
+        s.validate().unwrap();
+        assert_eq!(o.generation_params(5).max_tokens, 5);
+    }
+
+    #[test]
+    fn defaults_are_llama_servers() {
+        let r = chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": null}"#).unwrap();
+        let o = r.options;
+        assert_eq!((o.max_tokens, o.stream, o.include_usage, o.logprobs), (None, false, false, None));
+        assert_eq!(o.sampling, SamplingParams::default());
+        assert!(o.stop.is_empty());
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        for body in ["", "{", "[1, 2]", "\"text\"", "{\"model\": }"] {
+            let e = chat(body).unwrap_err();
+            assert!(matches!(e, ApiError::MalformedJson(_)), "{body:?}: {e:?}");
+            assert_eq!(e.status(), 400);
+        }
+    }
+
+    #[test]
+    fn chat_fields_are_checked() {
+        let msg = r#""messages": [{"role": "user", "content": "x"}]"#;
+        let with = |extra: &str| chat(&format!(r#"{{"model": "m", {msg}, {extra}}}"#));
+        rejects(chat(r#"{"messages": [{"role": "user", "content": "x"}]}"#), "model", "model is required");
+        rejects(chat(&format!(r#"{{"model": 3, {msg}}}"#)), "model", "must be a string");
+        rejects(chat(r#"{"model": "m"}"#), "messages", "messages is required");
+        rejects(chat(r#"{"model": "m", "messages": []}"#), "messages", "at least one");
+        rejects(chat(r#"{"model": "m", "messages": "hi"}"#), "messages", "array");
+        rejects(chat(r#"{"model": "m", "messages": [3]}"#), "messages[0]", "object");
+        rejects(
+            chat(r#"{"model": "m", "messages": [{"role": "king", "content": "x"}]}"#),
+            "messages[0].role",
+            "'king'",
+        );
+        rejects(chat(r#"{"model": "m", "messages": [{"content": "x"}]}"#), "messages[0].role", "must be a string");
+        rejects(chat(r#"{"model": "m", "messages": [{"role": "user"}]}"#), "messages[0].content", "string or an array");
+        rejects(
+            chat(
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}"#,
+            ),
+            "messages[0].content[0]",
+            "only text parts",
+        );
+        rejects(with(r#""temperature": 2.5"#), "temperature", "[0, 2]");
+        rejects(with(r#""temperature": "hot""#), "temperature", "number");
+        rejects(with(r#""top_p": 0"#), "top_p", "(0, 1]");
+        rejects(with(r#""top_k": -1"#), "top_k", "integer");
+        rejects(with(r#""min_p": 1.5"#), "min_p", "[0, 1]");
+        rejects(with(r#""presence_penalty": 3"#), "presence_penalty", "[-2, 2]");
+        rejects(with(r#""frequency_penalty": -3"#), "frequency_penalty", "[-2, 2]");
+        rejects(with(r#""repetition_penalty": 0"#), "repetition_penalty", "(0, 10]");
+        rejects(with(r#""seed": 1.5"#), "seed", "integer");
+        rejects(with(r#""max_tokens": 0"#), "max_tokens", ">= 1");
+        rejects(with(r#""max_completion_tokens": "ten""#), "max_completion_tokens", ">= 1");
+        rejects(with(r#""n": 2"#), "n", "n must be 1");
+        rejects(with(r#""stop": 5"#), "stop", "string or an array");
+        rejects(with(r#""stop": ["a", 5]"#), "stop", "string or an array");
+        rejects(with(r#""stop": [""]"#), "stop", "must not be empty");
+        let many: Vec<String> = (0..=MAX_STOP_STRINGS).map(|i| format!("\"s{i}\"")).collect();
+        rejects(with(&format!(r#""stop": [{}]"#, many.join(","))), "stop", "at most 16");
+        rejects(with(r#""stream": "yes""#), "stream", "boolean");
+        rejects(with(r#""stream_options": {"include_usage": true}"#), "stream_options", "only allowed when stream");
+        rejects(with(r#""stream": true, "stream_options": 1"#), "stream_options", "object");
+        rejects(
+            with(r#""stream": true, "stream_options": {"include_usage": 1}"#),
+            "stream_options.include_usage",
+            "boolean",
+        );
+        rejects(with(r#""logprobs": 1"#), "logprobs", "boolean");
+        rejects(with(r#""top_logprobs": 2"#), "top_logprobs", "needs logprobs");
+        rejects(with(r#""logprobs": true, "top_logprobs": 21"#), "top_logprobs", "from 0 to 20");
+    }
+
+    #[test]
+    fn completion_requests_take_a_prompt_and_integer_logprobs() {
+        let r =
+            completion_request(br#"{"model": "m", "prompt": ["Once upon"], "logprobs": 2, "max_tokens": 8}"#).unwrap();
+        assert_eq!((r.prompt.as_str(), r.options.logprobs, r.options.max_tokens), ("Once upon", Some(2), Some(8)));
+        rejects(completion_request(br#"{"model": "m"}"#), "prompt", "required");
+        rejects(completion_request(br#"{"model": "m", "prompt": ""}"#), "prompt", "empty");
+        rejects(completion_request(br#"{"model": "m", "prompt": ["a", "b"]}"#), "prompt", "exactly one string");
+        rejects(completion_request(br#"{"model": "m", "prompt": [1, 2]}"#), "prompt", "exactly one string");
+        rejects(completion_request(br#"{"model": "m", "prompt": 7}"#), "prompt", "must be a string");
+        rejects(completion_request(br#"{"model": "m", "prompt": "a", "logprobs": 6}"#), "logprobs", "from 0 to 5");
+    }
+}
