@@ -4,11 +4,17 @@
 //! |---|---|
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
+//! | [`inference`] | the bounded queue in front of the model and the worker thread that runs it |
+//! | [`server`] | routes, response and chunk shapes, server-sent events |
 //!
 //! This crate knows the API's JSON and statuses; it knows nothing of how layers are split or sent.
 
 pub mod error;
+pub mod inference;
+pub mod server;
 pub mod validation;
 
 pub use error::ApiError;
+pub use inference::{Inference, ModelStore};
+pub use server::router;
 pub use validation::{ChatRequest, CompletionRequest, Options};

@@ -1,6 +1,8 @@
-//! The `exo` command: parses the command line, sets up logging and threads, and runs the chosen subcommand.
+//! The `exo` command: parses the command line, sets up logging and threads, and runs the chosen subcommand; with
+//! no subcommand it starts a node.
 
 mod bench;
+mod node;
 mod run;
 
 use std::process::ExitCode;
@@ -9,9 +11,12 @@ use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "exo", version, about = "Pool the machines you own into one LLM inference cluster")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    node: node::NodeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,8 +34,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Bench(args) => bench::bench(args),
+        Some(Command::Run(args)) => run::run(args),
+        Some(Command::Bench(args)) => bench::bench(args),
+        None => node::node(cli.node),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
