@@ -13,6 +13,8 @@ pub enum ApiError {
     InvalidField { param: String, message: String },
     #[error("the model '{0}' does not exist on this node")]
     ModelNotFound(String),
+    #[error("there is no endpoint {0}")]
+    UnknownEndpoint(String),
     /// The prompt and the tokens asked for do not fit in the model's context.
     #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens and max_tokens is {max_tokens} ({} in all)", prompt + max_tokens)]
     ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
@@ -35,7 +37,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
-            ApiError::ModelNotFound(_) => 404,
+            ApiError::ModelNotFound(_) | ApiError::UnknownEndpoint(_) => 404,
             ApiError::BodyTooLarge(_) => 413,
             ApiError::ModelTooLarge { .. } | ApiError::QueueFull(_) => 503,
             ApiError::Internal(_) => 500,
@@ -97,6 +99,7 @@ mod tests {
         let message = e.to_string();
         assert!(message.contains("8192") && message.contains("8000") && message.contains("500"), "{message}");
         assert_eq!(ApiError::ModelNotFound("x".into()).status(), 404);
+        assert_eq!(ApiError::UnknownEndpoint("GET /v2".into()).body()["error"]["type"], "not_found_error");
         assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);
         assert_eq!(ApiError::QueueFull(16).body()["error"]["type"], "server_error");
         assert_eq!(ApiError::ModelTooLarge { needed_mib: 40_000, available_mib: 24_000 }.status(), 503);

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,15 +42,9 @@ pub fn router(inference: Inference) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .fallback(|| async { ApiError::field("path", "no such endpoint").into_response_with(StatusCode::NOT_FOUND) })
+        .fallback(|method: Method, uri: Uri| async move { ApiError::UnknownEndpoint(format!("{method} {uri}")) })
         .layer(DefaultBodyLimit::disable())
         .with_state(inference)
-}
-
-impl ApiError {
-    fn into_response_with(self, status: StatusCode) -> Response {
-        (status, Json(self.body())).into_response()
-    }
 }
 
 fn model_entry(id: &str) -> Value {

@@ -212,6 +212,8 @@ fn errors_have_openais_shape_and_status() {
     let (s, b) = node.request("GET", "/v1/models/no-such-model", "");
     check(s, &b, 404, "no-such-model");
     assert_eq!(node.request("GET", "/healthcheck", "").0, 200);
+    let (s, b) = node.request("GET", "/v2/nothing", "");
+    check(s, &b, 404, "no endpoint GET /v2/nothing");
 }
 
 #[test]

@@ -199,11 +199,9 @@ pub fn share(n: usize, align: usize, index: usize, threads: usize) -> std::ops::
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static POOL: OnceLock<ThreadPool> = OnceLock::new();
 
-/// Sets the number of threads of the process-wide pool. Only the first call before the pool starts counts;
-/// returns false if the pool already runs with another count.
-pub fn set_threads(threads: usize) -> bool {
+/// Sets the number of threads of the process-wide pool; it has no effect once the pool has started.
+pub fn set_threads(threads: usize) {
     THREADS.store(threads.max(1), Ordering::SeqCst);
-    POOL.get().is_none_or(|p| p.threads() == threads.max(1))
 }
 
 /// The process-wide pool, started on first use with [`set_threads`]'s count or one thread per available core.
