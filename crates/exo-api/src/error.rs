@@ -18,10 +18,13 @@ pub enum ApiError {
     /// The prompt and the tokens asked for do not fit in the model's context.
     #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens and max_tokens is {max_tokens} ({} in all)", prompt + max_tokens)]
     ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
-    #[error("the model needs {needed_mib} MiB but only {available_mib} MiB of memory is available")]
-    ModelTooLarge { needed_mib: u64, available_mib: u64 },
+    /// The model, with its KV cache at the node's context, needs more memory than the node may use.
+    #[error("the model '{model}' does not fit in memory: it needs {needed_mib} MiB but this node has {available_mib} MiB available")]
+    ModelTooLarge { model: String, needed_mib: u64, available_mib: u64 },
     #[error("the server is busy: {0} requests are already waiting; try again later")]
     QueueFull(usize),
+    #[error("the node is shutting down")]
+    ShuttingDown,
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
     #[error("internal error: {0}")]
@@ -39,7 +42,7 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
             ApiError::ModelNotFound(_) | ApiError::UnknownEndpoint(_) => 404,
             ApiError::BodyTooLarge(_) => 413,
-            ApiError::ModelTooLarge { .. } | ApiError::QueueFull(_) => 503,
+            ApiError::ModelTooLarge { .. } | ApiError::QueueFull(_) | ApiError::ShuttingDown => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::QueueFull(_) => Some("server_busy"),
             ApiError::ModelTooLarge { .. } => Some("insufficient_memory"),
             ApiError::BodyTooLarge(_) => Some("request_too_large"),
+            ApiError::ShuttingDown => Some("shutting_down"),
             _ => None,
         }
     }
@@ -102,6 +106,9 @@ mod tests {
         assert_eq!(ApiError::UnknownEndpoint("GET /v2".into()).body()["error"]["type"], "not_found_error");
         assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);
         assert_eq!(ApiError::QueueFull(16).body()["error"]["type"], "server_error");
-        assert_eq!(ApiError::ModelTooLarge { needed_mib: 40_000, available_mib: 24_000 }.status(), 503);
+        assert_eq!(
+            ApiError::ModelTooLarge { model: "m".into(), needed_mib: 40_000, available_mib: 24_000 }.status(),
+            503
+        );
     }
 }

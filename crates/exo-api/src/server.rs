@@ -3,10 +3,12 @@
 //! Handlers read the body themselves (so that malformed JSON and oversized bodies get OpenAI-shaped 400 and 413
 //! responses, not axum's defaults), validate it ([`crate::validation`]), queue a job ([`crate::inference`]) and
 //! wait for its first event: a failure there (unknown model, prompt too long) becomes the response's status; after
-//! it, output streams as SSE chunks or is collected into one JSON response.
+//! it, output streams as SSE chunks or is collected into one JSON response. The web chat's files are compiled
+//! into the binary and served at `/`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -22,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt, TokenLogprob};
+use crate::topology::{self, NodeInfo};
 use crate::validation::{self, Options};
 
 /// Largest request body accepted.
@@ -34,33 +37,59 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes over `inference`.
-pub fn router(inference: Inference) -> Router {
-    Router::new()
+/// What every handler can reach.
+#[derive(Clone)]
+struct AppState {
+    inference: Inference,
+    node: Arc<NodeInfo>,
+}
+
+/// The web chat: a page, its script and its style sheet.
+const WEB_FILES: [(&str, &str, &str); 3] = [
+    ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../web/app.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
+];
+
+/// The API's routes (and the web chat's) over `inference`, for the node `node`.
+pub fn router(inference: Inference, node: NodeInfo) -> Router {
+    let mut router = Router::new()
         .route("/healthcheck", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v1/topology", get(topology_document))
         .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
+        .route("/v1/completions", post(completions));
+    for (path, content_type, text) in WEB_FILES {
+        router = router.route(path, get(move || async move { ([(header::CONTENT_TYPE, content_type)], text) }));
+    }
+    router
         .fallback(|method: Method, uri: Uri| async move { ApiError::UnknownEndpoint(format!("{method} {uri}")) })
         .layer(DefaultBodyLimit::disable())
-        .with_state(inference)
+        .with_state(AppState { inference, node: Arc::new(node) })
 }
 
 fn model_entry(id: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": "exo"})
 }
 
-async fn models(State(inference): State<Inference>) -> Json<Value> {
-    let data: Vec<Value> = inference.store().list().iter().map(|m| model_entry(m)).collect();
+async fn models(State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = state.inference.store().list().iter().map(|m| model_entry(m)).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
-async fn model(State(inference): State<Inference>, Path(id): Path<String>) -> Response {
-    match inference.store().resolve(&id) {
+async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.inference.store().resolve(&id) {
         Ok(_) => Json(model_entry(&id)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn topology_document(State(state): State<AppState>) -> Json<Value> {
+    let status = state.inference.status();
+    // Reading the machine's memory is a blocking system call.
+    let doc = tokio::task::spawn_blocking(move || topology::topology(&state.node, &status)).await;
+    Json(doc.unwrap_or_else(|e| ApiError::Internal(e.to_string()).body()))
 }
 
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
@@ -82,7 +111,7 @@ async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn chat(State(inference): State<Inference>, request: Request) -> Response {
+async fn chat(State(AppState { inference, .. }): State<AppState>, request: Request) -> Response {
     let request = match read_body(request).await.and_then(|b| validation::chat_request(&b)) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -90,7 +119,7 @@ async fn chat(State(inference): State<Inference>, request: Request) -> Response 
     respond(inference, Prompt::Chat(request.messages), request.options, Kind::Chat).await
 }
 
-async fn completions(State(inference): State<Inference>, request: Request) -> Response {
+async fn completions(State(AppState { inference, .. }): State<AppState>, request: Request) -> Response {
     let request = match read_body(request).await.and_then(|b| validation::completion_request(&b)) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -147,7 +176,14 @@ async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: K
             {
                 return;
             }
-            while let Some(event) = rx.recv().await {
+            loop {
+                // The client going away drops the response body; stop waiting for tokens then, so the worker
+                // sees the closed channel before its next token.
+                let event = tokio::select! {
+                    event = rx.recv() => event,
+                    _ = sse_tx.closed() => return,
+                };
+                let Some(event) = event else { return };
                 let ok = match event {
                     Event::Text { text, logprob } => {
                         let lp = logprob.map(|l| shape.logprobs(std::slice::from_ref(&l), 0));

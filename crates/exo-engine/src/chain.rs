@@ -116,6 +116,11 @@ impl ShardChain {
         self.caches.iter_mut().for_each(KvCache::reset);
     }
 
+    /// Forgets the sequence and frees the caches' memory (a server does this between requests).
+    pub fn release(&mut self) {
+        self.caches.iter_mut().for_each(KvCache::release);
+    }
+
     /// Rewinds every cache to position `p`.
     pub fn truncate(&mut self, p: usize) -> Result<()> {
         self.caches.iter_mut().try_for_each(|c| c.truncate(p))

@@ -215,6 +215,22 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Forgets every position and frees the buffers; the next use allocates them again.
+    pub fn release(&mut self) {
+        self.len = 0;
+        match &mut self.store {
+            Store::Host(layers) => {
+                for l in layers.iter_mut() {
+                    *l = HostLayer { keys: HostBuf::new(self.kv_type), values: HostBuf::new(self.kv_type) };
+                }
+            }
+            Store::Tensors { layers, capacity, .. } => {
+                layers.iter_mut().for_each(|l| *l = None);
+                *capacity = 0;
+            }
+        }
+    }
+
     /// Rewinds to position `p`: positions `p..` are forgotten. Rewinding forward is an error.
     pub fn truncate(&mut self, p: usize) -> Result<()> {
         if p > self.len {
@@ -401,6 +417,25 @@ mod tests {
         // A host cache is not a tensor cache.
         let one = entries(1, 1, 2, 0.0);
         assert!(cache.append(0, &one, &one).is_err());
+
+        // Released, it holds nothing and allocates again from the start.
+        cache.release();
+        assert_eq!((cache.len(), cache.bytes()), (0, 0));
+        cache.host_layers(1).unwrap();
+        assert_eq!(cache.bytes(), 2 * 2 * 256 * 2 * 2);
+    }
+
+    #[test]
+    fn released_tensor_caches_free_their_buffers() {
+        let mut cache = KvCache::new(1, 2, 4, 1000, KvType::F16, &Device::Cpu);
+        let first = entries(2, 3, 4, 0.5);
+        cache.append(0, &first, &first).unwrap();
+        cache.advance(3);
+        assert!(cache.bytes() > 0);
+        cache.release();
+        assert_eq!((cache.len(), cache.bytes()), (0, 0));
+        let (k, _) = cache.append(0, &first, &first).unwrap();
+        assert_eq!(k.dims(), &[2, 3, 4]);
     }
 
     #[test]

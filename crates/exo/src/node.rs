@@ -1,20 +1,34 @@
-//! `exo` with no subcommand: a node serving the OpenAI-compatible API for the models in its models folder.
+//! `exo` with no subcommand: a node serving the OpenAI-compatible API and the web chat for the models in its
+//! models folder. Owns the node's settings (flags and `EXO_*` variables), its persistent identity under
+//! `EXO_HOME`, and a clean shutdown on SIGINT/SIGTERM.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use exo_api::{Inference, ModelStore};
+use exo_api::{Inference, InferenceConfig, ModelStore, NodeInfo};
 use exo_engine::KvType;
+
+/// How long open connections may take to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
     /// Address the API listens on.
     #[arg(long, env = "EXO_API_HOST", default_value = "0.0.0.0")]
-    pub api_host: String,
-    /// Port of the API (0: any free port).
+    pub api_host: IpAddr,
+    /// Port of the API and web chat (0: any free port).
     #[arg(long, env = "EXO_API_PORT", default_value_t = 52415)]
     pub api_port: u16,
+    /// Port other nodes reach this one at.
+    #[arg(long, env = "EXO_LISTEN_PORT", default_value_t = 52416)]
+    pub listen_port: u16,
+    /// This node's ID (default: one generated once and kept in EXO_HOME, by default ~/.exo).
+    #[arg(long, env = "EXO_NODE_ID")]
+    pub node_id: Option<String>,
     /// Folder of GGUF files the node serves by name (default: ~/.cache/exo/models).
     #[arg(long, env = "EXO_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
@@ -24,6 +38,13 @@ pub struct NodeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "EXO_THREADS")]
     pub threads: Option<usize>,
+    /// Most memory the node may use for a model, its KV cache and buffers, e.g. 8G or 512M (default: what the
+    /// machine has available). A model that does not fit is refused with 503.
+    #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = exo_api::memory::parse_size)]
+    pub memory_limit: Option<u64>,
+    /// Most tokens of a sequence, prompt and answer (0: the model's full context).
+    #[arg(short = 'c', long, env = "EXO_CTX_SIZE", default_value_t = 8192)]
+    pub ctx_size: usize,
     /// How the KV cache stores keys and values: f16 or f32.
     #[arg(long, env = "EXO_KV_TYPE", default_value = "f16")]
     pub kv_type: KvType,
@@ -33,38 +54,111 @@ pub struct NodeArgs {
 }
 
 pub fn node(args: NodeArgs) -> Result<()> {
-    crate::set_threads(args.threads)?;
+    let threads = crate::set_threads(args.threads)?;
+    let home_dir = |var: &str, default: &str| -> Result<PathBuf> {
+        if let Some(dir) = std::env::var_os(var) {
+            return Ok(PathBuf::from(dir));
+        }
+        let home = std::env::var_os("HOME").with_context(|| format!("HOME is not set; set {var}"))?;
+        Ok(PathBuf::from(home).join(default))
+    };
     let models_dir = match args.models_dir {
         Some(d) => d,
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set; give --models-dir")?;
-            PathBuf::from(home).join(".cache/exo/models")
-        }
+        None => home_dir("EXO_MODELS_DIR", ".cache/exo/models")?,
     };
     if args.queue == 0 {
-        anyhow::bail!("--queue must be at least 1");
+        bail!("--queue must be at least 1");
     }
-    let store = ModelStore::new(&models_dir);
-    if let Some(m) = &args.model {
-        store.resolve(m).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    if args.api_port != 0 && args.api_port == args.listen_port {
+        bail!("--api-port and --listen-port must differ (both are {})", args.api_port);
     }
-    let inference = Inference::start(store, args.queue, args.kv_type, args.model.clone());
+    let id = match args.node_id {
+        Some(id) => check_node_id(&id).map(|_| id).context("--node-id")?,
+        None => stored_node_id(&home_dir("EXO_HOME", ".exo")?)?,
+    };
+    let config = InferenceConfig {
+        queue: args.queue,
+        kv_type: args.kv_type,
+        context: if args.ctx_size == 0 { usize::MAX } else { args.ctx_size },
+        memory_limit: args.memory_limit,
+    };
+    let inference = Inference::start(ModelStore::new(&models_dir), config, args.model.as_deref())
+        .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
 
     // Two runtime threads are plenty for HTTP: tensor work runs on the inference thread and the engine's pool.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.api_host.as_str(), args.api_port))
+        let listener = tokio::net::TcpListener::bind((args.api_host, args.api_port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.api_host, args.api_port))?;
         let addr = listener.local_addr()?;
-        eprintln!("exo node: OpenAI API on http://{addr}/v1 (models from {})", models_dir.display());
-        axum::serve(listener, exo_api::router(inference)).with_graceful_shutdown(shutdown()).await?;
+        let info = NodeInfo {
+            id: id.clone(),
+            addresses: exo_api::topology::local_addresses(args.api_host),
+            api_port: addr.port(),
+            listen_port: args.listen_port,
+            threads,
+        };
+        tracing::info!("node {id}: {threads} threads, addresses {}", info.addresses.join(", "));
+        eprintln!("exo node {id}: OpenAI API on http://{addr}/v1, web chat on http://{addr}/ (models from {})", models_dir.display());
+
+        // On SIGINT or SIGTERM: end every request with an error, stop accepting, and wait (a while) for open
+        // connections to close.
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let graceful = {
+            let (inference, signalled) = (inference.clone(), signalled.clone());
+            async move {
+                shutdown_signal().await;
+                eprintln!("exo node: shutting down");
+                inference.shut_down();
+                signalled.notify_one();
+            }
+        };
+        let serve = axum::serve(listener, exo_api::router(inference, info)).with_graceful_shutdown(graceful);
+        tokio::select! {
+            served = serve => served?,
+            _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("connections still open {} s after the shutdown signal; closing them", SHUTDOWN_GRACE.as_secs());
+            }
+        }
         Ok(())
     })
 }
 
+/// Node IDs name nodes in logs, topologies and plans: 1 to 64 letters, digits, `-`, `_` or `.`.
+fn check_node_id(id: &str) -> Result<()> {
+    let ok = (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        bail!("'{id}' is not a node ID: use 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(())
+}
+
+/// The ID kept in `home/node_id`, made (random, 128 bits) and kept on first use.
+fn stored_node_id(home: &Path) -> Result<String> {
+    let file = home.join("node_id");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let id = text.trim().to_string();
+            check_node_id(&id).with_context(|| format!("{} holds a bad node ID", file.display()))?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+            // Written under another name and renamed, so a crash never leaves half an ID.
+            let partial = home.join(format!("node_id.{}.tmp", std::process::id()));
+            std::fs::write(&partial, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            std::fs::rename(&partial, &file).with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown() {
+async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -80,5 +174,27 @@ async fn shutdown() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_checked_and_kept() {
+        assert!(check_node_id("node-1.a_b").is_ok());
+        for bad in ["", "has space", "slash/y", &"x".repeat(65)] {
+            assert!(check_node_id(bad).is_err(), "{bad:?}");
+        }
+        let home = std::env::temp_dir().join(format!("exo-node-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let first = stored_node_id(&home).unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(stored_node_id(&home).unwrap(), first);
+        std::fs::write(home.join("node_id"), "not an id!\n").unwrap();
+        let e = format!("{:#}", stored_node_id(&home).unwrap_err());
+        assert!(e.contains("bad node ID") && e.contains("not an id!"), "{e}");
+        std::fs::remove_dir_all(&home).unwrap();
     }
 }

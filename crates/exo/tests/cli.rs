@@ -297,3 +297,29 @@ fn bench_reports_speed_and_memory() {
     let rss = r["peak_rss_bytes"].as_u64().unwrap();
     assert!(rss > 96_576_768 && (rss as f64) < 1.1 * (96_576_768.0 + 207_360.0) + 100.0 * 1048576.0, "peak RSS {rss}");
 }
+
+#[test]
+fn node_settings_are_checked_before_it_listens() {
+    let model = model_path();
+    let dir = model.parent().unwrap().to_str().unwrap();
+    let node = |extra: &[&str]| {
+        let mut args = vec!["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", dir];
+        if !extra.contains(&"--node-id") {
+            args.extend(["--node-id", "t1"]);
+        }
+        args.extend_from_slice(extra);
+        exo(&args, None)
+    };
+    assert_clear_error(&node(&["--node-id", "no spaces"]), "not a node ID");
+    assert_clear_error(&exo(&["--api-port", "5000", "--listen-port", "5000"], None), "must differ");
+    assert_clear_error(&node(&["--model", "no-such-model"]), "--model: the model 'no-such-model' does not exist");
+    // A model that does not fit under the limit is refused at start, with what it needs and what there is.
+    let out = node(&["--model", model.to_str().unwrap(), "--memory-limit", "64M"]);
+    assert_clear_error(&out, "does not fit in memory");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("this node has 64 MiB available"));
+    for bad in ["12X", "-1G", "lots"] {
+        let out = node(&[&format!("--memory-limit={bad}")]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("'{bad}'")), "{out:?}");
+    }
+}

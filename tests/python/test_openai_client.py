@@ -1,0 +1,123 @@
+"""The official `openai` Python client against a real exo node: chat and completions, streaming and not, usage,
+stop strings, seeds, log-probabilities, and errors as the client's exception classes."""
+
+import openai
+import pytest
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def client(node):
+    return openai.OpenAI(base_url=node.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def chat(client, node, **kwargs):
+    args = dict(model=node.model, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=12)
+    args.update(kwargs)
+    return client.chat.completions.create(**args)
+
+
+def test_chat_with_usage_and_the_stream_adds_up_to_it(client, node):
+    r = chat(client, node)
+    assert r.object == "chat.completion"
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert r.usage.completion_tokens == 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+
+    chunks = list(chat(client, node, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == choice.message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_max_completion_tokens_and_content_parts(client, node):
+    parts = [{"type": "text", "text": "What is the capital "}, {"type": "text", "text": "of France?"}]
+    r = chat(client, node, messages=[{"role": "user", "content": parts}], max_tokens=None, max_completion_tokens=5)
+    assert r.usage.completion_tokens == 5
+    # Parts join into the same message as the plain string.
+    assert r.choices[0].message.content == chat(client, node, max_tokens=5).choices[0].message.content
+
+
+def test_completions_streaming_and_not(client, node):
+    args = dict(model=node.model, prompt="The capital of France is", temperature=0, max_tokens=8)
+    r = client.completions.create(**args)
+    assert r.object == "text_completion"
+    assert r.choices[0].text and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 8
+    chunks = list(client.completions.create(stream=True, **args))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_a_stop_string_ends_the_answer_before_it(client, node):
+    full = chat(client, node, max_tokens=24).choices[0].message.content
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = " " + words[2]
+    expected = full[: full.index(stop)]
+    r = chat(client, node, max_tokens=24, stop=[stop, "\u2603never"])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == expected
+    streamed = chat(client, node, max_tokens=24, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+
+def test_the_same_seed_gives_the_same_sample(client, node):
+    def sample(seed):
+        # top_k and min_p are not OpenAI parameters: the client sends them as extra fields.
+        r = chat(client, node, temperature=1.0, top_p=1.0, seed=seed, max_tokens=24,
+                 extra_body={"top_k": 0, "min_p": 0.0})
+        return r.choices[0].message.content
+
+    first = sample(1234)
+    assert sample(1234) == first
+    # Other seeds: at least one of three differs (all three equal by chance is vanishingly unlikely at t=1).
+    assert any(sample(s) != first for s in (1, 2, 3))
+
+
+def test_logprobs_with_alternatives(client, node):
+    r = chat(client, node, max_tokens=4, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 4
+    for token in content:
+        assert len(token.top_logprobs) == 3
+        # Greedy: the chosen token is the most likely one.
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob, abs=1e-5)
+        assert all(t.logprob <= 0 for t in token.top_logprobs)
+
+
+def test_penalties_are_accepted(client, node):
+    r = chat(client, node, presence_penalty=0.5, frequency_penalty=0.5, extra_body={"repetition_penalty": 1.1})
+    assert r.usage.completion_tokens == 12
+
+
+def test_errors_arrive_as_the_clients_exceptions(client, node):
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(client, node, model="no-such-model")
+    assert e.value.status_code == 404 and "no-such-model" in e.value.message
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, node, temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, node, n=2)
+    assert "n must be 1" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, node, max_tokens=100_000)
+    assert e.value.body["code"] == "context_length_exceeded" and "100000" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, node, messages=[])
+    assert e.value.body["param"] == "messages"
+
+
+def test_models_are_listed(client, node):
+    assert node.model in [m.id for m in client.models.list()]
+    assert client.models.retrieve(node.model).id == node.model

@@ -1,0 +1,90 @@
+"""Browser tests of the web chat page (crates/exo-api/web) against a running node.
+
+Drives Debian's chromium through Playwright (never a downloaded browser). Fixtures from conftest.py: `node`
+(.base_url, .model: a node serving the page and the API) and `output_dir` (where the screenshot goes).
+The model's words are not checked beyond being non-empty: it is a tiny model.
+"""
+import json
+import re
+import shutil
+import urllib.request
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+TIMEOUT_MS = 60_000  # a generous wait for answers on a slow CPU
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, node):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(node.base_url + "/")
+    # The picker is filled from /v1/models; pick the node's model.
+    pg.wait_for_function(
+        "m => [...document.querySelectorAll('#model option')].some(o => o.value === m)", arg=node.model,
+        timeout=TIMEOUT_MS)
+    pg.select_option("#model", node.model)
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def topology(node):
+    with urllib.request.urlopen(node.base_url + "/v1/topology", timeout=10) as r:
+        return json.load(r)
+
+
+def test_chat_streams_an_answer_with_stats_and_shows_the_cluster(page, node, output_dir):
+    page.fill("#prompt", "What is the capital of France?")
+    page.click("#send")
+
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_contain_text("tokens/s", timeout=TIMEOUT_MS)
+    assert answer.locator(".content").inner_text().strip(), "the answer is empty"
+    expect(answer.locator(".error")).to_have_count(0)
+    expect(page.locator(".message.user").last).to_have_text("What is the capital of France?")
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+
+    # The cluster panel has a card for this node with the layer range it holds (the model is loaded by now).
+    topo = topology(node)
+    me = next(n for n in topo["nodes"] if n["id"] == topo["self"])
+    assert me["model"] is not None, f"topology reports no model after an answer: {me}"
+    layers = me["model"]["layers"]
+    card = page.locator(f'#cluster .node[data-node-id="{topo["self"]}"]')
+    expect(card).to_have_count(1, timeout=10_000)
+    expect(card).to_contain_text("this node")
+    expect(card).to_contain_text(me["model"]["id"], timeout=10_000)  # the panel polls every 2 s
+    expect(card).to_contain_text(f"layers {layers['start']}–{layers['end']} of {me['model']['n_layers']}")
+
+    shot = output_dir / "web-chat.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.exists() and shot.stat().st_size > 0
+
+
+def test_stop_keeps_the_partial_answer_marked_stopped(page):
+    page.fill("#prompt", "Write a long story about a dragon who learns to cook. Make it at least 1000 words long.")
+    page.press("#prompt", "Enter")  # Enter sends
+
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".content")).to_have_text(re.compile(r"\S"), timeout=TIMEOUT_MS)
+    expect(page.locator("#send")).to_be_disabled()
+    page.click("#stop", timeout=5_000)
+
+    expect(answer).to_have_class(re.compile(r"\bstopped\b"))
+    expect(answer.locator(".stats")).to_contain_text("stopped")
+    expect(answer.locator(".content")).to_have_text(re.compile(r"\S"))  # the partial answer stays
+    expect(answer.locator(".error")).to_have_count(0)
+    expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
