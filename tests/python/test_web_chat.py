@@ -88,3 +88,22 @@ def test_stop_keeps_the_partial_answer_marked_stopped(page):
     expect(answer.locator(".error")).to_have_count(0)
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator("#stop")).to_be_disabled()
+
+
+def test_code_fences_render_as_code_and_model_text_is_never_html(page):
+    # The page's own renderer on text a model could write (a tiny model rarely writes code on request).
+    rendered = page.evaluate("""() => {
+        const box = document.createElement("div");
+        box.append(render("Try:\\n```python\\nprint('<b>hi</b>')\\n```\\nthen `x = 1` and <i>this</i>"));
+        return {code: box.querySelector("pre code")?.textContent, lang: box.querySelector(".lang")?.textContent,
+                inline: [...box.querySelectorAll(":scope > code")].map(c => c.textContent),
+                tags: box.querySelectorAll("b, i").length};
+    }""")
+    assert rendered == {"code": "print('<b>hi</b>')", "lang": "python", "inline": ["x = 1"], "tags": 0}
+    # A fence still open mid-stream is code so far.
+    partial = page.evaluate("""() => {
+        const box = document.createElement("div");
+        box.append(render("Here:\\n```js\\nlet a = 1;"));
+        return box.querySelector("pre code")?.textContent;
+    }""")
+    assert partial == "let a = 1;"

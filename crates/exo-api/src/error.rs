@@ -21,7 +21,7 @@ pub enum ApiError {
     /// The model, with its KV cache at the node's context, needs more memory than the node may use.
     #[error("the model '{model}' does not fit in memory: it needs {needed_mib} MiB but this node has {available_mib} MiB available")]
     ModelTooLarge { model: String, needed_mib: u64, available_mib: u64 },
-    #[error("the server is busy: {0} requests are already waiting; try again later")]
+    #[error("the server is busy: its queue of {0} waiting requests is full; try again later")]
     QueueFull(usize),
     #[error("the node is shutting down")]
     ShuttingDown,

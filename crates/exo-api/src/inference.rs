@@ -272,14 +272,11 @@ impl Worker {
             }
             self.shared.busy.store(true, Ordering::Release);
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
-            let (outcome, tokens) = match self.serve(&job) {
+            let (outcome, tokens, last_event) = match self.serve(&job) {
                 Ok(done) => done,
-                Err(e) => {
-                    let _ = job.events.send(Event::Failed(e));
-                    (Outcome::Failed, 0)
-                }
+                Err(e) => (Outcome::Failed, 0, Some(Event::Failed(e))),
             };
-            // The KV cache is freed between requests.
+            // The KV cache is freed between requests, and the status says so before the client hears the end.
             if let Some(m) = self.loaded.as_mut() {
                 m.chain.release();
             }
@@ -288,6 +285,9 @@ impl Worker {
                 *last = Some((outcome, tokens));
             }
             self.shared.busy.store(false, Ordering::Release);
+            if let Some(event) = last_event {
+                let _ = job.events.send(event);
+            }
         }
     }
 
@@ -356,8 +356,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs one job to its end; returns how it ended and how many tokens it generated.
-    fn serve(&mut self, job: &Job) -> Result<(Outcome, usize), ApiError> {
+    /// Runs one job until its last event; returns how it ended, how many tokens it generated, and the last event
+    /// (`Done`, or `Failed` on shutdown) for the caller to send once the job's resources are freed.
+    fn serve(&mut self, job: &Job) -> Result<(Outcome, usize, Option<Event>), ApiError> {
         if self.shared.stopping.load(Ordering::Acquire) {
             return Err(ApiError::ShuttingDown);
         }
@@ -390,7 +391,7 @@ impl Worker {
         let params = o.generation_params(max_tokens);
         let mut generation = Generation::new(&m.tokenizer, &prompt, &params).map_err(engine)?;
         if job.events.send(Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len() }).is_err() {
-            return Ok((Outcome::Cancelled, 0));
+            return Ok((Outcome::Cancelled, 0, None));
         }
 
         let started = Instant::now();
@@ -405,24 +406,24 @@ impl Worker {
             if !step.text.is_empty() || logprob.is_some() {
                 // A closed channel: the client went away; stop here.
                 if job.events.send(Event::Text { text: step.text, logprob }).is_err() {
-                    return Ok((Outcome::Cancelled, generation.generated()));
+                    return Ok((Outcome::Cancelled, generation.generated(), None));
                 }
             }
+            let generated = generation.generated();
             if let Some(finish) = step.finished {
-                let _ = job.events.send(Event::Done {
+                let done = Event::Done {
                     finish,
                     prompt_tokens: prompt.len(),
-                    completion_tokens: generation.generated(),
+                    completion_tokens: generated,
                     seconds: started.elapsed().as_secs_f64(),
-                });
-                return Ok((Outcome::Finished(finish), generation.generated()));
+                };
+                return Ok((Outcome::Finished(finish), generated, Some(done)));
             }
             if job.events.is_closed() {
-                return Ok((Outcome::Cancelled, generation.generated()));
+                return Ok((Outcome::Cancelled, generated, None));
             }
             if self.shared.stopping.load(Ordering::Acquire) {
-                let _ = job.events.send(Event::Failed(ApiError::ShuttingDown));
-                return Ok((Outcome::Failed, generation.generated()));
+                return Ok((Outcome::Failed, generated, Some(Event::Failed(ApiError::ShuttingDown))));
             }
             logits = m.chain.forward(&[step.token]).map_err(engine)?;
         }

@@ -1,14 +1,17 @@
 //! A node as its clients see it: a real `exo` process on 127.0.0.1 with a port the OS assigns, spoken to over
 //! HTTP/1.1: greedy answers equal `exo run`'s, streams add up to the same answer, errors have OpenAI's shape and
-//! status, and a client hanging up mid-stream does not stop the node.
+//! status, a full queue is refused, a client hanging up mid-stream stops its generation and frees its cache,
+//! concurrent streams are both right, shutdown ends streams with an error event, and the node describes itself in
+//! `/v1/topology` and serves the web chat.
 
 #[path = "../../exo-engine/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -18,30 +21,90 @@ const QUESTION: &str = "What is the capital of France?";
 struct Node {
     child: Child,
     port: u16,
+    id: String,
+}
+
+/// A folder for one test's node (its `EXO_HOME`), removed at the end.
+struct Home(PathBuf);
+
+impl Home {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("exo-api-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Home(dir)
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Node {
     fn start() -> Self {
+        Self::start_with(&Home::new("default"), &[])
+    }
+
+    /// A node with `EXO_HOME` in `home` and `extra` arguments.
+    fn start_with(home: &Home, extra: &[&str]) -> Self {
         let model = common::model_path();
         let dir = model.parent().unwrap().to_str().unwrap().to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
             .args(["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", &dir, "--threads", "2"])
+            .args(extra)
             .env("RUST_LOG", "warn")
+            .env("EXO_HOME", &home.0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("exo starts");
-        // Ready when it says where it listens.
+        // Ready when it says where it listens: "exo node ID: OpenAI API on http://127.0.0.1:PORT/v1, ...".
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = loop {
+        let (id, port) = loop {
             let line = lines.next().expect("the node exits before listening").unwrap();
             if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-                break rest.split('/').next().unwrap().parse().unwrap();
+                let id = line.trim_start_matches("exo node ").split(':').next().unwrap().to_string();
+                break (id, rest.split('/').next().unwrap().parse().unwrap());
             }
         };
         // Keep draining stderr so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Node { child, port }
+        Node { child, port, id }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// This node's entry in `/v1/topology`.
+    fn me(&self) -> Value {
+        let t = self.get("/v1/topology");
+        assert_eq!(t["self"], self.id.as_str());
+        t["nodes"].as_array().unwrap().iter().find(|n| n["id"] == self.id.as_str()).unwrap().clone()
+    }
+
+    /// Polls `/v1/topology` until `ready` holds for this node's entry (at most a minute) and returns the entry.
+    fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let me = self.me();
+            if ready(&me) {
+                return me;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "waited a minute for {what}: {me}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a request on a new connection without reading the response.
+    fn send(&self, path: &str, body: &Value) -> TcpStream {
+        let body = body.to_string();
+        let mut s = self.connect();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        s
     }
 
     fn connect(&self) -> TcpStream {
@@ -216,25 +279,185 @@ fn errors_have_openais_shape_and_status() {
     check(s, &b, 404, "no endpoint GET /v2/nothing");
 }
 
-#[test]
-fn a_client_hanging_up_mid_stream_leaves_the_node_serving() {
-    let node = Node::start();
-    let body = chat_body(400, true).to_string();
-    let mut s = node.connect();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-        .unwrap();
-    // Read until two content chunks have arrived, then hang up.
-    let mut reader = BufReader::new(s);
-    let mut seen = 0;
-    let mut line = String::new();
-    while seen < 3 {
+/// A request that runs for thousands of tokens: sampling at a high temperature over the whole vocabulary makes an
+/// end-of-generation token very unlikely.
+fn long_chat() -> Value {
+    json!({"model": model_name(), "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "temperature": 2.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 7, "max_tokens": 4000, "stream": true})
+}
+
+/// Reads SSE lines from `reader` until `n` content chunks have arrived.
+fn read_content_chunks(reader: &mut impl BufRead, n: usize) {
+    let (mut seen, mut line) = (0, String::new());
+    while seen < n {
         line.clear();
         assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
-        seen += usize::from(line.contains("data: "));
+        seen +=
+            usize::from(line.starts_with("data: ") && line.contains("\"content\":\"") && !line.contains("\"role\""));
     }
+}
+
+#[test]
+fn a_client_hanging_up_mid_stream_stops_its_generation_and_frees_its_cache() {
+    let node = Node::start();
+    let mut reader = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
+    read_content_chunks(&mut reader, 3);
+    let during = node.me();
+    assert_eq!(during["inference"]["busy"], true, "{during}");
+    assert!(during["inference"]["kv_cache_bytes"].as_u64().unwrap() > 0, "{during}");
+    let before = during["inference"]["tokens_generated"].as_u64().unwrap();
+    // Hanging up with unread data resets the connection.
     drop(reader);
+    let after = node.wait_for("the cancelled request to end", |me| me["inference"]["busy"] == false);
+    let last = &after["inference"]["last_request"];
+    assert_eq!(last["outcome"], "cancelled", "{after}");
+    assert!(last["completion_tokens"].as_u64().unwrap() < 4000, "{after}");
+    // The worker checks for the hang-up before every token: it may finish the token in progress when the
+    // connection resets, and the topology request above takes a moment, but no more.
+    let extra = after["inference"]["tokens_generated"].as_u64().unwrap() - before;
+    assert!(extra <= 3, "{extra} tokens generated after the client hung up: {after}");
+    assert_eq!(after["inference"]["kv_cache_bytes"], 0, "{after}");
     // The next request is served, in full.
     let (status, r) = node.post("/v1/chat/completions", &chat_body(5, false));
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["usage"]["completion_tokens"], 5);
+    assert_eq!(node.me()["inference"]["kv_cache_bytes"], 0);
+}
+
+#[test]
+fn a_full_queue_is_refused_and_the_node_keeps_serving() {
+    let node = Node::start_with(&Home::new("queue"), &["--queue", "1"]);
+    let mut running = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
+    read_content_chunks(&mut running, 1);
+    let waiting = node.send("/v1/chat/completions", &long_chat());
+    node.wait_for("a request in the queue", |me| me["inference"]["queued"] == 1);
+    let (status, r) = node.post("/v1/chat/completions", &chat_body(4, false));
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "server_busy");
+    assert!(r["error"]["message"].as_str().unwrap().contains("queue of 1 waiting request"), "{r}");
+    drop((running, waiting));
+    node.wait_for("the queue to empty", |me| me["inference"]["busy"] == false && me["inference"]["queued"] == 0);
+    let (status, r) = node.post("/v1/chat/completions", &chat_body(4, false));
+    assert_eq!(status, 200, "{r}");
+}
+
+#[test]
+fn two_concurrent_streams_are_both_right() {
+    let node = Node::start();
+    let (status, r) = node.post("/v1/chat/completions", &chat_body(16, false));
+    assert_eq!(status, 200, "{r}");
+    let expected = r["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let body = chat_body(16, true).to_string();
+    let streams: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let (status, text) = node.request("POST", "/v1/chat/completions", &body);
+                    assert_eq!(status, 200, "{text}");
+                    let data = sse_data(&text);
+                    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+                    data[..data.len() - 1]
+                        .iter()
+                        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                        .collect::<String>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(streams, vec![expected.clone(), expected]);
+    assert_eq!(node.me()["inference"]["requests"], 3);
+}
+
+#[cfg(unix)]
+#[test]
+fn shutdown_ends_streams_with_an_error_event_and_refuses_queued_requests() {
+    let mut node = Node::start();
+    let mut streaming = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
+    read_content_chunks(&mut streaming, 2);
+    let mut queued = node.send("/v1/chat/completions", &chat_body(4, false));
+    node.wait_for("a request in the queue", |me| me["inference"]["queued"] == 1);
+    let killed = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    // The stream ends with an error event, not [DONE].
+    let mut rest = String::new();
+    streaming.read_to_string(&mut rest).unwrap();
+    let last = sse_data(&dechunk_tail(&rest)).pop().unwrap_or_default();
+    let event: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(event["error"]["code"], "shutting_down", "{rest}");
+    // The queued request gets a 503.
+    let mut response = String::new();
+    queued.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("shutting down"), "{response}");
+
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the node did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// The SSE lines of a chunked body read from the middle: chunk-size lines are dropped.
+fn dechunk_tail(body: &str) -> String {
+    body.lines().filter(|l| l.starts_with("data: ") || l.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn a_model_too_large_for_the_memory_limit_is_refused_with_503() {
+    let node = Node::start_with(&Home::new("memory"), &["--memory-limit", "100M"]);
+    let (status, r) = node.post("/v1/chat/completions", &chat_body(4, false));
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "insufficient_memory");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&model_name()) && message.contains("has 100 MiB available"), "{message}");
+    assert_eq!(node.me()["model"], Value::Null);
+}
+
+#[test]
+fn the_node_describes_itself_and_serves_the_web_chat() {
+    let home = Home::new("topology");
+    let node = Node::start_with(&home, &["--listen-port", "40123"]);
+    let me = node.me();
+    assert_eq!(me["id"].as_str().unwrap().len(), 32, "{me}");
+    assert_eq!((me["api_port"].as_u64(), me["listen_port"].as_u64()), (Some(node.port as u64), Some(40123)));
+    assert_eq!(me["addresses"], json!(["127.0.0.1"]));
+    assert_eq!(me["threads"], 2);
+    assert!(me["memory"]["total_bytes"].as_u64().unwrap() >= me["memory"]["available_bytes"].as_u64().unwrap());
+    assert_eq!(me["model"], Value::Null);
+    assert!(me["cpu"]["kernels"].is_string() && me["cpu"]["features"].is_array(), "{me}");
+    let (status, _) = node.post("/v1/chat/completions", &chat_body(2, false));
+    assert_eq!(status, 200);
+    let model = &node.me()["model"];
+    assert_eq!(model["id"], model_name());
+    assert_eq!(
+        (&model["layers"]["start"], &model["layers"]["end"], &model["n_layers"]),
+        (&json!(0), &json!(29), &json!(30))
+    );
+    assert_eq!(model["context"], 8192);
+
+    // The ID is kept: the same home gives the same node; --node-id overrides it.
+    let id = node.id.clone();
+    drop(node);
+    assert_eq!(Node::start_with(&home, &[]).id, id);
+    let named = Node::start_with(&home, &["--node-id", "kitchen-pc"]);
+    assert_eq!(named.me()["id"], "kitchen-pc");
+
+    for (path, content_type, marker) in
+        [("/", "text/html", "/app.js"), ("/app.js", "text/javascript", "/v1/topology"), ("/style.css", "text/css", "{")]
+    {
+        let mut s = named.connect();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        assert!(response.to_ascii_lowercase().contains(&format!("content-type: {content_type}")), "{path}");
+        assert!(response.contains(marker), "{path}");
+    }
 }
