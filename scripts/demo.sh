@@ -10,7 +10,8 @@ cargo build --release -q -p exo
 PORT=${PORT:-52415}
 MODEL=SmolLM2-135M-Instruct.Q4_1
 LOG=$(mktemp)
-target/release/exo --api-host 127.0.0.1 --api-port "$PORT" --models-dir "$CACHE" --model "$MODEL" 2>"$LOG" &
+target/release/exo --api-host 127.0.0.1 --api-port "$PORT" --listen-port 0 --discovery none \
+  --models-dir "$CACHE" --model "$MODEL" 2>"$LOG" &
 NODE=$!
 trap 'kill $NODE 2>/dev/null; wait $NODE 2>/dev/null; rm -f "$LOG"' EXIT
 # Ready when /healthcheck answers (the model is loaded before the node listens).
@@ -19,7 +20,7 @@ for _ in $(seq 600); do
   kill -0 $NODE 2>/dev/null || { cat "$LOG" >&2; exit 1; }
   sleep 0.1
 done
-head -n1 "$LOG" >&2
+grep -m1 "^exo node" "$LOG" >&2
 QUESTION=${PROMPT:-What is the capital of France? Answer in one sentence.}
 echo "> $QUESTION" >&2
 python3 - "$PORT" "$MODEL" "$QUESTION" <<'PY'

@@ -41,8 +41,8 @@ def node():
         (models_dir / MODEL_FILE).symlink_to(model)
         env = dict(os.environ, EXO_HOME=str(pathlib.Path(tmp) / "home"), RUST_LOG="warn")
         process = subprocess.Popen(
-            [str(binary), "--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", str(models_dir),
-             "--threads", "2"],
+            [str(binary), "--api-host", "127.0.0.1", "--api-port", "0", "--listen-port", "0", "--discovery", "none",
+             "--models-dir", str(models_dir), "--threads", "2"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         # Ready when it says where it listens.

@@ -18,9 +18,13 @@ pub enum ApiError {
     /// The prompt and the tokens asked for do not fit in the model's context.
     #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens and max_tokens is {max_tokens} ({} in all)", prompt + max_tokens)]
     ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
-    /// The model, with its KV cache at the node's context, needs more memory than the node may use.
-    #[error("the model '{model}' does not fit in memory: it needs {needed_mib} MiB but this node has {available_mib} MiB available")]
-    ModelTooLarge { model: String, needed_mib: u64, available_mib: u64 },
+    /// The model, with its KV cache at the node's context, needs more memory than the cluster's nodes offer
+    /// (the message says how much is needed and available).
+    #[error("{0}")]
+    ModelTooLarge(String),
+    /// A node holding part of the model failed or left during the request.
+    #[error("{0}")]
+    NodeFailed(String),
     #[error("the server is busy: its queue of {0} waiting requests is full; try again later")]
     QueueFull(usize),
     #[error("the node is shutting down")]
@@ -42,7 +46,9 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
             ApiError::ModelNotFound(_) | ApiError::UnknownEndpoint(_) => 404,
             ApiError::BodyTooLarge(_) => 413,
-            ApiError::ModelTooLarge { .. } | ApiError::QueueFull(_) | ApiError::ShuttingDown => 503,
+            ApiError::ModelTooLarge(_) | ApiError::NodeFailed(_) | ApiError::QueueFull(_) | ApiError::ShuttingDown => {
+                503
+            }
             ApiError::Internal(_) => 500,
         }
     }
@@ -62,7 +68,8 @@ impl ApiError {
             ApiError::ModelNotFound(_) => Some("model_not_found"),
             ApiError::ContextExceeded { .. } => Some("context_length_exceeded"),
             ApiError::QueueFull(_) => Some("server_busy"),
-            ApiError::ModelTooLarge { .. } => Some("insufficient_memory"),
+            ApiError::ModelTooLarge(_) => Some("insufficient_memory"),
+            ApiError::NodeFailed(_) => Some("node_failed"),
             ApiError::BodyTooLarge(_) => Some("request_too_large"),
             ApiError::ShuttingDown => Some("shutting_down"),
             _ => None,
@@ -106,9 +113,6 @@ mod tests {
         assert_eq!(ApiError::UnknownEndpoint("GET /v2".into()).body()["error"]["type"], "not_found_error");
         assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);
         assert_eq!(ApiError::QueueFull(16).body()["error"]["type"], "server_error");
-        assert_eq!(
-            ApiError::ModelTooLarge { model: "m".into(), needed_mib: 40_000, available_mib: 24_000 }.status(),
-            503
-        );
+        assert_eq!(ApiError::ModelTooLarge("m".into()).status(), 503);
     }
 }

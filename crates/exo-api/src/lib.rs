@@ -4,22 +4,20 @@
 //! |---|---|
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
-//! | [`inference`] | the bounded queue in front of the model and the worker thread that runs it |
-//! | [`memory`] | the machine's memory, the node's limit, what a model needs, sizes like `8G` |
-//! | [`topology`] | `/v1/topology`: the node's identity, addresses, memory, CPU and model |
+//! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
+//! | [`topology`] | `/v1/topology`: every node's identity, addresses, memory, CPU, layers and link; the plans |
 //! | [`server`] | routes, response and chunk shapes, server-sent events, the embedded web chat |
 //!
-//! This crate knows the API's JSON and statuses; it knows nothing of how layers are split or sent.
+//! This crate knows the API's JSON and statuses; it asks the cluster (`exo-cluster`) to plan and run requests and
+//! knows nothing of how layers are split or sent.
 
 pub mod error;
 pub mod inference;
-pub mod memory;
 pub mod server;
 pub mod topology;
 pub mod validation;
 
 pub use error::ApiError;
-pub use inference::{Inference, InferenceConfig, ModelStore};
+pub use inference::{Inference, InferenceConfig};
 pub use server::router;
-pub use topology::NodeInfo;
 pub use validation::{ChatRequest, CompletionRequest, Options};

@@ -8,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -24,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt, TokenLogprob};
-use crate::topology::{self, NodeInfo};
+use crate::topology;
 use crate::validation::{self, Options};
 
 /// Largest request body accepted.
@@ -41,7 +40,6 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 struct AppState {
     inference: Inference,
-    node: Arc<NodeInfo>,
 }
 
 /// The web chat: a page, its script and its style sheet.
@@ -51,8 +49,8 @@ const WEB_FILES: [(&str, &str, &str); 3] = [
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];
 
-/// The API's routes (and the web chat's) over `inference`, for the node `node`.
-pub fn router(inference: Inference, node: NodeInfo) -> Router {
+/// The API's routes (and the web chat's) over `inference`.
+pub fn router(inference: Inference) -> Router {
     let mut router = Router::new()
         .route("/healthcheck", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
@@ -66,7 +64,7 @@ pub fn router(inference: Inference, node: NodeInfo) -> Router {
     router
         .fallback(|method: Method, uri: Uri| async move { ApiError::UnknownEndpoint(format!("{method} {uri}")) })
         .layer(DefaultBodyLimit::disable())
-        .with_state(AppState { inference, node: Arc::new(node) })
+        .with_state(AppState { inference })
 }
 
 fn model_entry(id: &str) -> Value {
@@ -81,14 +79,18 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
 async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.inference.store().resolve(&id) {
         Ok(_) => Json(model_entry(&id)).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 async fn topology_document(State(state): State<AppState>) -> Json<Value> {
     let status = state.inference.status();
     // Reading the machine's memory is a blocking system call.
-    let doc = tokio::task::spawn_blocking(move || topology::topology(&state.node, &status)).await;
+    let doc = tokio::task::spawn_blocking(move || {
+        let cluster = state.inference.cluster();
+        topology::topology(&cluster.nodes(), &cluster.plans(), &status, cluster.kv_cache_bytes())
+    })
+    .await;
     Json(doc.unwrap_or_else(|e| ApiError::Internal(e.to_string()).body()))
 }
 

@@ -1,146 +1,88 @@
-//! `/v1/topology`: what a node says about itself (identity, addresses, ports, memory, CPU) and what it runs now
-//! (model, layer range, work in progress). A single node is the whole cluster for now.
+//! `/v1/topology`: every node of the cluster (this one first) with its identity, addresses, ports, memory, CPU,
+//! the layers it holds and the link to it; this node's work in progress; and the current plan per model.
 
-use std::net::IpAddr;
-
-use exo_engine::kernels::Kernels;
+use exo_cluster::{NodeView, Plan};
 use serde_json::{json, Value};
 
 use crate::inference::Status;
-use crate::memory::Memory;
 
-/// The parts of a node's description that do not change while it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeInfo {
-    pub id: String,
-    /// Addresses peers and clients can reach it at.
-    pub addresses: Vec<String>,
-    pub api_port: u16,
-    /// Port for other nodes.
-    pub listen_port: u16,
-    /// CPU threads for tensor work.
-    pub threads: usize,
-}
-
-/// The topology document: every node (this one) with its memory, CPU and model.
-pub fn topology(node: &NodeInfo, status: &Status) -> Value {
-    let memory = Memory::now(status.memory_limit);
-    let model = status.model.as_ref().map(|m| {
-        json!({"id": m.id, "layers": {"start": m.layers.0, "end": m.layers.1}, "n_layers": m.n_layers,
-            "bytes": m.bytes, "context": m.context, "backend": m.backend})
-    });
-    let last = status.last.map(|(outcome, tokens)| json!({"outcome": outcome.as_str(), "completion_tokens": tokens}));
-    let entry = json!({
-        "id": node.id,
-        "addresses": node.addresses,
-        "api_port": node.api_port,
-        "listen_port": node.listen_port,
-        "memory": {"total_bytes": memory.total, "available_bytes": memory.available,
-            "limit_bytes": memory.limit, "usable_bytes": memory.usable()},
-        "threads": node.threads,
-        "cpu": cpu(),
-        "model": model,
-        "inference": {"busy": status.busy, "queued": status.queued, "requests": status.requests,
-            "tokens_generated": status.tokens_generated, "kv_cache_bytes": status.kv_cache_bytes, "last_request": last},
-    });
-    json!({"self": node.id, "nodes": [entry]})
-}
-
-/// The CPU's architecture, the features the engine's kernels care about, and the kernels in use.
-pub fn cpu() -> Value {
-    #[allow(unused_mut)]
-    let mut features: Vec<&str> = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        let detected = [
-            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-            ("fma", std::arch::is_x86_feature_detected!("fma")),
-            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
-            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
-        ];
-        features.extend(detected.iter().filter(|(_, on)| *on).map(|(name, _)| *name));
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let detected = [
-            ("neon", std::arch::is_aarch64_feature_detected!("neon")),
-            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
-            ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
-        ];
-        features.extend(detected.iter().filter(|(_, on)| *on).map(|(name, _)| *name));
-    }
-    let kernels = format!("{:?}", Kernels::best().isa()).to_lowercase();
-    json!({"arch": std::env::consts::ARCH, "features": features, "kernels": kernels})
-}
-
-/// The addresses a server bound to `host` is reachable at: `host` itself, or for an unspecified address
-/// (`0.0.0.0`, `::`) those of the machine's interfaces of that family, loopback last.
-pub fn local_addresses(host: IpAddr) -> Vec<String> {
-    if !host.is_unspecified() {
-        return vec![host.to_string()];
-    }
-    let networks = sysinfo::Networks::new_with_refreshed_list();
-    let mut addresses: Vec<IpAddr> = networks
-        .values()
-        .flat_map(|n| n.ip_networks().iter().map(|ip| ip.addr))
-        .filter(|a| a.is_ipv4() == host.is_ipv4())
-        .filter(|a| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+/// The topology document.
+pub fn topology(nodes: &[NodeView], plans: &[Plan], status: &Status, kv_cache_bytes: u64) -> Value {
+    let me = nodes.iter().find(|n| n.is_self).map(|n| n.description.id.clone()).unwrap_or_default();
+    let entries: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let d = &n.description;
+            let model = d.shards.first().map(|s| {
+                json!({"id": s.model, "layers": {"start": s.start, "end": s.end}, "n_layers": s.n_layers,
+                    "bytes": s.bytes})
+            });
+            let mut entry = json!({
+                "id": d.id,
+                "addresses": d.addresses,
+                "api_port": d.api_port,
+                "listen_port": d.peer_port,
+                "memory": {"total_bytes": d.memory_total, "available_bytes": d.memory_available,
+                    "limit_bytes": d.memory_limit, "usable_bytes": d.memory_usable},
+                "threads": d.threads,
+                "cpu": {"arch": d.arch, "features": d.features, "kernels": d.kernels},
+                "model": model,
+                "link": if n.is_self { Value::Null } else {
+                    json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3)})
+                },
+            });
+            if n.is_self {
+                let last = status
+                    .last
+                    .map(|(outcome, tokens)| json!({"outcome": outcome.as_str(), "completion_tokens": tokens}));
+                entry["inference"] = json!({"busy": status.busy, "queued": status.queued, "requests": status.requests,
+                    "tokens_generated": status.tokens_generated, "kv_cache_bytes": kv_cache_bytes,
+                    "last_request": last});
+            }
+            entry
+        })
         .collect();
-    addresses.sort_by_key(|a| (a.is_loopback(), *a));
-    addresses.dedup();
-    if addresses.is_empty() {
-        addresses.push(if host.is_ipv4() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
-        });
-    }
-    addresses.iter().map(IpAddr::to_string).collect()
+    let plans: Vec<Value> = plans
+        .iter()
+        .map(|p| {
+            json!({"id": format!("{:016x}", p.id), "model": p.model, "n_layers": p.n_layers,
+                "stages": p.stages.iter().map(|s| json!({"node_id": s.node_id, "start": s.start, "end": s.end}))
+                    .collect::<Vec<_>>()})
+        })
+        .collect();
+    json!({"self": me, "nodes": entries, "plans": plans})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use exo_cluster::proto::{LoadedShard, NodeDescription};
+    use exo_cluster::{Candidate, Plan};
 
     #[test]
-    fn a_bound_address_is_the_only_one_and_unspecified_lists_interfaces() {
-        assert_eq!(local_addresses("127.0.0.1".parse().unwrap()), vec!["127.0.0.1"]);
-        let all = local_addresses("0.0.0.0".parse().unwrap());
-        assert!(all.iter().any(|a| a == "127.0.0.1"), "{all:?}");
-        assert!(all.iter().all(|a| a.parse::<std::net::Ipv4Addr>().is_ok()), "{all:?}");
-    }
-
-    #[test]
-    fn the_document_describes_the_node_and_its_work() {
-        let node = NodeInfo {
-            id: "n1".into(),
-            addresses: vec!["127.0.0.1".into()],
-            api_port: 52415,
-            listen_port: 52416,
-            threads: 2,
+    fn the_document_lists_every_node_and_the_plans() {
+        let node = |id: &str, is_self: bool| NodeView {
+            description: NodeDescription {
+                id: id.into(),
+                memory_total: 8 << 30,
+                memory_usable: 4 << 30,
+                shards: vec![LoadedShard { model: "m".into(), start: 0, end: 14, n_layers: 30, bytes: 1 }],
+                ..Default::default()
+            },
+            address: format!("{id}:52416"),
+            rtt: (!is_self).then(|| std::time::Duration::from_micros(250)),
+            is_self,
         };
-        let status = Status {
-            model: None,
-            busy: true,
-            queued: 2,
-            requests: 5,
-            tokens_generated: 40,
-            kv_cache_bytes: 1024,
-            last: None,
-            memory_limit: Some(1 << 30),
-        };
-        let t = topology(&node, &status);
-        assert_eq!(t["self"], "n1");
-        let n = &t["nodes"][0];
-        assert_eq!(
-            (n["id"].as_str(), n["api_port"].as_u64(), n["listen_port"].as_u64()),
-            (Some("n1"), Some(52415), Some(52416))
-        );
-        assert_eq!(n["memory"]["limit_bytes"], 1 << 30);
-        assert!(n["memory"]["usable_bytes"].as_u64().unwrap() <= 1 << 30);
-        assert_eq!(n["model"], Value::Null);
-        assert_eq!(n["inference"]["queued"], 2);
-        assert_eq!(n["cpu"]["arch"], std::env::consts::ARCH);
+        let status = Status { model: None, busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
+        let plan = Plan::new("m", 30, 1 << 20, &[Candidate { id: "a".into(), address: "a:1".into(), usable: 1 << 30 }])
+            .unwrap();
+        let t = topology(&[node("a", true), node("b", false)], &[plan], &status, 1024);
+        assert_eq!(t["self"], "a");
+        assert_eq!(t["nodes"][0]["inference"]["kv_cache_bytes"], 1024);
+        assert_eq!(t["nodes"][0]["link"], Value::Null);
+        assert_eq!(t["nodes"][1]["link"]["rtt_ms"], 0.25);
+        assert!(t["nodes"][1].get("inference").is_none());
+        assert_eq!(t["nodes"][1]["model"]["layers"]["end"], 14);
+        assert_eq!(t["plans"][0]["stages"][0], json!({"node_id": "a", "start": 0, "end": 29}));
     }
 }

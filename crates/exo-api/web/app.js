@@ -238,26 +238,29 @@ function modelRows(m) {
   const { start, end } = m.layers;
   return [
     el("div", { class: "row model" }, m.id),
-    el("div", { class: "row" }, `layers ${start}–${end} of ${m.n_layers} · ${m.backend} · context ${m.context}`),
+    el("div", { class: "row" }, `layers ${start}–${end} of ${m.n_layers} · ${(m.bytes / 1024 ** 2).toFixed(0)} MiB`),
     bar(start / m.n_layers, (end - start + 1) / m.n_layers, `holds layers ${start}–${end} of ${m.n_layers}`),
   ];
 }
 
 function nodeCard(n, self) {
   const mem = n.memory || {}, inf = n.inference || {}, cpu = n.cpu || {};
-  const state = inf.busy ? `busy${inf.queued ? ` · ${inf.queued} queued` : ""}` : "idle";
+  const state = !n.inference ? "peer" : inf.busy ? `busy${inf.queued ? ` · ${inf.queued} queued` : ""}` : "idle";
   const limit = mem.limit_bytes != null ? ` · limit ${gib(mem.limit_bytes)} GiB` : "";
   return el("div", { class: n.id === self ? "node self" : "node", "data-node-id": n.id },
     el("div", { class: "node-head" },
       el("strong", { title: n.id }, n.id.slice(0, 8)),
       n.id === self ? el("span", { class: "tag" }, "this node") : null,
       el("span", { class: `state ${inf.busy ? "busy" : "idle"}` }, state)),
-    el("div", { class: "row muted" }, `${(n.addresses || []).join(", ")} · api :${n.api_port}`),
+    el("div", { class: "row muted" }, `${(n.addresses || []).join(", ")} · api :${n.api_port} · peer :${n.listen_port}`),
+    n.link ? el("div", { class: "row muted" },
+      `link ${n.link.address}${n.link.rtt_ms != null ? ` · ${n.link.rtt_ms.toFixed(2)} ms round trip` : ""}`) : null,
     el("div", { class: "row" }, `memory ${gib(mem.usable_bytes)} / ${gib(mem.total_bytes)} GiB usable${limit}`),
     bar(0, mem.usable_bytes / mem.total_bytes, "usable share of memory"),
     el("div", { class: "row" }, `${n.threads} threads · ${cpu.kernels ?? "?"} kernels · ${cpu.arch ?? ""}`),
     ...modelRows(n.model),
-    el("div", { class: "row muted" }, `${inf.requests ?? 0} requests · ${inf.tokens_generated ?? 0} tokens generated`));
+    n.inference ? el("div", { class: "row muted" },
+      `${inf.requests ?? 0} requests · ${inf.tokens_generated ?? 0} tokens generated`) : null);
 }
 
 async function refreshTopology() {

@@ -101,6 +101,12 @@ impl<'a> Generation<'a> {
     /// Chooses the next token from the model's logits for the last position.
     pub fn step(&mut self, logits: &mut [f32]) -> Step {
         let token = self.sampler.sample(logits, &self.history, &self.banned);
+        self.accept(token)
+    }
+
+    /// Takes a token chosen elsewhere (by the node holding the last layers, with the same sampling parameters):
+    /// the same bookkeeping as [`Generation::step`] without sampling.
+    pub fn accept(&mut self, token: u32) -> Step {
         self.history.push(token);
         self.generated += 1;
         let mut text = String::new();

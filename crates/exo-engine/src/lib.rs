@@ -35,7 +35,7 @@ pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 
-pub use candle_core::Device;
+pub use candle_core::{Device, Tensor};
 pub use chain::ShardChain;
 pub use config::{Architecture, ModelConfig};
 pub use error::{EngineError, Result};

@@ -1,15 +1,17 @@
-//! `exo` with no subcommand: a node serving the OpenAI-compatible API and the web chat for the models in its
-//! models folder. Owns the node's settings (flags and `EXO_*` variables), its persistent identity under
-//! `EXO_HOME`, and a clean shutdown on SIGINT/SIGTERM.
+//! `exo` with no subcommand: a node. It joins the cluster (peer server, heartbeats, discovery) and serves the
+//! OpenAI-compatible API and the web chat for the models in its models folder, running requests over the
+//! cluster. Owns the node's settings (flags and `EXO_*` variables), its persistent identity under `EXO_HOME`, and
+//! a clean shutdown on SIGINT/SIGTERM.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use exo_api::{Inference, InferenceConfig, ModelStore, NodeInfo};
+use exo_api::{Inference, InferenceConfig};
+use exo_cluster::{Cluster, ClusterConfig, Discovery, ModelStore};
 use exo_engine::KvType;
 
 /// How long open connections may take to close after a shutdown signal.
@@ -23,9 +25,15 @@ pub struct NodeArgs {
     /// Port of the API and web chat (0: any free port).
     #[arg(long, env = "EXO_API_PORT", default_value_t = 52415)]
     pub api_port: u16,
-    /// Port other nodes reach this one at.
+    /// Port other nodes reach this one at (0: any free port).
     #[arg(long, env = "EXO_LISTEN_PORT", default_value_t = 52416)]
     pub listen_port: u16,
+    /// Peers to join besides those mDNS finds, as host:port of their peer port, comma-separated.
+    #[arg(long, env = "EXO_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// How to find peers on the LAN: mdns or none.
+    #[arg(long, env = "EXO_DISCOVERY", default_value = "mdns")]
+    pub discovery: Discovery,
     /// This node's ID (default: one generated once and kept in EXO_HOME, by default ~/.exo).
     #[arg(long, env = "EXO_NODE_ID")]
     pub node_id: Option<String>,
@@ -38,9 +46,10 @@ pub struct NodeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "EXO_THREADS")]
     pub threads: Option<usize>,
-    /// Most memory the node may use for a model, its KV cache and buffers, e.g. 8G or 512M (default: what the
-    /// machine has available). A model that does not fit is refused with 503.
-    #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = exo_api::memory::parse_size)]
+    /// Most memory the node offers for layers, their KV cache and buffers, e.g. 8G or 512M (default: what the
+    /// machine has available). Layers are split over nodes in proportion to it; a model that does not fit in the
+    /// cluster is refused with 503.
+    #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = exo_cluster::memory::parse_size)]
     pub memory_limit: Option<u64>,
     /// Most tokens of a sequence, prompt and answer (0: the model's full context).
     #[arg(short = 'c', long, env = "EXO_CTX_SIZE", default_value_t = 8192)]
@@ -76,31 +85,43 @@ pub fn node(args: NodeArgs) -> Result<()> {
         Some(id) => check_node_id(&id).map(|_| id).context("--node-id")?,
         None => stored_node_id(&home_dir("EXO_HOME", ".exo")?)?,
     };
-    let config = InferenceConfig {
-        queue: args.queue,
-        kv_type: args.kv_type,
-        context: if args.ctx_size == 0 { usize::MAX } else { args.ctx_size },
-        memory_limit: args.memory_limit,
-    };
-    let inference = Inference::start(ModelStore::new(&models_dir), config, args.model.as_deref())
-        .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+    for p in &args.peers {
+        if p.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            bail!("--peers: '{p}' is not host:port");
+        }
+    }
+    let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
 
-    // Two runtime threads are plenty for HTTP: tensor work runs on the inference thread and the engine's pool.
+    // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
+    // threads and the engine's pool.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.api_host, args.api_port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.api_host, args.api_port))?;
         let addr = listener.local_addr()?;
-        let info = NodeInfo {
+        let cluster = Cluster::start(ClusterConfig {
             id: id.clone(),
-            addresses: exo_api::topology::local_addresses(args.api_host),
+            listen: SocketAddr::new(args.api_host, args.listen_port),
             api_port: addr.port(),
-            listen_port: args.listen_port,
             threads,
-        };
-        tracing::info!("node {id}: {threads} threads, addresses {}", info.addresses.join(", "));
-        eprintln!("exo node {id}: OpenAI API on http://{addr}/v1, web chat on http://{addr}/ (models from {})", models_dir.display());
+            memory_limit: args.memory_limit,
+            kv_type: args.kv_type,
+            store: ModelStore::new(&models_dir),
+            peers: args.peers.clone(),
+            discovery: args.discovery,
+        })
+        .await?;
+        let config = InferenceConfig { queue: args.queue, context };
+        let preload = args.model.clone();
+        let inference = tokio::task::spawn_blocking(move || Inference::start(cluster, config, preload.as_deref()))
+            .await?
+            .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+        let peer = inference.cluster().peer_address();
+        eprintln!(
+            "exo node {id}: OpenAI API on http://{addr}/v1, web chat on http://{addr}/, peers on {peer} (models from {})",
+            models_dir.display()
+        );
 
         // On SIGINT or SIGTERM: end every request with an error, stop accepting, and wait (a while) for open
         // connections to close.
@@ -114,7 +135,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
                 signalled.notify_one();
             }
         };
-        let serve = axum::serve(listener, exo_api::router(inference, info)).with_graceful_shutdown(graceful);
+        let serve = axum::serve(listener, exo_api::router(inference)).with_graceful_shutdown(graceful);
         tokio::select! {
             served = serve => served?,
             _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

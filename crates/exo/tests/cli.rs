@@ -304,6 +304,7 @@ fn node_settings_are_checked_before_it_listens() {
     let dir = model.parent().unwrap().to_str().unwrap();
     let node = |extra: &[&str]| {
         let mut args = vec!["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", dir];
+        args.extend(["--listen-port", "0", "--discovery", "none"]);
         if !extra.contains(&"--node-id") {
             args.extend(["--node-id", "t1"]);
         }
@@ -316,7 +317,7 @@ fn node_settings_are_checked_before_it_listens() {
     // A model that does not fit under the limit is refused at start, with what it needs and what there is.
     let out = node(&["--model", model.to_str().unwrap(), "--memory-limit", "64M"]);
     assert_clear_error(&out, "does not fit in memory");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("this node has 64 MiB available"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the cluster (1 node) has 64 MiB available"));
     for bad in ["12X", "-1G", "lots"] {
         let out = node(&[&format!("--memory-limit={bad}")]);
         assert!(!out.status.success());

@@ -1,0 +1,28 @@
+//! `ClusterError`: every way planning or running a request over the cluster fails.
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the model '{0}' does not exist on this node")]
+    ModelNotFound(String),
+    /// The model, with its KV cache, needs more memory than the cluster's nodes offer together.
+    #[error("the model '{model}' does not fit in memory: it needs {needed_mib} MiB but the cluster ({nodes} node{}) has {available_mib} MiB available", if *nodes == 1 { "" } else { "s" })]
+    ModelTooLarge { model: String, needed_mib: u64, available_mib: u64, nodes: usize },
+    /// A node of the request's plan left the cluster, stopped answering, or failed.
+    #[error("node {node} failed: {message}")]
+    NodeFailed { node: String, message: String },
+    /// A message for a request or plan the receiver does not hold.
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Engine(String),
+    #[error("the cluster is shutting down")]
+    ShuttingDown,
+}
+
+impl From<exo_engine::EngineError> for ClusterError {
+    fn from(e: exo_engine::EngineError) -> Self {
+        ClusterError::Engine(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClusterError>;

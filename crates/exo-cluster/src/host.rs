@@ -1,0 +1,487 @@
+//! `Host`: this node's part in running requests. One dedicated thread owns the layers this node holds (one range
+//! of one model at a time) and, per request, a KV cache; it runs the stage's forward passes in the order messages
+//! arrive and passes the result on: hidden states to the next stage, or, on the last stage, the sampled token to
+//! the origin and to stage 0 for the next step. Tensor work never runs on the async runtime.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exo_engine::chain::PREFILL_CHUNK;
+use exo_engine::sampler::{log_softmax, Sampler, SamplingParams};
+use exo_engine::{Backend, Device, Gguf, KvCache, KvType, ModelShard, Shard, ShardInput, ShardOutput};
+use tokio::sync::oneshot;
+
+use crate::error::{ClusterError, Result};
+use crate::memory::{model_needs, Memory};
+use crate::models::ModelStore;
+use crate::plan::{Plan, Stage};
+use crate::proto;
+use crate::transport::{Dest, Outbox};
+
+/// A request whose origin has not been heard from for this long is dropped (its origin died).
+const IDLE_REQUEST: Duration = Duration::from_secs(300);
+
+pub(crate) enum Job {
+    Begin(Box<proto::BeginRequest>, oneshot::Sender<Result<()>>),
+    Forward(proto::Activation),
+    End(u64, oneshot::Sender<()>),
+    /// Load layers ahead of any request (`--model`).
+    Preload {
+        plan: Plan,
+        stage: usize,
+        context: usize,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// What the host thread publishes.
+#[derive(Debug, Default)]
+pub(crate) struct HostShared {
+    /// Requests held, with their plan id: a message for any other is refused before it is queued.
+    pub requests: Mutex<HashMap<u64, u64>>,
+    pub held: Mutex<Vec<proto::LoadedShard>>,
+    /// Memory reserved for the layers held.
+    pub held_bytes: AtomicU64,
+    pub kv_bytes: AtomicU64,
+}
+
+impl HostShared {
+    /// Whether a message for `request` under `plan` may be queued; the error says why not.
+    pub fn check(&self, request: u64, plan: u64, me: &str) -> Result<()> {
+        match self.requests.lock().ok().and_then(|r| r.get(&request).copied()) {
+            Some(p) if p == plan => Ok(()),
+            Some(p) => Err(ClusterError::Rejected(format!(
+                "node {me}: request {request:x} belongs to plan {p:x}, not {plan:x} (a stale plan)"
+            ))),
+            None => Err(ClusterError::Rejected(format!("node {me} holds no request {request:x}"))),
+        }
+    }
+}
+
+/// Settings of the host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub id: String,
+    pub store: ModelStore,
+    pub kv_type: KvType,
+    pub memory_limit: Option<u64>,
+}
+
+/// Starts the host thread on `jobs`.
+pub(crate) fn start(config: HostConfig, jobs: mpsc::Receiver<Job>, outbox: Outbox, shared: Arc<HostShared>) {
+    let worker = Worker { config, held: None, requests: HashMap::new(), outbox, shared };
+    let spawned = std::thread::Builder::new().name("exo-host".into()).spawn(move || worker.run(jobs));
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the host thread: {e}");
+    }
+}
+
+struct Held {
+    model: String,
+    shard: ModelShard,
+    needs: u64,
+}
+
+struct LastStage {
+    sampler: Sampler,
+    history: Vec<u32>,
+    max_tokens: usize,
+    generated: usize,
+    eog: Vec<u32>,
+    top_logprobs: Option<usize>,
+}
+
+struct Request {
+    plan: Arc<Plan>,
+    stage: usize,
+    cache: KvCache,
+    origin: Dest,
+    last: Option<LastStage>,
+    touched: Instant,
+}
+
+struct Worker {
+    config: HostConfig,
+    held: Option<Held>,
+    requests: HashMap<u64, Request>,
+    outbox: Outbox,
+    shared: Arc<HostShared>,
+}
+
+impl Worker {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        loop {
+            match jobs.recv_timeout(Duration::from_secs(10)) {
+                Ok(Job::Begin(begin, done)) => {
+                    let _ = done.send(self.begin(*begin));
+                }
+                Ok(Job::Forward(a)) => self.forward(a),
+                Ok(Job::End(id, done)) => {
+                    self.end(id);
+                    let _ = done.send(());
+                }
+                Ok(Job::Preload { plan, stage, context, done }) => {
+                    let stage = plan.stages[stage].clone();
+                    let _ = done.send(self.hold(&plan, &stage, context));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let idle: Vec<u64> = self
+                        .requests
+                        .iter()
+                        .filter(|(_, r)| r.touched.elapsed() > IDLE_REQUEST)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    idle.into_iter().for_each(|id| self.end(id));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn begin(&mut self, b: proto::BeginRequest) -> Result<()> {
+        let me = self.config.id.clone();
+        let plan = b.plan.ok_or_else(|| ClusterError::Rejected("Begin without a plan".into()))?;
+        let stages = plan
+            .stages
+            .into_iter()
+            .map(|s| Stage { node_id: s.node_id, address: s.address, start: s.start as usize, end: s.end as usize })
+            .collect();
+        let plan = Plan::from_parts(plan.id, plan.model, plan.n_layers as usize, stages)?;
+        let index = b.stage as usize;
+        let stage = match plan.stages.get(index) {
+            Some(s) if s.node_id == me => s.clone(),
+            _ => return Err(ClusterError::Rejected(format!("node {me} is not stage {index} of plan {:x}", plan.id))),
+        };
+        self.hold(&plan, &stage, b.context as usize)?;
+        let Some(held) = self.held.as_ref() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
+        let last = if index + 1 == plan.stages.len() {
+            let s = b.sampling.unwrap_or_default();
+            let sampling = SamplingParams {
+                temperature: s.temperature,
+                top_k: s.top_k as usize,
+                top_p: s.top_p,
+                min_p: s.min_p,
+                repeat_penalty: s.repeat_penalty,
+                repeat_last_n: s.repeat_last_n as usize,
+                presence_penalty: s.presence_penalty,
+                frequency_penalty: s.frequency_penalty,
+                seed: Some(s.seed),
+            };
+            Some(LastStage {
+                sampler: Sampler::new(sampling)?,
+                history: b.history,
+                max_tokens: b.max_tokens as usize,
+                generated: 0,
+                eog: b.eog,
+                top_logprobs: b.top_logprobs.map(|k| k as usize),
+            })
+        } else {
+            None
+        };
+        let origin = if b.origin_id == me { Dest::Local } else { Dest::Remote(b.origin) };
+        let request = Request {
+            cache: held.shard.new_cache(b.context as usize, self.config.kv_type),
+            plan: Arc::new(plan),
+            stage: index,
+            origin,
+            last,
+            touched: Instant::now(),
+        };
+        if let Ok(mut r) = self.shared.requests.lock() {
+            r.insert(b.request_id, request.plan.id);
+        }
+        self.requests.insert(b.request_id, request);
+        Ok(())
+    }
+
+    /// Makes sure this node holds `stage`'s layers of `plan.model`, loading them (and dropping others) if not.
+    fn hold(&mut self, plan: &Plan, stage: &Stage, context: usize) -> Result<()> {
+        if let Some(h) = &self.held {
+            let s = h.shard.shard();
+            if h.model == plan.model && s.start == stage.start && s.end == stage.end && s.total == plan.n_layers {
+                return Ok(());
+            }
+        }
+        let me = self.config.id.clone();
+        let path = self.config.store.resolve(&plan.model)?;
+        let gguf = Gguf::open(&path).map_err(|e| ClusterError::Engine(format!("{}: {e}", path.display())))?;
+        let config = exo_engine::ModelConfig::from_gguf(&gguf)?;
+        if config.n_layers != plan.n_layers {
+            return Err(ClusterError::Rejected(format!(
+                "node {me}: {} has {} layers, the plan says {}",
+                path.display(),
+                config.n_layers,
+                plan.n_layers
+            )));
+        }
+        let n = stage.n_layers() as u64;
+        let needs = model_needs(&gguf, context, self.config.kv_type)? * n / plan.n_layers as u64;
+        let memory = Memory::now(self.config.memory_limit);
+        let freed = self.held.as_ref().map_or(0, |h| h.needs);
+        let offered = memory.available + freed;
+        let usable = memory.limit.map_or(offered, |l| l.min(offered));
+        if needs > usable {
+            return Err(ClusterError::ModelTooLarge {
+                model: plan.model.clone(),
+                needed_mib: needs >> 20,
+                available_mib: usable >> 20,
+                nodes: 1,
+            });
+        }
+        // One range at a time: requests on the old layers end.
+        let stale: Vec<u64> = self.requests.keys().copied().collect();
+        for id in stale {
+            self.fail(id, "its node loaded other layers for a newer plan".into());
+        }
+        self.held = None;
+        self.publish_held();
+        let started = Instant::now();
+        let shard = ModelShard::load_with(
+            &gguf,
+            Shard::new(stage.start, stage.end, plan.n_layers)?,
+            &Device::Cpu,
+            Backend::Auto,
+        )?;
+        eprintln!(
+            "node {me}: layers {}-{} of {} ({} MiB)",
+            stage.start,
+            stage.end,
+            plan.n_layers,
+            shard.bytes_loaded() >> 20
+        );
+        tracing::info!(
+            "loaded {} layers {}-{} in {:.1} s",
+            path.display(),
+            stage.start,
+            stage.end,
+            started.elapsed().as_secs_f64()
+        );
+        self.held = Some(Held { model: plan.model.clone(), shard, needs });
+        self.publish_held();
+        Ok(())
+    }
+
+    fn publish_held(&self) {
+        let held: Vec<proto::LoadedShard> = self
+            .held
+            .iter()
+            .map(|h| {
+                let s = h.shard.shard();
+                proto::LoadedShard {
+                    model: h.model.clone(),
+                    start: s.start as u32,
+                    end: s.end as u32,
+                    n_layers: s.total as u32,
+                    bytes: h.shard.bytes_loaded(),
+                }
+            })
+            .collect();
+        if let Ok(mut h) = self.shared.held.lock() {
+            *h = held;
+        }
+        self.shared.held_bytes.store(self.held.as_ref().map_or(0, |h| h.needs), Ordering::Relaxed);
+    }
+
+    fn publish_kv(&self) {
+        let bytes: usize = self.requests.values().map(|r| r.cache.bytes()).sum();
+        self.shared.kv_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn end(&mut self, id: u64) {
+        self.requests.remove(&id);
+        if let Ok(mut r) = self.shared.requests.lock() {
+            r.remove(&id);
+        }
+        self.publish_kv();
+    }
+
+    /// Ends request `id` and tells its origin why.
+    fn fail(&mut self, id: u64, message: String) {
+        if let Some(r) = self.requests.get(&id) {
+            let event = proto::TokenEvent {
+                request_id: id,
+                plan_id: r.plan.id,
+                error: message,
+                node: self.config.id.clone(),
+                ..Default::default()
+            };
+            self.outbox.emit(&r.origin, event);
+        }
+        self.end(id);
+    }
+
+    fn forward(&mut self, a: proto::Activation) {
+        let id = a.request_id;
+        if let Err(e) = self.step(a) {
+            self.fail(id, e.to_string());
+        }
+        self.publish_kv();
+    }
+
+    fn step(&mut self, a: proto::Activation) -> Result<()> {
+        let me = self.config.id.clone();
+        let Some(held) = self.held.as_ref() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
+        let Some(r) = self.requests.get_mut(&a.request_id) else {
+            return Err(ClusterError::Rejected(format!("node {me} holds no request {:x}", a.request_id)));
+        };
+        r.touched = Instant::now();
+        if a.plan_id != r.plan.id {
+            return Err(ClusterError::Rejected(format!(
+                "node {me}: a message for plan {:x}, not {:x}",
+                a.plan_id, r.plan.id
+            )));
+        }
+        if a.position as usize != r.cache.len() {
+            return Err(ClusterError::Rejected(format!(
+                "node {me}: input for position {} but the cache holds {}",
+                a.position,
+                r.cache.len()
+            )));
+        }
+        let stage = &r.plan.stages[r.stage];
+        let next = r.plan.stages.get(r.stage + 1).map(|s| dest(&me, s));
+        let first = dest(&me, &r.plan.stages[0]);
+        let plan_id = r.plan.id;
+        let hidden_size = held.shard.config().hidden_size;
+        let mut outputs = Vec::new();
+        if stage.start == 0 {
+            let chunks: Vec<&[u32]> = a.tokens.chunks(PREFILL_CHUNK).collect();
+            if chunks.is_empty() {
+                return Err(ClusterError::Rejected(format!("node {me}: stage 0 got no tokens")));
+            }
+            for (i, chunk) in chunks.iter().enumerate() {
+                let position = r.cache.len();
+                let out = held.shard.forward(ShardInput::Tokens(chunk), &mut r.cache)?;
+                outputs.push((out, position, chunk.len(), a.sample && i + 1 == chunks.len()));
+                // Hidden states go on chunk by chunk, so the next stage works while this one goes on.
+                if let Some(next) = &next {
+                    for (out, position, seq, sample) in outputs.drain(..) {
+                        send_hidden(&self.outbox, next, &r.origin, a.request_id, plan_id, out, position, seq, sample)?;
+                    }
+                }
+            }
+        } else {
+            let seq = a.seq as usize;
+            if a.hidden.len() != seq * hidden_size * 4 || seq == 0 {
+                return Err(ClusterError::Rejected(format!(
+                    "node {me}: {} bytes of hidden states for {seq} positions of {hidden_size}",
+                    a.hidden.len()
+                )));
+            }
+            let values: Vec<f32> =
+                a.hidden.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let hidden = exo_engine::Tensor::from_vec(values, (seq, hidden_size), &Device::Cpu)
+                .map_err(|e| ClusterError::Engine(e.to_string()))?;
+            let position = r.cache.len();
+            let out = held.shard.forward(ShardInput::Hidden(hidden), &mut r.cache)?;
+            match &next {
+                Some(next) => {
+                    send_hidden(&self.outbox, next, &r.origin, a.request_id, plan_id, out, position, seq, a.sample)?
+                }
+                None => outputs.push((out, position, seq, a.sample)),
+            }
+        }
+        // The last stage: sample after the last chunk.
+        for (out, _, _, sample) in outputs {
+            let ShardOutput::Logits(mut logits) = out else {
+                return Err(ClusterError::Engine("the last stage produced hidden states".into()));
+            };
+            if !sample {
+                continue;
+            }
+            let Some(last) = r.last.as_mut() else {
+                return Err(ClusterError::Engine("the last stage has no sampler".into()));
+            };
+            let logprobs = last.top_logprobs.map(|k| (log_softmax(&logits), k));
+            let token = last.sampler.sample(&mut logits, &last.history, &[]);
+            last.history.push(token);
+            last.generated += 1;
+            let finished =
+                last.eog.contains(&token) || last.generated >= last.max_tokens || r.cache.len() >= r.cache.max_len();
+            let (logprob, top) = match logprobs {
+                Some((lp, k)) => {
+                    let mut top: Vec<(u32, f32)> = lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+                    let k = k.min(top.len());
+                    if k > 0 {
+                        top.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+                    }
+                    top.truncate(k);
+                    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let top = top.into_iter().map(|(token, logprob)| proto::TopLogprob { token, logprob }).collect();
+                    (lp.get(token as usize).copied(), top)
+                }
+                None => (None, Vec::new()),
+            };
+            let event = proto::TokenEvent {
+                request_id: a.request_id,
+                plan_id,
+                token,
+                finished,
+                error: String::new(),
+                node: me.clone(),
+                logprob,
+                top,
+            };
+            self.outbox.emit(&r.origin, event);
+            if !finished {
+                let next = proto::Activation {
+                    request_id: a.request_id,
+                    plan_id,
+                    position: r.cache.len() as u32,
+                    tokens: vec![token],
+                    hidden: Default::default(),
+                    seq: 1,
+                    sample: true,
+                };
+                self.outbox.forward(&first, next, &r.origin);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where messages for `stage` go, seen from node `me`.
+fn dest(me: &str, stage: &Stage) -> Dest {
+    if stage.node_id == me {
+        Dest::Local
+    } else {
+        Dest::Remote(stage.address.clone())
+    }
+}
+
+/// Sends a stage's hidden states on to `next` as raw little-endian f32.
+#[allow(clippy::too_many_arguments)]
+fn send_hidden(
+    outbox: &Outbox,
+    next: &Dest,
+    origin: &Dest,
+    request_id: u64,
+    plan_id: u64,
+    out: ShardOutput,
+    position: usize,
+    seq: usize,
+    sample: bool,
+) -> Result<()> {
+    let ShardOutput::Hidden(hidden) = out else {
+        return Err(ClusterError::Engine("a stage before the last produced logits".into()));
+    };
+    let values: Vec<f32> =
+        hidden.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| ClusterError::Engine(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let a = proto::Activation {
+        request_id,
+        plan_id,
+        position: position as u32,
+        tokens: Vec::new(),
+        hidden: bytes.into(),
+        seq: seq as u32,
+        sample,
+    };
+    outbox.forward(next, a, origin);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! exo's cluster: nodes that find each other, agree on who holds which layers, and run requests around a ring.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`node`] | this machine: CPU features, addresses, the description peers get |
+//! | [`memory`] | the machine's memory, the node's limit, what a model needs, sizes like `8G` |
+//! | [`models`] | `ModelStore`: the GGUF files a node serves |
+//! | [`topology`] | the peers this node knows, heartbeats' results, addresses to try |
+//! | [`discovery`] | mDNS: advertising this node and finding others on the LAN |
+//! | [`plan`] | `Plan`: the memory-weighted split of a model's layers over nodes |
+//! | [`transport`] | the gRPC peer service, clients, and the ordered `Outbox` |
+//! | [`host`] | this node's stage of requests: layers, KV caches, forward passes, sampling on the last stage |
+//! | [`ring`] | running a request from its origin: Begin, prompt, tokens, failures, End |
+//!
+//! The cluster treats the engine as a library and knows nothing of HTTP.
+
+pub mod discovery;
+pub mod error;
+pub(crate) mod host;
+pub mod memory;
+pub mod models;
+pub mod node;
+pub mod plan;
+pub mod ring;
+pub mod topology;
+pub mod transport;
+
+/// The peer protocol (`proto/exo.proto`), generated at build time.
+pub mod proto {
+    tonic::include_proto!("exo.v1");
+}
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use exo_engine::KvType;
+use tokio::runtime::Handle;
+
+pub use error::{ClusterError, Result};
+pub use models::ModelStore;
+pub use node::NodeInfo;
+pub use plan::{Candidate, Plan, Stage};
+pub use ring::RingRequest;
+pub use topology::{Peer, Topology, PEER_TIMEOUT};
+
+use host::{HostConfig, HostShared, Job};
+use topology::Source;
+use transport::{Outbox, PeerServer, PeerService, Router};
+
+/// How often a node says hello to every peer.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How nodes find each other besides `--peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    Mdns,
+    None,
+}
+
+impl std::str::FromStr for Discovery {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mdns" => Ok(Discovery::Mdns),
+            "none" => Ok(Discovery::None),
+            other => Err(format!("unknown discovery '{other}': expected mdns or none")),
+        }
+    }
+}
+
+/// What a node needs to join a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub id: String,
+    /// Address and port of the peer server (port 0: any free port).
+    pub listen: SocketAddr,
+    pub api_port: u16,
+    pub threads: usize,
+    pub memory_limit: Option<u64>,
+    pub kv_type: KvType,
+    pub store: ModelStore,
+    /// Static peers, host:port.
+    pub peers: Vec<String>,
+    pub discovery: Discovery,
+}
+
+/// A node of the cluster, as the rest of the program uses it. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    info: Arc<NodeInfo>,
+    topology: Arc<Topology>,
+    host: mpsc::Sender<Job>,
+    shared: Arc<HostShared>,
+    router: Router,
+    outbox: Outbox,
+    runtime: Handle,
+    store: ModelStore,
+    kv_type: KvType,
+    /// The last plan used per model.
+    plans: Mutex<HashMap<String, Plan>>,
+    stopping: AtomicBool,
+    _discovery: Option<discovery::Mdns>,
+}
+
+/// One node in a topology listing.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub description: proto::NodeDescription,
+    /// host:port of its peer server.
+    pub address: String,
+    pub rtt: Option<Duration>,
+    pub is_self: bool,
+}
+
+impl Cluster {
+    /// Starts the peer server, the heartbeats and discovery on the current tokio runtime.
+    pub async fn start(config: ClusterConfig) -> Result<Cluster> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ClusterError::Engine(format!("cannot listen for peers on {}: {e}", config.listen)))?;
+        let local = listener.local_addr().map_err(|e| ClusterError::Engine(e.to_string()))?;
+        let info = Arc::new(NodeInfo {
+            id: config.id.clone(),
+            addresses: node::local_addresses(config.listen.ip()),
+            api_port: config.api_port,
+            peer_port: local.port(),
+            threads: config.threads,
+            memory_limit: config.memory_limit,
+        });
+        let topology = Arc::new(Topology::default());
+        for p in &config.peers {
+            topology.add_candidate(p.clone(), Source::Static);
+        }
+        let runtime = Handle::current();
+        let shared = Arc::new(HostShared::default());
+        let router = Router::default();
+        let (host, jobs) = mpsc::channel();
+        let outbox = Outbox::new(config.id.clone(), runtime.clone(), host.clone(), shared.clone(), router.clone());
+        host::start(
+            HostConfig {
+                id: config.id.clone(),
+                store: config.store.clone(),
+                kv_type: config.kv_type,
+                memory_limit: config.memory_limit,
+            },
+            jobs,
+            outbox.clone(),
+            shared.clone(),
+        );
+        let service = PeerService {
+            info: info.clone(),
+            topology: topology.clone(),
+            host: host.clone(),
+            shared: shared.clone(),
+            router: router.clone(),
+        };
+        let server = PeerServer::new(service)
+            .max_decoding_message_size(transport::MAX_MESSAGE)
+            .max_encoding_message_size(transport::MAX_MESSAGE);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(server)
+                .serve_with_incoming(incoming)
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the peer server stopped: {e}");
+            }
+        });
+        let discovery = match config.discovery {
+            Discovery::Mdns => match discovery::Mdns::start(&info, topology.clone()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!("mDNS discovery is off: {e}");
+                    None
+                }
+            },
+            Discovery::None => None,
+        };
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                info,
+                topology,
+                host,
+                shared,
+                router,
+                outbox,
+                runtime,
+                store: config.store,
+                kv_type: config.kv_type,
+                plans: Mutex::new(HashMap::new()),
+                stopping: AtomicBool::new(false),
+                _discovery: discovery,
+            }),
+        };
+        tokio::spawn(heartbeats(cluster.clone()));
+        Ok(cluster)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.info.id
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.inner.info
+    }
+
+    pub fn store(&self) -> &ModelStore {
+        &self.inner.store
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.inner.kv_type
+    }
+
+    /// host:port other nodes reach this one's peer server at.
+    pub fn peer_address(&self) -> String {
+        let ip: IpAddr =
+            self.inner.info.addresses.first().and_then(|a| a.parse().ok()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        SocketAddr::new(ip, self.inner.info.peer_port).to_string()
+    }
+
+    /// This node's description now.
+    pub fn describe(&self) -> proto::NodeDescription {
+        transport::describe(&self.inner.info, &self.inner.shared, &self.inner.topology)
+    }
+
+    /// This node and every live peer, this node first.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let mut nodes =
+            vec![NodeView { description: self.describe(), address: self.peer_address(), rtt: None, is_self: true }];
+        nodes.extend(self.inner.topology.peers().into_iter().map(|p| NodeView {
+            description: p.description,
+            address: p.address,
+            rtt: p.rtt,
+            is_self: false,
+        }));
+        nodes
+    }
+
+    /// A plan for `model` (`n_layers` layers, `needs` bytes in all) over the nodes live now; kept as the model's
+    /// current plan.
+    pub fn plan(&self, model: &str, n_layers: usize, needs: u64) -> Result<Plan> {
+        let candidates: Vec<Candidate> = self
+            .nodes()
+            .into_iter()
+            .map(|n| Candidate { id: n.description.id, address: n.address, usable: n.description.memory_usable })
+            .collect();
+        let plan = Plan::new(model, n_layers, needs, &candidates)?;
+        if let Ok(mut plans) = self.inner.plans.lock() {
+            plans.insert(model.to_string(), plan.clone());
+        }
+        Ok(plan)
+    }
+
+    /// The last plan used for each model.
+    pub fn plans(&self) -> Vec<Plan> {
+        let mut plans: Vec<Plan> = self.inner.plans.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        plans.sort_by(|a, b| a.model.cmp(&b.model));
+        plans
+    }
+
+    /// Loads this node's layers of `plan` now, if it has any (`--model`). Blocking.
+    pub fn preload(&self, plan: &Plan, context: usize) -> Result<()> {
+        let Some(stage) = plan.stage_of(self.id()) else { return Ok(()) };
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.inner
+            .host
+            .send(Job::Preload { plan: plan.clone(), stage, context, done })
+            .map_err(|_| ClusterError::Engine("the host thread stopped".into()))?;
+        result.blocking_recv().map_err(|_| ClusterError::Engine("the host thread dropped the request".into()))?
+    }
+
+    /// Bytes held by this node's KV caches now.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.inner.shared.kv_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Requests running on the ring end with [`ClusterError::ShuttingDown`].
+    pub fn shut_down(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// Every [`HEARTBEAT`]: hello to every known address, and drop the peers that stopped answering.
+async fn heartbeats(cluster: Cluster) {
+    let inner = cluster.inner.clone();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let me = cluster.describe();
+        let mut calls = tokio::task::JoinSet::new();
+        for address in inner.topology.addresses() {
+            let me = me.clone();
+            calls.spawn(async move { (transport::hello(&address, me).await, address) });
+        }
+        while let Some(Ok((result, address))) = calls.join_next().await {
+            match result {
+                Ok((peer, _)) if peer.id == inner.info.id => inner.topology.is_me(&address),
+                Ok((peer, rtt)) => {
+                    for p in &peer.peers {
+                        inner.topology.add_candidate(p.clone(), Source::Found);
+                    }
+                    let id = peer.id.clone();
+                    if inner.topology.seen(peer, address.clone(), Some(rtt)) {
+                        eprintln!("node {}: peer {id} at {address} joined", inner.info.id);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("{e}");
+                    inner.topology.failed(&address);
+                }
+            }
+        }
+        for id in inner.topology.expire(PEER_TIMEOUT) {
+            eprintln!("node {}: peer {id} left (no heartbeat for {} s)", inner.info.id, PEER_TIMEOUT.as_secs());
+        }
+    }
+}

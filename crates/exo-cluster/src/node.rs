@@ -1,0 +1,135 @@
+//! What a node knows about its own machine: CPU architecture and features, the addresses it is reachable at, and
+//! its description as peers see it.
+
+use std::net::IpAddr;
+
+use exo_engine::kernels::Kernels;
+
+use crate::memory::Memory;
+use crate::proto;
+
+/// The parts of a node's description that do not change while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// Addresses peers and clients can reach it at.
+    pub addresses: Vec<String>,
+    pub api_port: u16,
+    /// Port of the peer server.
+    pub peer_port: u16,
+    /// CPU threads for tensor work.
+    pub threads: usize,
+    pub memory_limit: Option<u64>,
+}
+
+impl NodeInfo {
+    /// The description peers get: this, with the machine's memory now, the layers held, and known peers.
+    pub fn describe(&self, held: &[proto::LoadedShard], held_bytes: u64, peers: Vec<String>) -> proto::NodeDescription {
+        let memory = Memory::now(self.memory_limit);
+        // Memory the loaded layers hold is offered too: a new plan replaces them.
+        let offered = memory.available + held_bytes;
+        let usable = self.memory_limit.map_or(offered, |l| l.min(offered));
+        let (arch, features, kernels) = cpu();
+        proto::NodeDescription {
+            id: self.id.clone(),
+            addresses: self.addresses.clone(),
+            api_port: self.api_port as u32,
+            peer_port: self.peer_port as u32,
+            memory_total: memory.total,
+            memory_available: memory.available,
+            memory_limit: self.memory_limit,
+            memory_usable: usable,
+            threads: self.threads as u32,
+            arch,
+            features,
+            kernels,
+            shards: held.to_vec(),
+            peers,
+        }
+    }
+}
+
+/// The CPU's architecture, the features the engine's kernels care about, and the kernels in use.
+pub fn cpu() -> (String, Vec<String>, String) {
+    #[allow(unused_mut)]
+    let mut features: Vec<String> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let detected = [
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512vnni", std::arch::is_x86_feature_detected!("avx512vnni")),
+        ];
+        features.extend(detected.iter().filter(|(_, on)| *on).map(|(name, _)| name.to_string()));
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let detected = [
+            ("neon", std::arch::is_aarch64_feature_detected!("neon")),
+            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
+            ("fp16", std::arch::is_aarch64_feature_detected!("fp16")),
+        ];
+        features.extend(detected.iter().filter(|(_, on)| *on).map(|(name, _)| name.to_string()));
+    }
+    let kernels = format!("{:?}", Kernels::best().isa()).to_lowercase();
+    (std::env::consts::ARCH.to_string(), features, kernels)
+}
+
+/// The addresses a server bound to `host` is reachable at: `host` itself, or for an unspecified address
+/// (`0.0.0.0`, `::`) those of the machine's interfaces of that family, loopback last.
+pub fn local_addresses(host: IpAddr) -> Vec<String> {
+    if !host.is_unspecified() {
+        return vec![host.to_string()];
+    }
+    let networks = sysinfo::Networks::new_with_refreshed_list();
+    let mut addresses: Vec<IpAddr> = networks
+        .values()
+        .flat_map(|n| n.ip_networks().iter().map(|ip| ip.addr))
+        .filter(|a| a.is_ipv4() == host.is_ipv4())
+        .filter(|a| !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+        .collect();
+    addresses.sort_by_key(|a| (a.is_loopback(), *a));
+    addresses.dedup();
+    if addresses.is_empty() {
+        addresses.push(if host.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+        });
+    }
+    addresses.iter().map(IpAddr::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_address_is_the_only_one_and_unspecified_lists_interfaces() {
+        assert_eq!(local_addresses("127.0.0.1".parse().unwrap()), vec!["127.0.0.1"]);
+        let all = local_addresses("0.0.0.0".parse().unwrap());
+        assert!(all.iter().any(|a| a == "127.0.0.1"), "{all:?}");
+        assert!(all.iter().all(|a| a.parse::<std::net::Ipv4Addr>().is_ok()), "{all:?}");
+    }
+
+    #[test]
+    fn the_description_caps_memory_by_the_limit_and_counts_held_layers() {
+        let info = NodeInfo {
+            id: "n".into(),
+            addresses: vec!["127.0.0.1".into()],
+            api_port: 1,
+            peer_port: 2,
+            threads: 2,
+            memory_limit: Some(1 << 20),
+        };
+        let d = info.describe(&[], 0, vec!["10.0.0.2:52416".into()]);
+        assert_eq!((d.memory_usable, d.memory_limit), (1 << 20, Some(1 << 20)));
+        assert!(d.memory_total >= d.memory_available && d.memory_available > 0);
+        assert_eq!(d.peers, vec!["10.0.0.2:52416"]);
+        let unlimited = NodeInfo { memory_limit: None, ..info };
+        let d = unlimited.describe(&[], 5 << 30, vec![]);
+        assert!(d.memory_usable >= d.memory_available + (5 << 30) - (64 << 20), "{d:?}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Running one request around the ring, from its origin: Begin on every stage of the plan, the prompt to stage 0,
+//! then tokens as the last stage samples them, until the caller has enough or a stage fails. A stage that fails,
+//! and a node of the plan that stops answering heartbeats, end the request with an error; End frees every
+//! stage's state however the request ends.
+
+use std::ops::ControlFlow;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+use exo_engine::sampler::SamplingParams;
+use tokio::sync::oneshot;
+
+use crate::error::{ClusterError, Result};
+use crate::host::Job;
+use crate::plan::Plan;
+use crate::proto;
+use crate::transport::{client, Dest};
+use crate::Cluster;
+
+/// How often the origin looks at the plan's nodes while it waits for a token.
+const WATCH: Duration = Duration::from_millis(200);
+/// How long End may take on a peer.
+const END_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the ring needs to run a request.
+#[derive(Debug, Clone)]
+pub struct RingRequest<'a> {
+    pub plan: &'a Plan,
+    pub prompt: &'a [u32],
+    /// `seed` must be set: every stage must draw the same way.
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    /// Positions the KV caches may hold.
+    pub context: usize,
+    pub eog: Vec<u32>,
+    pub top_logprobs: Option<usize>,
+}
+
+impl Cluster {
+    /// Runs `r` around the ring, handing each sampled token to `on_token` until it breaks or the last stage
+    /// says generation is over; while no token comes, `on_token(None)` is called now and then so the caller can
+    /// stop (its client went away). Blocking: call it from a thread of its own, not the async runtime.
+    pub fn run(
+        &self,
+        r: RingRequest<'_>,
+        mut on_token: impl FnMut(Option<&proto::TokenEvent>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let id: u64 = rand::random();
+        let tokens = inner.router.register(id);
+        let result = self.drive(id, &r, &tokens, &mut on_token);
+        inner.router.remove(id);
+        self.end_everywhere(id, r.plan);
+        result
+    }
+
+    fn dest(&self, node_id: &str, address: &str) -> Dest {
+        if node_id == self.inner.info.id {
+            Dest::Local
+        } else {
+            Dest::Remote(address.to_string())
+        }
+    }
+
+    fn drive(
+        &self,
+        id: u64,
+        r: &RingRequest<'_>,
+        tokens: &std::sync::mpsc::Receiver<proto::TokenEvent>,
+        on_token: &mut impl FnMut(Option<&proto::TokenEvent>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        let plan = r.plan;
+        let s = &r.sampling;
+        let seed = s.seed.ok_or_else(|| ClusterError::Engine("a ring request needs a seed".into()))?;
+        let wire_plan = proto::Plan {
+            id: plan.id,
+            model: plan.model.clone(),
+            n_layers: plan.n_layers as u32,
+            stages: plan
+                .stages
+                .iter()
+                .map(|st| proto::Stage {
+                    node_id: st.node_id.clone(),
+                    address: st.address.clone(),
+                    start: st.start as u32,
+                    end: st.end as u32,
+                })
+                .collect(),
+        };
+        let begin = |stage: usize| proto::BeginRequest {
+            request_id: id,
+            plan: Some(wire_plan.clone()),
+            stage: stage as u32,
+            origin: self.peer_address(),
+            origin_id: inner.info.id.clone(),
+            context: r.context as u32,
+            sampling: Some(proto::Sampling {
+                temperature: s.temperature,
+                top_k: s.top_k as u32,
+                top_p: s.top_p,
+                min_p: s.min_p,
+                repeat_penalty: s.repeat_penalty,
+                repeat_last_n: s.repeat_last_n as u32,
+                presence_penalty: s.presence_penalty,
+                frequency_penalty: s.frequency_penalty,
+                seed,
+            }),
+            history: if stage + 1 == plan.stages.len() { r.prompt.to_vec() } else { Vec::new() },
+            max_tokens: r.max_tokens as u32,
+            eog: r.eog.clone(),
+            top_logprobs: r.top_logprobs.map(|k| k as u32),
+        };
+        // Every stage gets ready (loading its layers if the plan is new to it) at the same time.
+        let begun: Vec<Result<()>> = inner.runtime.block_on(async {
+            let mut calls = tokio::task::JoinSet::new();
+            for (i, stage) in plan.stages.iter().enumerate() {
+                let b = begin(i);
+                let node = stage.node_id.clone();
+                let dest = self.dest(&stage.node_id, &stage.address);
+                let host = inner.host.clone();
+                calls.spawn(async move {
+                    let failed = |message: String| ClusterError::NodeFailed { node: node.clone(), message };
+                    match dest {
+                        Dest::Local => {
+                            let (done, result) = oneshot::channel();
+                            host.send(Job::Begin(Box::new(b), done))
+                                .map_err(|_| failed("the host thread stopped".into()))?;
+                            result.await.map_err(|_| failed("the host thread dropped the request".into()))?
+                        }
+                        Dest::Remote(address) => {
+                            let mut c = client(&address)?;
+                            c.begin(b).await.map(|_| ()).map_err(|s| failed(s.message().to_string()))
+                        }
+                    }
+                });
+            }
+            let mut results = Vec::new();
+            while let Some(joined) = calls.join_next().await {
+                results.push(joined.unwrap_or_else(|e| Err(ClusterError::Engine(e.to_string()))));
+            }
+            results
+        });
+        for b in begun {
+            b?;
+        }
+
+        let first = &plan.stages[0];
+        let prompt = proto::Activation {
+            request_id: id,
+            plan_id: plan.id,
+            position: 0,
+            tokens: r.prompt.to_vec(),
+            hidden: Default::default(),
+            seq: r.prompt.len() as u32,
+            sample: true,
+        };
+        inner.outbox.forward(&self.dest(&first.node_id, &first.address), prompt, &Dest::Local);
+        loop {
+            match tokens.recv_timeout(WATCH) {
+                Ok(event) if !event.error.is_empty() => {
+                    return Err(ClusterError::NodeFailed { node: event.node, message: event.error })
+                }
+                Ok(event) => {
+                    if event.plan_id != plan.id {
+                        continue;
+                    }
+                    if on_token(Some(&event)).is_break() || event.finished {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if inner.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(ClusterError::ShuttingDown);
+                    }
+                    for stage in &plan.stages {
+                        if stage.node_id != inner.info.id && !inner.topology.is_alive(&stage.node_id) {
+                            return Err(ClusterError::NodeFailed {
+                                node: stage.node_id.clone(),
+                                message: "it stopped answering heartbeats".into(),
+                            });
+                        }
+                    }
+                    // The caller may want to stop while the prompt is still on its way (client gone).
+                    if on_token(None).is_break() {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ClusterError::Engine("the token router closed".into()))
+                }
+            }
+        }
+    }
+
+    /// Frees the request's state on every stage; this node's before returning, peers' with a time limit.
+    fn end_everywhere(&self, id: u64, plan: &Plan) {
+        let inner = &self.inner;
+        inner.runtime.block_on(async {
+            let mut calls = tokio::task::JoinSet::new();
+            for stage in &plan.stages {
+                let dest = self.dest(&stage.node_id, &stage.address);
+                let host = inner.host.clone();
+                calls.spawn(async move {
+                    match dest {
+                        Dest::Local => {
+                            let (done, result) = oneshot::channel();
+                            if host.send(Job::End(id, done)).is_ok() {
+                                let _ = result.await;
+                            }
+                        }
+                        Dest::Remote(address) => {
+                            if let Ok(mut c) = client(&address) {
+                                let _ = tokio::time::timeout(END_TIMEOUT, c.end(proto::EndRequest { request_id: id }))
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+            while calls.join_next().await.is_some() {}
+        });
+    }
+}

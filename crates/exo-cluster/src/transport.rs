@@ -1,0 +1,292 @@
+//! The peer transport: the gRPC service every node serves on its peer port, clients for the other nodes, and the
+//! `Outbox` that sends a stage's output on, in order, one lane per destination. Messages for this node itself
+//! skip the network. This module is the only one that knows the wire; a later issue puts TLS and a cluster key here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::ClusterError;
+use crate::host::{HostShared, Job};
+use crate::node::NodeInfo;
+use crate::proto::peer_client::PeerClient;
+use crate::proto::peer_server::Peer;
+use crate::proto::{self, Ack, Activation, BeginRequest, EndRequest, NodeDescription, TokenEvent};
+use crate::topology::{Source, Topology};
+
+/// Largest message: a prefill chunk of hidden states of a big model (512 × 8192 f32 is 16 MiB).
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// How long a heartbeat may take.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a message goes: this node, or a peer's peer server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Local,
+    Remote(String),
+}
+
+/// A client for the peer server at `address` (host:port); connects on first use.
+pub fn client(address: &str) -> Result<PeerClient<Channel>, ClusterError> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| ClusterError::Rejected(format!("bad peer address {address}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    Ok(PeerClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Where tokens for requests this node started go: the origin's waiting request, by id.
+#[derive(Clone, Default)]
+pub struct Router {
+    waiting: Arc<Mutex<HashMap<u64, mpsc::Sender<TokenEvent>>>>,
+}
+
+impl Router {
+    pub fn register(&self, request: u64) -> mpsc::Receiver<TokenEvent> {
+        let (tx, rx) = mpsc::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(request, tx);
+        }
+        rx
+    }
+
+    pub fn remove(&self, request: u64) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.remove(&request);
+        }
+    }
+
+    /// Hands an event to its request; false when no request of this node waits for it.
+    pub fn deliver(&self, event: TokenEvent) -> bool {
+        let tx = self.waiting.lock().ok().and_then(|w| w.get(&event.request_id).cloned());
+        tx.is_some_and(|tx| tx.send(event).is_ok())
+    }
+}
+
+enum Out {
+    /// Hidden states or tokens; a failure is reported to `origin`.
+    Forward(Activation, Dest),
+    Emit(TokenEvent),
+}
+
+/// Sends stage outputs on, in order per destination.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<OutboxInner>,
+}
+
+struct OutboxInner {
+    me: String,
+    runtime: Handle,
+    lanes: Mutex<HashMap<String, tmpsc::UnboundedSender<Out>>>,
+    host: mpsc::Sender<Job>,
+    shared: Arc<HostShared>,
+    router: Router,
+}
+
+impl Outbox {
+    pub(crate) fn new(
+        me: String,
+        runtime: Handle,
+        host: mpsc::Sender<Job>,
+        shared: Arc<HostShared>,
+        router: Router,
+    ) -> Self {
+        Self { inner: Arc::new(OutboxInner { me, runtime, lanes: Mutex::new(HashMap::new()), host, shared, router }) }
+    }
+
+    /// Sends `a` to the stage at `dest`; if it cannot be delivered, the request's origin hears of it.
+    pub fn forward(&self, dest: &Dest, a: Activation, origin: &Dest) {
+        match dest {
+            Dest::Local => {
+                let checked = self.inner.shared.check(a.request_id, a.plan_id, &self.inner.me);
+                let (request, plan) = (a.request_id, a.plan_id);
+                let result = checked.and_then(|()| {
+                    self.inner
+                        .host
+                        .send(Job::Forward(a))
+                        .map_err(|_| ClusterError::Engine("the host thread stopped".into()))
+                });
+                if let Err(e) = result {
+                    self.emit(origin, failure(request, plan, &self.inner.me, e.to_string()));
+                }
+            }
+            Dest::Remote(address) => self.lane(address, Out::Forward(a, origin.clone())),
+        }
+    }
+
+    /// Sends a token event to the origin at `dest`.
+    pub fn emit(&self, dest: &Dest, event: TokenEvent) {
+        match dest {
+            Dest::Local => {
+                if !self.inner.router.deliver(event) {
+                    tracing::debug!("a token for a request that is over");
+                }
+            }
+            Dest::Remote(address) => self.lane(address, Out::Emit(event)),
+        }
+    }
+
+    fn lane(&self, address: &str, out: Out) {
+        let sent = {
+            let Ok(mut lanes) = self.inner.lanes.lock() else { return };
+            let tx = lanes.entry(address.to_string()).or_insert_with(|| {
+                let (tx, rx) = tmpsc::unbounded_channel();
+                self.inner.runtime.spawn(pump(self.clone(), address.to_string(), rx));
+                tx
+            });
+            tx.send(out)
+        };
+        // The lane's task ended (the runtime is shutting down): a failed send.
+        if let Err(tmpsc::error::SendError(Out::Forward(a, origin))) = sent {
+            let message = format!("cannot send to {address}");
+            self.emit(&origin, failure(a.request_id, a.plan_id, &self.inner.me, message));
+        }
+    }
+}
+
+fn failure(request_id: u64, plan_id: u64, node: &str, error: String) -> TokenEvent {
+    TokenEvent { request_id, plan_id, error, node: node.to_string(), ..Default::default() }
+}
+
+/// One destination's lane: sends its messages one after the other.
+async fn pump(outbox: Outbox, address: String, mut rx: tmpsc::UnboundedReceiver<Out>) {
+    let mut peer = match client(&address) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    while let Some(out) = rx.recv().await {
+        let Some(c) = peer.as_mut() else {
+            if let Out::Forward(a, origin) = out {
+                outbox.emit(&origin, failure(a.request_id, a.plan_id, &address, format!("bad address {address}")));
+            }
+            continue;
+        };
+        match out {
+            Out::Forward(a, origin) => {
+                let (request, plan) = (a.request_id, a.plan_id);
+                if let Err(status) = c.forward(a).await {
+                    let message = format!("sending to the node at {address} failed: {}", status.message());
+                    outbox.emit(&origin, failure(request, plan, &outbox.inner.me, message));
+                }
+            }
+            Out::Emit(event) => {
+                if let Err(status) = c.emit(event).await {
+                    tracing::warn!("cannot reach the origin at {address}: {}", status.message());
+                }
+            }
+        }
+    }
+}
+
+/// The gRPC service.
+pub(crate) struct PeerService {
+    pub info: Arc<NodeInfo>,
+    pub topology: Arc<Topology>,
+    pub host: mpsc::Sender<Job>,
+    pub shared: Arc<HostShared>,
+    pub router: Router,
+}
+
+impl PeerService {
+    pub fn describe(&self) -> NodeDescription {
+        describe(&self.info, &self.shared, &self.topology)
+    }
+}
+
+/// This node's description now.
+pub(crate) fn describe(info: &NodeInfo, shared: &HostShared, topology: &Topology) -> NodeDescription {
+    let held = shared.held.lock().map(|h| h.clone()).unwrap_or_default();
+    let held_bytes = shared.held_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let peers = topology.peers().into_iter().map(|p| p.address).collect();
+    info.describe(&held, held_bytes, peers)
+}
+
+fn status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Rejected(m) => Status::failed_precondition(m),
+        ClusterError::ModelNotFound(_) => Status::not_found(e.to_string()),
+        ClusterError::ModelTooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn hello(&self, request: Request<NodeDescription>) -> Result<Response<NodeDescription>, Status> {
+        let remote = request.remote_addr();
+        let caller = request.into_inner();
+        if caller.id != self.info.id {
+            if let Some(ip) = remote.map(|a| a.ip()) {
+                let address = SocketAddr::new(ip, caller.peer_port as u16).to_string();
+                for p in &caller.peers {
+                    self.topology.add_candidate(p.clone(), Source::Found);
+                }
+                if self.topology.seen(caller, address.clone(), None) {
+                    tracing::info!("peer at {address} joined");
+                }
+            }
+        }
+        Ok(Response::new(self.describe()))
+    }
+
+    async fn begin(&self, request: Request<BeginRequest>) -> Result<Response<Ack>, Status> {
+        let (done, result) = oneshot::channel();
+        self.host
+            .send(Job::Begin(Box::new(request.into_inner()), done))
+            .map_err(|_| Status::unavailable("the host thread stopped"))?;
+        match result.await {
+            Ok(Ok(())) => Ok(Response::new(Ack {})),
+            Ok(Err(e)) => Err(status(e)),
+            Err(_) => Err(Status::internal("the host thread dropped the request")),
+        }
+    }
+
+    async fn forward(&self, request: Request<Activation>) -> Result<Response<Ack>, Status> {
+        let a = request.into_inner();
+        self.shared.check(a.request_id, a.plan_id, &self.info.id).map_err(status)?;
+        self.host.send(Job::Forward(a)).map_err(|_| Status::unavailable("the host thread stopped"))?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn emit(&self, request: Request<TokenEvent>) -> Result<Response<Ack>, Status> {
+        let event = request.into_inner();
+        if !self.router.deliver(event) {
+            tracing::debug!("a token for a request that is over");
+        }
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn end(&self, request: Request<EndRequest>) -> Result<Response<Ack>, Status> {
+        let (done, result) = oneshot::channel();
+        self.host
+            .send(Job::End(request.into_inner().request_id, done))
+            .map_err(|_| Status::unavailable("the host thread stopped"))?;
+        let _ = result.await;
+        Ok(Response::new(Ack {}))
+    }
+}
+
+/// Says hello to `address` with `me`; returns the peer's description and the round trip.
+pub async fn hello(address: &str, me: NodeDescription) -> Result<(NodeDescription, Duration), ClusterError> {
+    let mut c = client(address)?;
+    let started = Instant::now();
+    let reply = tokio::time::timeout(HELLO_TIMEOUT, c.hello(me))
+        .await
+        .map_err(|_| ClusterError::NodeFailed { node: address.to_string(), message: "no answer".into() })?
+        .map_err(|s| ClusterError::NodeFailed { node: address.to_string(), message: s.message().to_string() })?;
+    Ok((reply.into_inner(), started.elapsed()))
+}
+
+pub(crate) use proto::peer_server::PeerServer;
