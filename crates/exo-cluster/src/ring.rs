@@ -50,8 +50,46 @@ impl Cluster {
         let tokens = inner.router.register(id);
         let result = self.drive(id, &r, &tokens, &mut on_token);
         inner.router.remove(id);
+        let result = match result {
+            Err(e @ ClusterError::NodeFailed { .. }) => Err(self.diagnose(r.plan, e)),
+            other => other,
+        };
         self.end_everywhere(id, r.plan);
         result
+    }
+
+    /// After a stage failed: says hello to every peer of the plan, drops those that do not answer from the
+    /// topology at once (so the next request is planned over the survivors), and names the first of them.
+    fn diagnose(&self, plan: &Plan, error: ClusterError) -> ClusterError {
+        let inner = &self.inner;
+        let me = self.describe();
+        let dead: Vec<String> = inner.runtime.block_on(async {
+            let mut calls = tokio::task::JoinSet::new();
+            for stage in plan.stages.iter().filter(|s| s.node_id != inner.info.id) {
+                let (id, address, me) = (stage.node_id.clone(), stage.address.clone(), me.clone());
+                calls.spawn(async move { (id, crate::transport::hello(&address, me).await.is_ok()) });
+            }
+            let mut dead = Vec::new();
+            while let Some(Ok((id, alive))) = calls.join_next().await {
+                if !alive {
+                    dead.push(id);
+                }
+            }
+            dead.sort();
+            dead
+        });
+        for id in &dead {
+            if inner.topology.remove(id) {
+                eprintln!("node {}: peer {id} left (it failed a request and does not answer)", inner.info.id);
+            }
+        }
+        match (dead.first(), error) {
+            (Some(id), ClusterError::NodeFailed { node, message }) if *id != node => ClusterError::NodeFailed {
+                node: id.clone(),
+                message: format!("it does not answer ({message}, reported by node {node})"),
+            },
+            (_, error) => error,
+        }
     }
 
     fn dest(&self, node_id: &str, address: &str) -> Dest {

@@ -56,6 +56,11 @@ impl Topology {
         gone
     }
 
+    /// Drops peer `id` at once (it failed a request and does not answer).
+    pub fn remove(&self, id: &str) -> bool {
+        self.peers.lock().is_ok_and(|mut p| p.remove(id).is_some())
+    }
+
     /// Live peers, by id.
     pub fn peers(&self) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self.peers.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();

@@ -4,175 +4,14 @@
 //! concurrent streams are both right, shutdown ends streams with an error event, and the node describes itself in
 //! `/v1/topology` and serves the web chat.
 
-#[path = "../../exo-engine/tests/common/mod.rs"]
-mod common;
+mod harness;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufReader, Read, Write};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use harness::*;
 use serde_json::{json, Value};
-
-const QUESTION: &str = "What is the capital of France?";
-
-/// A running node, killed when dropped.
-struct Node {
-    child: Child,
-    port: u16,
-    id: String,
-}
-
-/// A folder for one test's node (its `EXO_HOME`), removed at the end.
-struct Home(PathBuf);
-
-impl Home {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("exo-api-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Home(dir)
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Node {
-    fn start() -> Self {
-        Self::start_with(&Home::new("default"), &[])
-    }
-
-    /// A node with `EXO_HOME` in `home` and `extra` arguments.
-    fn start_with(home: &Home, extra: &[&str]) -> Self {
-        let model = common::model_path();
-        let dir = model.parent().unwrap().to_str().unwrap().to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
-            .args(["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", &dir, "--threads", "2"])
-            .args(["--discovery", "none"])
-            .args(if extra.contains(&"--listen-port") { &[][..] } else { &["--listen-port", "0"][..] })
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .env("EXO_HOME", &home.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("exo starts");
-        // Ready when it says where it listens: "exo node ID: OpenAI API on http://127.0.0.1:PORT/v1, ...".
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (id, port) = loop {
-            let line = lines.next().expect("the node exits before listening").unwrap();
-            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-                let id = line.trim_start_matches("exo node ").split(':').next().unwrap().to_string();
-                break (id, rest.split('/').next().unwrap().parse().unwrap());
-            }
-        };
-        // Keep draining stderr so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, port, id }
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (status, body) = self.request("GET", path, "");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// This node's entry in `/v1/topology`.
-    fn me(&self) -> Value {
-        let t = self.get("/v1/topology");
-        assert_eq!(t["self"], self.id.as_str());
-        t["nodes"].as_array().unwrap().iter().find(|n| n["id"] == self.id.as_str()).unwrap().clone()
-    }
-
-    /// Polls `/v1/topology` until `ready` holds for this node's entry (at most a minute) and returns the entry.
-    fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let me = self.me();
-            if ready(&me) {
-                return me;
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "waited a minute for {what}: {me}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Sends a request on a new connection without reading the response.
-    fn send(&self, path: &str, body: &Value) -> TcpStream {
-        let body = body.to_string();
-        let mut s = self.connect();
-        write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        s
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        s
-    }
-
-    /// Sends a request and returns the status and the body.
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let mut s = self.connect();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        // Streams come chunked: keep only the chunks' contents.
-        let body =
-            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.into() };
-        (status, body)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, text) = self.request("POST", path, &body.to_string());
-        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
-}
-
-fn model_name() -> String {
-    common::model_path().file_stem().unwrap().to_str().unwrap().to_string()
-}
-
-fn chat_body(max_tokens: usize, stream: bool) -> Value {
-    json!({"model": model_name(), "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-        "max_tokens": max_tokens, "stream": stream})
-}
-
-/// The `data:` payloads of an SSE body.
-fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
-}
 
 #[test]
 fn greedy_chat_equals_exo_run_and_streams_add_up_to_it() {
@@ -283,22 +122,6 @@ fn errors_have_openais_shape_and_status() {
 
 /// A request that runs for thousands of tokens: sampling at a high temperature over the whole vocabulary makes an
 /// end-of-generation token very unlikely.
-fn long_chat() -> Value {
-    json!({"model": model_name(), "messages": [{"role": "user", "content": "Tell me a very long story."}],
-        "temperature": 2.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 7, "max_tokens": 4000, "stream": true})
-}
-
-/// Reads SSE lines from `reader` until `n` content chunks have arrived.
-fn read_content_chunks(reader: &mut impl BufRead, n: usize) {
-    let (mut seen, mut line) = (0, String::new());
-    while seen < n {
-        line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
-        seen +=
-            usize::from(line.starts_with("data: ") && line.contains("\"content\":\"") && !line.contains("\"role\""));
-    }
-}
-
 #[test]
 fn a_client_hanging_up_mid_stream_stops_its_generation_and_frees_its_cache() {
     let node = Node::start();
