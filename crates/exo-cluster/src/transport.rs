@@ -233,8 +233,9 @@ impl Peer for PeerService {
                 for p in &caller.peers {
                     self.topology.add_candidate(p.clone(), Source::Found);
                 }
+                let id = caller.id.clone();
                 if self.topology.seen(caller, address.clone(), None) {
-                    tracing::info!("peer at {address} joined");
+                    eprintln!("node {}: peer {id} at {address} joined", self.info.id);
                 }
             }
         }

@@ -4,6 +4,7 @@
 mod bench;
 mod node;
 mod run;
+mod topology;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure prompt-processing and decode speed (like llama.cpp's llama-bench).
     Bench(bench::BenchArgs),
+    /// Print a running node's view of the cluster: nodes, memory, layers, links and plans.
+    Topology(topology::TopologyArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Bench(args)) => bench::bench(args),
+        Some(Command::Topology(args)) => topology::topology(args),
         None => node::node(cli.node),
     };
     match result {

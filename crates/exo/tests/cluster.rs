@@ -91,6 +91,20 @@ fn three_nodes_split_layers_by_memory_and_answer_as_one_node_does() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(answers, vec![alone.clone(), alone]);
+
+    // `exo topology` prints the same cluster as a table.
+    let out = Command::new(env!("CARGO_BIN_EXE_exo"))
+        .args(["topology", "--api", &format!("127.0.0.1:{}", a.port)])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(table.lines().any(|l| l.starts_with("c ") && l.contains("0-14 of 30")), "{table}");
+    assert!(table.lines().last().unwrap().ends_with(": c 0-14, b 15-24, a 25-29"), "{table}");
+    let out = Command::new(env!("CARGO_BIN_EXE_exo")).args(["topology", "--api", "127.0.0.1:1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot reach a node at 127.0.0.1:1"), "{out:?}");
 }
 
 #[test]

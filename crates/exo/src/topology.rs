@@ -1,0 +1,132 @@
+//! `exo topology`: asks a node's API for `/v1/topology` and prints the cluster as a table: every node, its
+//! memory, CPU, the layers it holds and the link to it, then the current plan per model.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// The node's API, host:port.
+    #[arg(long, env = "EXO_API", default_value = "127.0.0.1:52415")]
+    pub api: String,
+}
+
+pub fn topology(args: TopologyArgs) -> Result<()> {
+    let doc = fetch(&args.api)?;
+    print!("{}", render(&doc)?);
+    Ok(())
+}
+
+/// GET /v1/topology over HTTP/1.1.
+fn fetch(api: &str) -> Result<Value> {
+    let addr = api
+        .to_socket_addrs()
+        .with_context(|| format!("--api: '{api}' is not host:port"))?
+        .next()
+        .with_context(|| format!("--api: '{api}' resolves to no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("cannot reach a node at {api}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /v1/topology HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).with_context(|| format!("reading the answer of {api}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").context("the node's answer is not HTTP")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{api} answered {}", head.lines().next().unwrap_or(""));
+    }
+    serde_json::from_str(body).with_context(|| format!("{api} did not answer with a topology"))
+}
+
+fn render(doc: &Value) -> Result<String> {
+    let nodes = doc["nodes"].as_array().context("the topology lists no nodes")?;
+    let gib = |v: &Value| v.as_u64().map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
+    let mut rows = vec![["node", "address", "memory GiB (usable/total)", "cpu", "layers", "link"].map(String::from)];
+    for n in nodes {
+        let me = n["id"] == doc["self"];
+        let layers = match &n["model"] {
+            Value::Null => "-".to_string(),
+            m => format!(
+                "{}-{} of {} ({})",
+                m["layers"]["start"],
+                m["layers"]["end"],
+                m["n_layers"],
+                m["id"].as_str().unwrap_or("?")
+            ),
+        };
+        let link = match n["link"]["rtt_ms"].as_f64() {
+            Some(ms) => format!("{ms:.2} ms"),
+            None if me => "this node".to_string(),
+            None => "-".to_string(),
+        };
+        let address = match n["link"]["address"].as_str() {
+            Some(a) => a.to_string(),
+            None => format!("{}:{}", n["addresses"][0].as_str().unwrap_or("?"), n["listen_port"]),
+        };
+        rows.push([
+            n["id"].as_str().unwrap_or("?").to_string(),
+            address,
+            format!("{}/{}", gib(&n["memory"]["usable_bytes"]), gib(&n["memory"]["total_bytes"])),
+            format!("{} threads, {}", n["threads"], n["cpu"]["kernels"].as_str().unwrap_or("?")),
+            layers,
+            link,
+        ]);
+    }
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for p in doc["plans"].as_array().into_iter().flatten() {
+        let stages: Vec<String> = p["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} {}-{}", s["node_id"].as_str().unwrap_or("?"), s["start"], s["end"]))
+            .collect();
+        out.push_str(&format!(
+            "plan {} for {}: {}\n",
+            p["id"].as_str().unwrap_or("?"),
+            p["model"].as_str().unwrap_or("?"),
+            stages.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_table_has_a_row_per_node_and_a_line_per_plan() {
+        let doc = json!({"self": "a", "nodes": [
+            {"id": "a", "addresses": ["10.0.0.1"], "listen_port": 52416, "threads": 4, "cpu": {"kernels": "avx2"},
+             "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 2u64 << 30}, "link": null,
+             "model": {"id": "m", "layers": {"start": 0, "end": 14}, "n_layers": 30}},
+            {"id": "b", "addresses": ["10.0.0.2"], "listen_port": 52416, "threads": 2, "cpu": {"kernels": "neon"},
+             "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 1u64 << 30}, "link": {"address": "10.0.0.2:52416", "rtt_ms": 0.4},
+             "model": null}],
+            "plans": [{"id": "00ff", "model": "m", "stages": [{"node_id": "a", "start": 0, "end": 14}, {"node_id": "b", "start": 15, "end": 29}]}]});
+        let table = render(&doc).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].starts_with("a ") && lines[1].contains("0-14 of 30 (m)") && lines[1].contains("this node"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("10.0.0.2:52416") && lines[2].contains("0.40 ms") && lines[2].contains("1.0/1.0"),
+            "{table}"
+        );
+        assert_eq!(lines[3], "plan 00ff for m: a 0-14, b 15-29");
+        assert!(render(&json!({})).is_err());
+    }
+}
