@@ -11,8 +11,9 @@
 # fresh, gets a warm-up request (the first request through a plan loads the layers), and then REPS prompt runs
 # (/v1/completions, max_tokens 1, temperature 0, a repeated sentence cut to exactly 128 prompt tokens) and REPS
 # decode runs (stream, max_tokens 64, temperature 1 with seed 1 and no top-k/top-p/min-p cut, so EOS is unlikely
-# before 64 tokens; timed from the first content chunk to the last: (tokens-1)/elapsed). Figures are medians of
-# the REPS runs, for exo and for llama-bench (its samples). Never fails on speed.
+# before 64 tokens; timed from the first content chunk to the last: (tokens-1)/elapsed). Figures are the best
+# (STAT=max, the default: other work on a shared machine only ever slows a run down) or the median (STAT=median)
+# of the REPS runs, for exo and for llama-bench (its samples). Never fails on speed.
 #
 # Overhead per hop: with n nodes a token makes n hops (node to node, the last back to the first) and each node
 # computes 1/n of the layers, so compute per token is about that of 1 node and
@@ -25,6 +26,7 @@
 #   NODES          cluster sizes (default: "1 2 3"; 1 is the baseline of the overhead figures)
 #   REPS           measured runs per test (default: 3)
 #   MEMORY         --memory-limit of every node (default: 4G)
+#   STAT           max or median of the runs (default: max)
 #   LLAMA_CPP      set to 0 to skip llama.cpp (default: 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,8 @@ NODES=${NODES:-"1 2 3"}
 REPS=${REPS:-3}
 MEMORY=${MEMORY:-4G}
 LLAMA_CPP=${LLAMA_CPP:-1}
+STAT=${STAT:-max}
+case $STAT in max|median) ;; *) echo "error: STAT must be max or median" >&2; exit 1 ;; esac
 PP=128
 TG=64
 
@@ -69,8 +73,10 @@ core() { echo "${CPUS[$(($1 % NCPU))]}"; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/exo-bench-cluster.XXXXXX")
 PIDS=()
+FG=""
 cleanup() {
   local p
+  [ -n "$FG" ] && kill -TERM "$FG" 2>/dev/null
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -81,6 +87,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Runs a command in the background and waits for it, so that a signal stops this script at once (bash runs traps
+# only between foreground commands).
+run_fg() {
+  local rc=0
+  "$@" &
+  FG=$!
+  wait "$FG" || rc=$?
+  FG=""
+  return "$rc"
+}
 
 # Stops the processes started since PIDS had $1 entries.
 stop_from() {
@@ -218,12 +235,14 @@ def measure(api, model, prompt_file, reps, tg, nodes):
     for _ in range(reps):
         n, chunks, rate = tg_run(api, model, tg)
         tgs.append(rate); ntoks.append([n, chunks])
+    time.sleep(2.5)  # idle for two heartbeats, so the links' round-trip times are those of an idle ring
     topo2 = get(api, "/v1/topology")
+    rtt = {n["id"]: n["link"]["rtt_ms"] for n in topo2["nodes"] if n.get("link") and n["link"].get("rtt_ms") is not None}
     plans2 = [p for p in topo2.get("plans", []) if p.get("model") in (model, model + ".gguf")]
     split2 = [[s["node_id"], s["start"], s["end"]] for s in plans2[-1]["stages"]] if plans2 else []
     print(json.dumps({"nodes": nodes, "n_topology": len(topo["nodes"]), "split": split, "split_after": split2,
                       "node_layers": node_layers, "n_layers": plans[-1]["n_layers"] if plans else None,
-                      "prompt_tokens": ptoks, "pp": pps, "tg": tgs, "tg_tokens": ntoks}))
+                      "prompt_tokens": ptoks, "rtt_ms": rtt, "pp": pps, "tg": tgs, "tg_tokens": ntoks}))
 
 cmd = sys.argv[1]
 if cmd == "wait":
@@ -242,6 +261,7 @@ start_node() {
   local args=(--discovery none --api-host 127.0.0.1 --api-port 0 --listen-port 0 --node-id "n$k"
     --models-dir "$dir" --threads 1 --memory-limit "$MEMORY")
   [ -n "$peers" ] && args+=(--peers "$peers")
+  : >"$log"
   EXO_HOME=$TMP/home$k taskset -c "$(core $((k - 1)))" "$EXO_BIN" "${args[@]}" >"$log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
@@ -260,7 +280,7 @@ start_node() {
 # Runs llama-bench pinned to core 0 with the extra flags given; its JSON goes to $1, its stderr to $1.err.
 llama_bench() {
   local out=$1; shift
-  taskset -c "$(core 0)" "$LLAMA_CPP_BIN/llama-bench" -t 1 -p "$PP" -n "$TG" -r "$REPS" -o json "$@" \
+  run_fg taskset -c "$(core 0)" "$LLAMA_CPP_BIN/llama-bench" -t 1 -p "$PP" -n "$TG" -r "$REPS" -o json "$@" \
     >"$out" 2>"$out.err" || { echo "error: llama-bench failed:" >&2; tail -n 20 "$out.err" >&2; exit 1; }
 }
 
@@ -275,13 +295,14 @@ for m in "${models[@]}"; do
     start_node 1 "$dir" ""
     api=$API; peer1=$PEER
     for ((k = 2; k <= n; k++)); do start_node "$k" "$dir" "$peer1"; done
-    python3 "$TMP/client.py" wait "$api" "$n" 30
-    [ -f "$prompt" ] || python3 "$TMP/client.py" fit "$api" "$name" "$PP" "$prompt"
-    res=$(python3 "$TMP/client.py" measure "$api" "$name" "$prompt" "$REPS" "$TG" "$n") || {
+    run_fg python3 "$TMP/client.py" wait "$api" "$n" 30
+    [ -f "$prompt" ] || run_fg python3 "$TMP/client.py" fit "$api" "$name" "$PP" "$prompt"
+    run_fg python3 "$TMP/client.py" measure "$api" "$name" "$prompt" "$REPS" "$TG" "$n" >"$TMP/res.json" || {
       echo "error: measuring $name on $n nodes failed; node logs:" >&2
       for ((k = 1; k <= n; k++)); do echo "--- n$k" >&2; cat "$TMP/node$k.log" >&2; done
       exit 1
     }
+    res=$(cat "$TMP/res.json")
     for ((k = 1; k <= n; k++)); do
       if ! kill -0 "${PIDS[$((keep + k - 1))]}" 2>/dev/null; then
         echo "error: node n$k of $n died during the run:" >&2; cat "$TMP/node$k.log" >&2; exit 1
@@ -333,29 +354,30 @@ print(json.dumps(r))' "$res" "$name" "$ref" "$ref_split" "$loglines" \
   done
 done
 
-python3 - "$RESULTS" "$NCPU" "$MEMORY" "$REPS" <<'PY'
+python3 - "$RESULTS" "$NCPU" "$MEMORY" "$REPS" "$STAT" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-ncpu, memory, reps = int(sys.argv[2]), sys.argv[3], sys.argv[4]
-med = statistics.median
+ncpu, memory, reps, stat = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+pick = max if stat == "max" else statistics.median
 def ref_rates(r):
     if not r["ref"]:
         return None, None
-    pp = next(med(x["samples_ts"]) for x in r["ref"] if x["n_prompt"] > 0 and x["n_gen"] == 0)
-    tg = next(med(x["samples_ts"]) for x in r["ref"] if x["n_gen"] > 0 and x["n_prompt"] == 0)
+    pp = next(pick(x["samples_ts"]) for x in r["ref"] if x["n_prompt"] > 0 and x["n_gen"] == 0)
+    tg = next(pick(x["samples_ts"]) for x in r["ref"] if x["n_gen"] > 0 and x["n_prompt"] == 0)
     return pp, tg
 f = lambda x: "–" if x is None else f"{x:.1f}"
 ratio = lambda a, b: "–" if b is None else f"{a / b:.2f}"
 print(f"| model | nodes | exo pp{128} t/s | exo tg{64} t/s | llama.cpp pp128 | llama.cpp tg64 | ratio pp | ratio tg |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
-    pp, tg = med(r["pp"]), med(r["tg"])
+    pp, tg = pick(r["pp"]), pick(r["tg"])
     rpp, rtg = ref_rates(r)
     print(f"| {r['model']} | {r['nodes']} | {pp:.1f} | {tg:.1f} | {f(rpp)} | {f(rtg)} | {ratio(pp, rpp)} | {ratio(tg, rtg)} |")
 print()
-print(f"Medians of {reps} runs after a warm-up; one thread per node (and per llama.cpp RPC server), node k pinned to "
-      f"core (k-1) mod {ncpu}; --memory-limit {memory} on every node. llama.cpp: 1 node is llama-bench -t 1 alone; "
-      f"n nodes is llama-bench -ngl 99 over n ggml-rpc-server -t 1, pinned like the nodes, llama-bench on core 0.")
+print(f"{'Best' if stat == 'max' else 'Medians'} of {reps} runs after a warm-up; one thread per node (and per llama.cpp RPC server), node k pinned to "
+      f"core (k-1) mod {ncpu}; --memory-limit {memory} on every node."
+      + (" llama.cpp: 1 node is llama-bench -t 1 alone; n nodes is llama-bench -ngl 99 -ts (exo's split) over n "
+         "ggml-rpc-server -t 1, pinned like the nodes, llama-bench on core 0." if any(r["ref"] for r in rows) else ""))
 shared = sorted({r["nodes"] for r in rows if len(set(r["cores"])) < len(r["cores"])})
 if shared:
     print(f"With {', '.join(map(str, shared))} nodes on {ncpu} cores, nodes share cores (cores per node: "
@@ -367,6 +389,8 @@ for r in rows:
     line = f"- {r['model']}, {r['nodes']} node(s): exo split {sp} of {r['n_layers']}"
     if r["ref_split"]:
         line += "; llama.cpp split " + ", ".join(f"{d} {b}-{e}" for d, b, e in r["ref_split"]) + " (last = output)"
+    if r["rtt_ms"]:
+        line += "; idle heartbeat RTT from n1: " + ", ".join(f"{i} {v:.2f} ms" for i, v in sorted(r["rtt_ms"].items()))
     if r["prompt_tokens"] != 128:
         line += f"; prompt {r['prompt_tokens']} tokens"
     short = [n for n, _ in r["tg_tokens"] if n != 64]
@@ -397,9 +421,9 @@ for r in rows:
 for model, rs in by.items():
     if 1 not in rs:
         continue
-    tg1 = med(rs[1]["tg"]); rtg1 = ref_rates(rs[1])[1]
+    tg1 = pick(rs[1]["tg"]); rtg1 = ref_rates(rs[1])[1]
     for n in sorted(k for k in rs if k > 1):
-        tgn = med(rs[n]["tg"])
+        tgn = pick(rs[n]["tg"])
         hop = (1 / tgn - 1 / tg1) / n * 1e6
         line = f"{model}, {n} nodes: exo overhead per hop ≈ {hop:.0f} µs ((1/tg{n} − 1/tg1)/{n}, tg1 {tg1:.1f}, tg{n} {tgn:.1f} t/s)"
         rtgn = ref_rates(rs[n])[1]

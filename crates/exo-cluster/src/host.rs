@@ -45,9 +45,22 @@ pub(crate) struct HostShared {
     /// Memory reserved for the layers held.
     pub held_bytes: AtomicU64,
     pub kv_bytes: AtomicU64,
+    /// Requests whose End is on its way: a long prefill stops between chunks instead of running to its end.
+    pub ending: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl HostShared {
+    /// Marks `request` as ending (its End job follows).
+    pub fn ending(&self, request: u64) {
+        if let Ok(mut e) = self.ending.lock() {
+            e.insert(request);
+        }
+    }
+
+    fn is_ending(&self, request: u64) -> bool {
+        self.ending.lock().is_ok_and(|e| e.contains(&request))
+    }
+
     /// Whether a message for `request` under `plan` may be queued; the error says why not.
     pub fn check(&self, request: u64, plan: u64, me: &str) -> Result<()> {
         match self.requests.lock().ok().and_then(|r| r.get(&request).copied()) {
@@ -294,6 +307,9 @@ impl Worker {
         if let Ok(mut r) = self.shared.requests.lock() {
             r.remove(&id);
         }
+        if let Ok(mut e) = self.shared.ending.lock() {
+            e.remove(&id);
+        }
         self.publish_kv();
     }
 
@@ -352,6 +368,9 @@ impl Worker {
                 return Err(ClusterError::Rejected(format!("node {me}: stage 0 got no tokens")));
             }
             for (i, chunk) in chunks.iter().enumerate() {
+                if self.shared.is_ending(a.request_id) {
+                    return Ok(());
+                }
                 let position = r.cache.len();
                 let out = held.shard.forward(ShardInput::Tokens(chunk), &mut r.cache)?;
                 outputs.push((out, position, chunk.len(), a.sample && i + 1 == chunks.len()));

@@ -239,6 +239,9 @@ impl Cluster {
             for stage in &plan.stages {
                 let dest = self.dest(&stage.node_id, &stage.address);
                 let host = inner.host.clone();
+                if dest == Dest::Local {
+                    inner.shared.ending(id);
+                }
                 calls.spawn(async move {
                     match dest {
                         Dest::Local => {

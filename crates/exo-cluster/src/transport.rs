@@ -271,9 +271,9 @@ impl Peer for PeerService {
 
     async fn end(&self, request: Request<EndRequest>) -> Result<Response<Ack>, Status> {
         let (done, result) = oneshot::channel();
-        self.host
-            .send(Job::End(request.into_inner().request_id, done))
-            .map_err(|_| Status::unavailable("the host thread stopped"))?;
+        let id = request.into_inner().request_id;
+        self.shared.ending(id);
+        self.host.send(Job::End(id, done)).map_err(|_| Status::unavailable("the host thread stopped"))?;
         let _ = result.await;
         Ok(Response::new(Ack {}))
     }

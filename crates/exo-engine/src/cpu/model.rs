@@ -110,6 +110,8 @@ struct Scratch {
 struct ThreadScratch {
     scores: Vec<f32>,
     tile: Vec<f32>,
+    /// One key or value row in f32.
+    row: Vec<f32>,
 }
 
 /// Grows `v` to at least `n` elements and returns the first `n`.
@@ -457,6 +459,9 @@ impl CpuModel {
     /// Causal attention of the `seq` new positions over the cache (which already holds them), one parallel step
     /// over (position, head) pairs; query heads share key/value heads in groups (GQA).
     fn attention(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
+        if seq >= QUERY_BLOCK {
+            return self.attention_blocked(pool, kv, pos, seq, q, out);
+        }
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
         let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
@@ -488,6 +493,68 @@ impl CpuModel {
                     match &kv.values {
                         HostBuf::F16(values) => k.axpy_f16(o, p, &values[at..at + hd]),
                         HostBuf::F32(values) => k.axpy_f32(o, p, &values[at..at + hd]),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Query positions that share one pass over the keys and values in prefill attention.
+const QUERY_BLOCK: usize = 16;
+
+impl CpuModel {
+    /// Attention for many positions (prefill): each work item is one KV head and a block of query positions, so
+    /// every key and value row is read and converted once for all the block's queries of the heads sharing it,
+    /// instead of once per query and head.
+    fn attention_blocked(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
+        let c = &self.config;
+        let (hd, n_heads) = (c.head_dim, c.n_heads);
+        let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let k = self.kernels;
+        let blocks = seq.div_ceil(QUERY_BLOCK);
+        let out = SharedOut::new(out);
+        let read_row = |buf: &HostBuf, at: usize, row: &mut [f32]| match buf {
+            HostBuf::F16(v) => k.f16_to_f32(&v[at..at + hd], row),
+            HostBuf::F32(v) => row.copy_from_slice(&v[at..at + hd]),
+        };
+        pool.run(&|i, n| {
+            let mut ts = lock(&self.threads[i.min(self.threads.len() - 1)]);
+            let ThreadScratch { scores, row, .. } = &mut *ts;
+            let row = fit(row, hd);
+            for item in share(c.n_kv_heads * blocks, 1, i, n) {
+                let (kv_head, block) = (item / blocks, item % blocks);
+                let (t0, t1) = (block * QUERY_BLOCK, ((block + 1) * QUERY_BLOCK).min(seq));
+                // Position t sees keys 0..=pos + t; the block's last query sees the most.
+                let width = pos + t1;
+                let scores = fit(scores, (t1 - t0) * group * width);
+                let kv_off = kv_head * hd;
+                let queries =
+                    |j: usize| (j.saturating_sub(pos).max(t0)..t1).flat_map(move |t| (0..group).map(move |g| (t, g)));
+                for j in 0..width {
+                    read_row(&kv.keys, j * kv_dim + kv_off, row);
+                    for (t, g) in queries(j) {
+                        let head = kv_head * group + g;
+                        let query = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
+                        scores[((t - t0) * group + g) * width + j] = scale * k.dot_f32(row, query);
+                    }
+                }
+                for t in t0..t1 {
+                    for g in 0..group {
+                        let at = ((t - t0) * group + g) * width;
+                        ops::softmax(&mut scores[at..at + pos + t + 1]);
+                        // SAFETY: each (position, head) pair belongs to one work item.
+                        unsafe { out.slice(t * q_dim + (kv_head * group + g) * hd, hd) }.fill(0.0);
+                    }
+                }
+                for j in 0..width {
+                    read_row(&kv.values, j * kv_dim + kv_off, row);
+                    for (t, g) in queries(j) {
+                        let head = kv_head * group + g;
+                        // SAFETY: as above.
+                        let o = unsafe { out.slice(t * q_dim + head * hd, hd) };
+                        k.axpy_f32(o, scores[((t - t0) * group + g) * width + j], row);
                     }
                 }
             }
