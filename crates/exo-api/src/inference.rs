@@ -81,7 +81,7 @@ pub struct InferenceConfig {
     pub context: usize,
 }
 
-/// The model requests last ran on, as this node (the origin) sees it.
+/// The model requests run on, as this node (the origin) sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
     pub id: String,
@@ -114,7 +114,6 @@ impl Outcome {
 /// What the worker is doing, for `/v1/topology`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    pub model: Option<ModelInfo>,
     pub busy: bool,
     pub queued: usize,
     /// Jobs taken from the queue so far.
@@ -131,7 +130,6 @@ struct Shared {
     busy: AtomicBool,
     requests: AtomicU64,
     tokens: AtomicU64,
-    model: Mutex<Option<ModelInfo>>,
     last: Mutex<Option<(Outcome, usize)>>,
 }
 
@@ -199,7 +197,6 @@ impl Inference {
     pub fn status(&self) -> Status {
         let s = &self.shared;
         Status {
-            model: s.model.lock().map(|m| m.clone()).unwrap_or(None),
             busy: s.busy.load(Ordering::Acquire),
             queued: self.config.queue - self.jobs.capacity(),
             requests: s.requests.load(Ordering::Relaxed),
@@ -277,9 +274,6 @@ impl Worker {
             Ok(Model { info, tokenizer, template })
         };
         let m = read().map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?;
-        if let Ok(mut shared) = self.shared.model.lock() {
-            *shared = Some(m.info.clone());
-        }
         Ok(self.model.insert(m))
     }
 

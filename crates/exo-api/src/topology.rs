@@ -73,7 +73,7 @@ mod tests {
             rtt: (!is_self).then(|| std::time::Duration::from_micros(250)),
             is_self,
         };
-        let status = Status { model: None, busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
+        let status = Status { busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
         let plan = Plan::new("m", 30, 1 << 20, &[Candidate { id: "a".into(), address: "a:1".into(), usable: 1 << 30 }])
             .unwrap();
         let t = topology(&[node("a", true), node("b", false)], &[plan], &status, 1024);

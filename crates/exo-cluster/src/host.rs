@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exo_engine::chain::PREFILL_CHUNK;
-use exo_engine::sampler::{log_softmax, Sampler, SamplingParams};
+use exo_engine::sampler::{log_softmax, Sampler};
 use exo_engine::{Backend, Device, Gguf, KvCache, KvType, ModelShard, Shard, ShardInput, ShardOutput};
 use tokio::sync::oneshot;
 
@@ -18,7 +18,7 @@ use crate::memory::{model_needs, Memory};
 use crate::models::ModelStore;
 use crate::plan::{Plan, Stage};
 use crate::proto;
-use crate::transport::{Dest, Outbox};
+use crate::transport::{plan_from_wire, sampling_from_wire, Dest, Outbox};
 
 /// A request whose origin has not been heard from for this long is dropped (its origin died).
 const IDLE_REQUEST: Duration = Duration::from_secs(300);
@@ -156,12 +156,7 @@ impl Worker {
     fn begin(&mut self, b: proto::BeginRequest) -> Result<()> {
         let me = self.config.id.clone();
         let plan = b.plan.ok_or_else(|| ClusterError::Rejected("Begin without a plan".into()))?;
-        let stages = plan
-            .stages
-            .into_iter()
-            .map(|s| Stage { node_id: s.node_id, address: s.address, start: s.start as usize, end: s.end as usize })
-            .collect();
-        let plan = Plan::from_parts(plan.id, plan.model, plan.n_layers as usize, stages)?;
+        let plan = plan_from_wire(plan)?;
         let index = b.stage as usize;
         let stage = match plan.stages.get(index) {
             Some(s) if s.node_id == me => s.clone(),
@@ -170,18 +165,7 @@ impl Worker {
         self.hold(&plan, &stage, b.context as usize)?;
         let Some(held) = self.held.as_ref() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
         let last = if index + 1 == plan.stages.len() {
-            let s = b.sampling.unwrap_or_default();
-            let sampling = SamplingParams {
-                temperature: s.temperature,
-                top_k: s.top_k as usize,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                repeat_penalty: s.repeat_penalty,
-                repeat_last_n: s.repeat_last_n as usize,
-                presence_penalty: s.presence_penalty,
-                frequency_penalty: s.frequency_penalty,
-                seed: Some(s.seed),
-            };
+            let sampling = sampling_from_wire(b.sampling.unwrap_or_default());
             Some(LastStage {
                 sampler: Sampler::new(sampling)?,
                 history: b.history,

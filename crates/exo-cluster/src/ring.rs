@@ -14,7 +14,7 @@ use crate::error::{ClusterError, Result};
 use crate::host::Job;
 use crate::plan::Plan;
 use crate::proto;
-use crate::transport::{client, Dest};
+use crate::transport::{client, plan_to_wire, sampling_to_wire, Dest};
 use crate::Cluster;
 
 /// How often the origin looks at the plan's nodes while it waits for a token.
@@ -111,21 +111,7 @@ impl Cluster {
         let plan = r.plan;
         let s = &r.sampling;
         let seed = s.seed.ok_or_else(|| ClusterError::Engine("a ring request needs a seed".into()))?;
-        let wire_plan = proto::Plan {
-            id: plan.id,
-            model: plan.model.clone(),
-            n_layers: plan.n_layers as u32,
-            stages: plan
-                .stages
-                .iter()
-                .map(|st| proto::Stage {
-                    node_id: st.node_id.clone(),
-                    address: st.address.clone(),
-                    start: st.start as u32,
-                    end: st.end as u32,
-                })
-                .collect(),
-        };
+        let wire_plan = plan_to_wire(plan);
         let begin = |stage: usize| proto::BeginRequest {
             request_id: id,
             plan: Some(wire_plan.clone()),
@@ -133,17 +119,7 @@ impl Cluster {
             origin: self.peer_address(),
             origin_id: inner.info.id.clone(),
             context: r.context as u32,
-            sampling: Some(proto::Sampling {
-                temperature: s.temperature,
-                top_k: s.top_k as u32,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                repeat_penalty: s.repeat_penalty,
-                repeat_last_n: s.repeat_last_n as u32,
-                presence_penalty: s.presence_penalty,
-                frequency_penalty: s.frequency_penalty,
-                seed,
-            }),
+            sampling: Some(sampling_to_wire(s, seed)),
             history: if stage + 1 == plan.stages.len() { r.prompt.to_vec() } else { Vec::new() },
             max_tokens: r.max_tokens as u32,
             eog: r.eog.clone(),

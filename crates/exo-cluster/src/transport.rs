@@ -12,9 +12,12 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use exo_engine::sampler::SamplingParams;
+
 use crate::error::ClusterError;
 use crate::host::{HostShared, Job};
 use crate::node::NodeInfo;
+use crate::plan::{Plan, Stage};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::peer_server::Peer;
 use crate::proto::{self, Ack, Activation, BeginRequest, EndRequest, NodeDescription, TokenEvent};
@@ -30,6 +33,64 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Dest {
     Local,
     Remote(String),
+}
+
+/// A plan as it goes over the wire.
+pub fn plan_to_wire(plan: &Plan) -> proto::Plan {
+    proto::Plan {
+        id: plan.id,
+        model: plan.model.clone(),
+        n_layers: plan.n_layers as u32,
+        stages: plan
+            .stages
+            .iter()
+            .map(|s| proto::Stage {
+                node_id: s.node_id.clone(),
+                address: s.address.clone(),
+                start: s.start as u32,
+                end: s.end as u32,
+            })
+            .collect(),
+    }
+}
+
+/// A plan received from a peer; its id is checked against its content.
+pub fn plan_from_wire(p: proto::Plan) -> Result<Plan, ClusterError> {
+    let stages = p
+        .stages
+        .into_iter()
+        .map(|s| Stage { node_id: s.node_id, address: s.address, start: s.start as usize, end: s.end as usize })
+        .collect();
+    Plan::from_parts(p.id, p.model, p.n_layers as usize, stages)
+}
+
+/// Sampling parameters as they go over the wire, with the seed every stage must use.
+pub fn sampling_to_wire(s: &SamplingParams, seed: u64) -> proto::Sampling {
+    proto::Sampling {
+        temperature: s.temperature,
+        top_k: s.top_k as u32,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n as u32,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed,
+    }
+}
+
+pub fn sampling_from_wire(s: proto::Sampling) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k as usize,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n as usize,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        seed: Some(s.seed),
+    }
 }
 
 /// A client for the peer server at `address` (host:port); connects on first use.
@@ -291,3 +352,26 @@ pub async fn hello(address: &str, me: NodeDescription) -> Result<(NodeDescriptio
 }
 
 pub(crate) use proto::peer_server::PeerServer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Candidate;
+
+    #[test]
+    fn plans_and_sampling_survive_the_wire() {
+        let nodes = [
+            Candidate { id: "a".into(), address: "10.0.0.1:52416".into(), usable: 2 << 30 },
+            Candidate { id: "b".into(), address: "10.0.0.2:52416".into(), usable: 1 << 30 },
+        ];
+        let plan = Plan::new("m", 30, 1 << 30, &nodes).unwrap();
+        assert_eq!(plan_from_wire(plan_to_wire(&plan)).unwrap(), plan);
+        let mut tampered = plan_to_wire(&plan);
+        tampered.stages[0].end += 1;
+        assert!(plan_from_wire(tampered).is_err());
+
+        let sampling = SamplingParams { temperature: 0.7, top_k: 5, seed: None, ..SamplingParams::default() };
+        let back = sampling_from_wire(sampling_to_wire(&sampling, 42));
+        assert_eq!(back, SamplingParams { seed: Some(42), ..sampling });
+    }
+}
