@@ -3,7 +3,7 @@
 
 mod common;
 
-use exo_engine::sampler::argmax;
+use exo_engine::sampler::{argmax, log_softmax};
 use exo_engine::{Device, Gguf, KvType, ModelShard, Shard, ShardChain};
 
 /// Bytes this thread has read through read-like system calls so far (Linux's /proc/thread-self/io `rchar`);
@@ -180,4 +180,31 @@ fn long_prompts_are_chunked_without_changing_the_result() {
         assert!(diff <= 1e-3, "{what}: largest logit difference {diff}");
     }
     assert_eq!(argmax(&chunked), argmax(&parts));
+}
+
+/// Prefill attention over hundreds of positions (the CPU kernels' blocked path: whole blocks, a partial last block,
+/// and a second batch that starts at a non-zero position) against candle's own attention (`softmax(QKᵀ)V` as
+/// tensor operations, f32 KV cache) on the same prompt: the same top token, and log-probabilities of candle's top
+/// ten tokens within the engines' usual quantization differences.
+#[test]
+fn blocked_prefill_attention_matches_candle() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let whole = [Shard::new(0, n - 1, n).unwrap()];
+    let prompt: Vec<u32> = (0..400u32).map(|i| (i * 7919 + 13) % 49152).collect();
+    let mut ours =
+        ShardChain::load_with(&gguf, &whole, 1024, &Device::Cpu, KvType::F16, exo_engine::Backend::Cpu).unwrap();
+    assert_eq!(ours.shards()[0].backend(), "cpu");
+    ours.forward(&prompt[..200]).unwrap();
+    let ours = log_softmax(&ours.forward(&prompt[200..]).unwrap());
+    let mut candle =
+        ShardChain::load_with(&gguf, &whole, 1024, &Device::Cpu, KvType::F32, exo_engine::Backend::Candle).unwrap();
+    let theirs = log_softmax(&candle.forward(&prompt).unwrap());
+    assert_eq!(argmax(&ours), argmax(&theirs));
+    let mut top: Vec<usize> = (0..theirs.len()).collect();
+    top.sort_by(|&a, &b| theirs[b].total_cmp(&theirs[a]));
+    let diffs: Vec<f32> = top[..10].iter().map(|&i| (ours[i] - theirs[i]).abs()).collect();
+    let worst = diffs.iter().copied().fold(0.0, f32::max);
+    eprintln!("top-10 |Δ log-probability| vs candle: {diffs:.3?}");
+    assert!(worst < 0.3, "largest difference {worst} in {diffs:?}");
 }

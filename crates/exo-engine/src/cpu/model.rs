@@ -110,8 +110,10 @@ struct Scratch {
 struct ThreadScratch {
     scores: Vec<f32>,
     tile: Vec<f32>,
-    /// One key or value row in f32.
-    row: Vec<f32>,
+    /// Prefill attention: a block's scaled queries, its keys in f32 and its values transposed.
+    queries: Vec<f32>,
+    keys: Vec<f32>,
+    values_t: Vec<f32>,
 }
 
 /// Grows `v` to at least `n` elements and returns the first `n`.
@@ -500,13 +502,25 @@ impl CpuModel {
     }
 }
 
-/// Query positions that share one pass over the keys and values in prefill attention.
-const QUERY_BLOCK: usize = 16;
+/// Query positions per work item of prefill attention.
+const QUERY_BLOCK: usize = 32;
+/// Key rows transposed together into the value columns of prefill attention.
+const TRANSPOSE_ROWS: usize = 16;
+
+/// The bytes of `x`, as the F32 weight and activation formats of the kernels read them.
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 initialized bytes, and u8 has no alignment requirement.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), std::mem::size_of_val(x)) }
+}
 
 impl CpuModel {
-    /// Attention for many positions (prefill): each work item is one KV head and a block of query positions, so
-    /// every key and value row is read and converted once for all the block's queries of the heads sharing it,
-    /// instead of once per query and head.
+    /// Attention for many positions (prefill), as two matrix products per work item on the kernels' f32 GEMM.
+    ///
+    /// A work item is one KV head and a block of query positions: the block's queries of every head sharing that
+    /// KV head (scaled) form one matrix `Q`; the visible keys, converted to f32, form `K`, and the values,
+    /// converted and transposed, `Vᵀ`. Then `S = Q Kᵀ`, a softmax over each row's visible prefix, and `O = S V`.
+    /// Each key and value is read once per item, for `QUERY_BLOCK × group` queries. Items go to threads
+    /// round-robin, so that the short early blocks of a causal prefill are spread over every thread.
     fn attention_blocked(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
@@ -521,41 +535,53 @@ impl CpuModel {
         };
         pool.run(&|i, n| {
             let mut ts = lock(&self.threads[i.min(self.threads.len() - 1)]);
-            let ThreadScratch { scores, row, .. } = &mut *ts;
-            let row = fit(row, hd);
-            for item in share(c.n_kv_heads * blocks, 1, i, n) {
-                let (kv_head, block) = (item / blocks, item % blocks);
+            let ThreadScratch { scores, tile, keys, values_t, queries, .. } = &mut *ts;
+            for item in (i..c.n_kv_heads * blocks).step_by(n.max(1)) {
+                let (block, kv_head) = (item / c.n_kv_heads, item % c.n_kv_heads);
                 let (t0, t1) = (block * QUERY_BLOCK, ((block + 1) * QUERY_BLOCK).min(seq));
+                // Row (t - t0) * group + g of the item's matrices is query position t of head kv_head * group + g.
+                let rows = (t1 - t0) * group;
                 // Position t sees keys 0..=pos + t; the block's last query sees the most.
                 let width = pos + t1;
-                let scores = fit(scores, (t1 - t0) * group * width);
                 let kv_off = kv_head * hd;
-                let queries =
-                    |j: usize| (j.saturating_sub(pos).max(t0)..t1).flat_map(move |t| (0..group).map(move |g| (t, g)));
-                for j in 0..width {
+
+                let qm = fit(queries, rows * hd);
+                for (t, dst) in (t0..t1).zip(qm.chunks_exact_mut(group * hd)) {
+                    let src = &q[t * q_dim + kv_head * group * hd..][..group * hd];
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * scale);
+                }
+                let km = fit(keys, width * hd);
+                for (j, row) in km.chunks_exact_mut(hd).enumerate() {
                     read_row(&kv.keys, j * kv_dim + kv_off, row);
-                    for (t, g) in queries(j) {
-                        let head = kv_head * group + g;
-                        let query = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
-                        scores[((t - t0) * group + g) * width + j] = scale * k.dot_f32(row, query);
+                }
+                // Vᵀ, (hd, width): rows of values are read TRANSPOSE_ROWS at a time and written out as columns.
+                let vt = fit(values_t, hd * width);
+                let buf = fit(tile, TRANSPOSE_ROWS * hd);
+                for j0 in (0..width).step_by(TRANSPOSE_ROWS) {
+                    let jn = TRANSPOSE_ROWS.min(width - j0);
+                    for (j, row) in buf.chunks_exact_mut(hd).take(jn).enumerate() {
+                        read_row(&kv.values, (j0 + j) * kv_dim + kv_off, row);
+                    }
+                    for (d, col) in vt.chunks_exact_mut(width).enumerate() {
+                        for (j, x) in col[j0..j0 + jn].iter_mut().enumerate() {
+                            *x = buf[j * hd + d];
+                        }
                     }
                 }
-                for t in t0..t1 {
-                    for g in 0..group {
-                        let at = ((t - t0) * group + g) * width;
-                        ops::softmax(&mut scores[at..at + pos + t + 1]);
-                        // SAFETY: each (position, head) pair belongs to one work item.
-                        unsafe { out.slice(t * q_dim + (kv_head * group + g) * hd, hd) }.fill(0.0);
-                    }
+
+                let sm = fit(scores, rows * width);
+                k.gemm(WeightType::F32, hd, f32_bytes(km), width, f32_bytes(qm), rows, sm, width);
+                for (r, row) in sm.chunks_exact_mut(width).enumerate() {
+                    let visible = pos + t0 + r / group + 1;
+                    ops::softmax(&mut row[..visible]);
+                    row[visible..].fill(0.0);
                 }
-                for j in 0..width {
-                    read_row(&kv.values, j * kv_dim + kv_off, row);
-                    for (t, g) in queries(j) {
-                        let head = kv_head * group + g;
-                        // SAFETY: as above.
-                        let o = unsafe { out.slice(t * q_dim + head * hd, hd) };
-                        k.axpy_f32(o, scores[((t - t0) * group + g) * width + j], row);
-                    }
+                // O = S V, then each position's `group` rows (the group's heads, one after another) to the output.
+                let om = fit(tile, rows * hd);
+                k.gemm(WeightType::F32, width, f32_bytes(vt), hd, f32_bytes(sm), rows, om, hd);
+                for (t, o) in (t0..t1).zip(om.chunks_exact(group * hd)) {
+                    // SAFETY: each (position, head) pair belongs to one work item.
+                    unsafe { out.slice(t * q_dim + kv_head * group * hd, group * hd) }.copy_from_slice(o);
                 }
             }
         });
