@@ -373,12 +373,9 @@ impl Worker {
                     a.hidden.len()
                 )));
             }
-            let values: Vec<f32> =
-                a.hidden.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            let hidden = exo_engine::Tensor::from_vec(values, (seq, hidden_size), &Device::Cpu)
-                .map_err(|e| ClusterError::Engine(e.to_string()))?;
             let position = r.cache.len();
-            let out = held.shard.forward(ShardInput::Hidden(hidden), &mut r.cache)?;
+            // The message's bytes go straight into the engine's residual stream.
+            let out = held.shard.forward(ShardInput::HiddenBytes(&a.hidden), &mut r.cache)?;
             match &next {
                 Some(next) => {
                     send_hidden(&self.outbox, next, &r.origin, a.request_id, plan_id, out, position, seq, a.sample)?
@@ -454,7 +451,19 @@ fn dest(me: &str, stage: &Stage) -> Dest {
     }
 }
 
-/// Sends a stage's hidden states on to `next` as raw little-endian f32.
+/// Hidden states as little-endian f32 bytes, owned by the message that carries them (no copy into a byte
+/// buffer: on a little-endian machine the values already are those bytes).
+struct LeF32(Vec<f32>);
+
+impl AsRef<[u8]> for LeF32 {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: f32 values are initialized 4-byte units, and u8 has no alignment requirement.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), std::mem::size_of_val(self.0.as_slice())) }
+    }
+}
+
+/// Sends a stage's hidden states on to `next` as raw little-endian f32: one copy out of the tensor, which the
+/// message then owns.
 #[allow(clippy::too_many_arguments)]
 fn send_hidden(
     outbox: &Outbox,
@@ -470,18 +479,17 @@ fn send_hidden(
     let ShardOutput::Hidden(hidden) = out else {
         return Err(ClusterError::Engine("a stage before the last produced logits".into()));
     };
-    let values: Vec<f32> =
+    let mut values: Vec<f32> =
         hidden.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| ClusterError::Engine(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "big") {
+        values.iter_mut().for_each(|v| *v = f32::from_bits(v.to_bits().to_le()));
     }
     let a = proto::Activation {
         request_id,
         plan_id,
         position: position as u32,
         tokens: Vec::new(),
-        hidden: bytes.into(),
+        hidden: prost::bytes::Bytes::from_owner(LeF32(values)),
         seq: seq as u32,
         sample,
     };

@@ -68,6 +68,9 @@ pub enum ShardInput<'a> {
     Tokens(&'a [u32]),
     /// Hidden states (seq, hidden) from the previous shard.
     Hidden(Tensor),
+    /// Hidden states (seq, hidden) as little-endian f32 bytes, the way they travel between nodes: the CPU backend
+    /// reads them straight into its residual stream, with no tensor in between.
+    HiddenBytes(&'a [u8]),
 }
 
 /// What a shard's forward pass produces.
@@ -248,6 +251,18 @@ impl ModelShard {
                 }
                 hidden.dim(0)?
             }
+            ShardInput::HiddenBytes(bytes) => {
+                if self.shard.is_first() {
+                    return Err(EngineError::InvalidShard(format!("{} takes token ids", self.shard)));
+                }
+                if !bytes.len().is_multiple_of(4 * h) {
+                    return Err(EngineError::InvalidShard(format!(
+                        "{} bytes of hidden states are not whole positions of {h} f32 values",
+                        bytes.len()
+                    )));
+                }
+                bytes.len() / (4 * h)
+            }
         };
         if seq == 0 {
             return Err(EngineError::InvalidShard("a forward pass needs at least one position".into()));
@@ -260,9 +275,9 @@ impl ModelShard {
                 let out = match input {
                     ShardInput::Tokens(ids) => model.forward(CpuInput::Tokens(ids), cache)?,
                     ShardInput::Hidden(hidden) => {
-                        let x = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                        model.forward(CpuInput::Hidden(&x), cache)?
+                        with_f32_values(&hidden, |x| model.forward(CpuInput::Hidden(x), cache))??
                     }
+                    ShardInput::HiddenBytes(bytes) => model.forward(CpuInput::HiddenBytes(bytes), cache)?,
                 };
                 Ok(match out {
                     CpuOutput::Logits(l) => ShardOutput::Logits(l),
@@ -278,9 +293,25 @@ impl ModelShard {
                         EngineError::InvalidShard(format!("{} does not hold the token embeddings", self.shard))
                     })?,
                     ShardInput::Hidden(hidden) => hidden.to_dtype(DType::F32)?,
+                    ShardInput::HiddenBytes(bytes) => {
+                        let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                        Tensor::from_iter(values, &self.device)?.reshape((seq, h))?
+                    }
                 };
                 model.forward(x, cache)
             }
         }
     }
+}
+
+/// Calls `f` with the values of `t` as f32: borrowed from its storage when it is a contiguous f32 tensor in host
+/// memory (what the CPU backend and the network produce), copied otherwise.
+fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.dtype() == DType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    Ok(f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
 }

@@ -253,6 +253,7 @@ impl CpuModel {
         let seq = match input {
             CpuInput::Tokens(ids) => ids.len(),
             CpuInput::Hidden(x) => x.len() / h,
+            CpuInput::HiddenBytes(b) => b.len() / (4 * h),
         };
         let pos = cache.len();
         let mut guard = lock(&self.scratch);
@@ -271,6 +272,11 @@ impl CpuModel {
                 }
             }
             CpuInput::Hidden(hidden) => x.copy_from_slice(hidden),
+            CpuInput::HiddenBytes(bytes) => {
+                for (v, b) in x.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
         }
 
         // Rotation angles of the new positions, shared by every layer.
@@ -588,10 +594,12 @@ impl CpuModel {
     }
 }
 
-/// What the CPU forward pass consumes: token ids, or hidden states of `positions * hidden` values.
+/// What the CPU forward pass consumes: token ids, or hidden states of `positions * hidden` values (as f32, or as
+/// little-endian f32 bytes).
 pub(crate) enum CpuInput<'a> {
     Tokens(&'a [u32]),
     Hidden(&'a [f32]),
+    HiddenBytes(&'a [u8]),
 }
 
 pub(crate) enum CpuOutput {

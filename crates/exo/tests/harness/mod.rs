@@ -148,7 +148,7 @@ impl Node {
 
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
         s
     }
 

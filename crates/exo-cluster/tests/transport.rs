@@ -1,0 +1,80 @@
+//! The peer transport as another node sees it, over a real gRPC connection to a node on 127.0.0.1: activations
+//! are accepted only for a request the node was told to begin, under the plan it began it with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use exo_cluster::proto::{Activation, BeginRequest, EndRequest};
+use exo_cluster::transport::{client, plan_to_wire, sampling_to_wire};
+use exo_cluster::{Candidate, Cluster, ClusterConfig, Discovery, ModelStore, Plan};
+use exo_engine::sampler::SamplingParams;
+use exo_engine::KvType;
+use tonic::Code;
+
+/// SmolLM2-135M-Instruct Q4_1, where `scripts/fetch-models.sh` puts it (or `EXO_TEST_MODEL`).
+fn model_path() -> PathBuf {
+    let path = match std::env::var_os("EXO_TEST_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("EXO_MODELS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/exo/models"))
+            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    assert!(path.exists(), "test model {} is missing: run scripts/fetch-models.sh", path.display());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_wire() {
+    let model = model_path();
+    let cluster = Cluster::start(ClusterConfig {
+        id: "solo".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_port: 0,
+        threads: 1,
+        memory_limit: None,
+        kv_type: KvType::F16,
+        store: ModelStore::new(model.parent().unwrap()),
+        peers: Vec::new(),
+        discovery: Discovery::None,
+    })
+    .await
+    .unwrap();
+    let address = format!("127.0.0.1:{}", cluster.info().peer_port);
+    let me = [Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40 }];
+    let plan = Plan::new(model.to_str().unwrap(), 30, 1 << 20, &me).unwrap();
+    let mut peer = client(&address).unwrap();
+    let begin = |plan: &Plan| BeginRequest {
+        request_id: 7,
+        plan: Some(plan_to_wire(plan)),
+        stage: 0,
+        origin: address.clone(),
+        origin_id: "someone-else".into(),
+        context: 64,
+        max_tokens: 1,
+        sampling: Some(sampling_to_wire(&SamplingParams::default(), 1)),
+        ..Default::default()
+    };
+
+    // A plan whose id does not match its stages is refused before anything is loaded.
+    let mut forged = begin(&plan);
+    forged.plan.as_mut().unwrap().id ^= 1;
+    let refused = peer.begin(forged).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    peer.begin(begin(&plan)).await.unwrap();
+
+    let activation =
+        |request_id, plan_id| Activation { request_id, plan_id, seq: 1, tokens: vec![1], ..Default::default() };
+    let stale = peer.forward(activation(7, plan.id ^ 1)).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains("stale plan"), "{}", stale.message());
+    let unknown = peer.forward(activation(8, plan.id)).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::FailedPrecondition, "{unknown:?}");
+    assert!(unknown.message().contains("holds no request 8"), "{}", unknown.message());
+    // The request's own plan is accepted; once the request has ended, it is unknown again.
+    peer.forward(activation(7, plan.id)).await.unwrap();
+    peer.end(EndRequest { request_id: 7 }).await.unwrap();
+    let ended = peer.forward(activation(7, plan.id)).await.unwrap_err();
+    assert!(ended.message().contains("holds no request 7"), "{}", ended.message());
+    cluster.shut_down();
+}
