@@ -67,6 +67,14 @@ def test_chat_streams_an_answer_with_stats_and_shows_the_cluster(page, node, out
     expect(card).to_contain_text("this node")
     expect(card).to_contain_text(me["model"]["id"], timeout=10_000)  # the panel polls every 2 s
     expect(card).to_contain_text(f"layers {layers['start']}–{layers['end']} of {me['model']['n_layers']}")
+    # And the plan the answer ran on: its model and its ring of stages.
+    plan = topo["plans"][0]
+    drawn = page.locator(f'#plans .plan[data-plan-id="{plan["id"]}"]')
+    expect(drawn).to_have_count(1, timeout=10_000)
+    expect(drawn).to_contain_text(plan["model"])
+    stage = plan["stages"][0]
+    expect(drawn).to_contain_text(f"{stage['node_id'][:8]} {stage['start']}–{stage['end']}")
+    expect(drawn.locator(".ring .fill")).to_have_count(len(plan["stages"]))
 
     shot = output_dir / "web-chat.png"
     page.screenshot(path=str(shot), full_page=True)

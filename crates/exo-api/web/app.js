@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   messages: $("messages"), prompt: $("prompt"), send: $("send"), stop: $("stop"), model: $("model"),
-  composer: $("composer"), cluster: $("cluster"), nodes: $("nodes"), clusterStatus: $("cluster-status"),
+  composer: $("composer"), cluster: $("cluster"), nodes: $("nodes"), plans: $("plans"), clusterStatus: $("cluster-status"),
 };
 const MODEL_KEY = "exo.model";
 const conversation = []; // [{role, content}], sent whole with each request
@@ -263,6 +263,23 @@ function nodeCard(n, self) {
       `${inf.requests ?? 0} requests · ${inf.tokens_generated ?? 0} tokens generated`) : null);
 }
 
+// A plan: its model, and the ring of stages as segments of one bar, in ring order.
+function planCard(p) {
+  const ring = el("div", { class: "bar ring" });
+  for (const s of p.stages) {
+    const seg = el("span", { class: "fill", title: `${s.node_id}: layers ${s.start}–${s.end}` });
+    seg.style.left = pct(s.start / p.n_layers);
+    seg.style.width = pct((s.end - s.start + 1) / p.n_layers);
+    ring.append(seg);
+  }
+  const stages = p.stages.map((s) => `${s.node_id.slice(0, 8)} ${s.start}–${s.end}`).join(" → ");
+  return el("div", { class: "plan", "data-plan-id": p.id },
+    el("div", { class: "row model" }, p.model),
+    el("div", { class: "row muted" }, `plan ${p.id.slice(0, 8)} · ${p.n_layers} layers over ${p.stages.length} node${p.stages.length === 1 ? "" : "s"}`),
+    ring,
+    el("div", { class: "row" }, stages));
+}
+
 async function refreshTopology() {
   try {
     const res = await fetch("/v1/topology", { cache: "no-store", signal: AbortSignal.timeout(5000) });
@@ -270,6 +287,7 @@ async function refreshTopology() {
     const topo = await res.json();
     const nodes = [...topo.nodes].sort((a, b) => (b.id === topo.self) - (a.id === topo.self));
     ui.nodes.replaceChildren(...nodes.map((n) => nodeCard(n, topo.self)));
+    if (topo.plans?.length) ui.plans.replaceChildren(...topo.plans.map(planCard));
     loadedModel = nodes.find((n) => n.id === topo.self)?.model?.id ?? null;
     ui.clusterStatus.textContent = `${nodes.length} node${nodes.length === 1 ? "" : "s"}`;
     ui.cluster.classList.remove("down");

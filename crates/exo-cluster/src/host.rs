@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use exo_engine::chain::PREFILL_CHUNK;
+use exo_engine::chain::{prefill_batches, PREFILL_CHUNK};
 use exo_engine::sampler::{log_softmax, Sampler};
 use exo_engine::{Backend, Device, Gguf, KvCache, KvType, ModelShard, Shard, ShardInput, ShardOutput};
 use tokio::sync::oneshot;
@@ -22,6 +22,22 @@ use crate::transport::{plan_from_wire, sampling_from_wire, Dest, Outbox};
 
 /// A request whose origin has not been heard from for this long is dropped (its origin died).
 const IDLE_REQUEST: Duration = Duration::from_secs(300);
+/// In a ring, stage 0 cuts a prompt into about this many batches per stage, so that the stages work on different
+/// batches at once (a pipeline) instead of one after the other...
+const BATCHES_PER_STAGE: usize = 4;
+/// ...but no batch smaller than this, below which the matrix products lose their efficiency.
+const MIN_BATCH: usize = 32;
+
+/// Most positions per prefill batch of a `len`-token prompt on a ring of `stages` stages: [`PREFILL_CHUNK`] on
+/// one node; on a ring, small enough that every stage has work early (with 2 stages and 4 batches per stage the
+/// prompt takes about 5/8 of the time it takes when the stages work one after the other). The batches are cut
+/// even ([`prefill_batches`]), so the logits are those of one node bit for bit.
+fn prefill_batch(len: usize, stages: usize) -> usize {
+    if stages < 2 {
+        return PREFILL_CHUNK;
+    }
+    len.div_ceil(stages * BATCHES_PER_STAGE).clamp(MIN_BATCH, PREFILL_CHUNK)
+}
 
 pub(crate) enum Job {
     Begin(Box<proto::BeginRequest>, oneshot::Sender<Result<()>>),
@@ -347,7 +363,8 @@ impl Worker {
         let hidden_size = held.shard.config().hidden_size;
         let mut outputs = Vec::new();
         if stage.start == 0 {
-            let chunks: Vec<&[u32]> = a.tokens.chunks(PREFILL_CHUNK).collect();
+            let batch = prefill_batch(a.tokens.len(), r.plan.stages.len());
+            let chunks: Vec<&[u32]> = prefill_batches(a.tokens.len(), batch).map(|b| &a.tokens[b]).collect();
             if chunks.is_empty() {
                 return Err(ClusterError::Rejected(format!("node {me}: stage 0 got no tokens")));
             }
@@ -495,4 +512,20 @@ fn send_hidden(
     };
     outbox.forward(next, a, origin);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_cuts_prompts_into_batches_for_a_pipeline() {
+        // One node: the engine's chunk.
+        assert_eq!(prefill_batch(8000, 1), PREFILL_CHUNK);
+        // Two stages: 4 batches per stage, but none below MIN_BATCH or above PREFILL_CHUNK.
+        assert_eq!(prefill_batch(128, 2), MIN_BATCH);
+        assert_eq!(prefill_batch(1000, 2), 125);
+        assert_eq!(prefill_batch(40, 3), MIN_BATCH);
+        assert_eq!(prefill_batch(8000, 2), PREFILL_CHUNK);
+    }
 }

@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use exo_engine::KvType;
 use tokio::runtime::Handle;
+use tonic::transport::Channel;
 
 pub use error::{ClusterError, Result};
 pub use models::ModelStore;
@@ -47,6 +48,7 @@ pub use ring::RingRequest;
 pub use topology::{Peer, Topology, PEER_TIMEOUT};
 
 use host::{HostConfig, HostShared, Job};
+use proto::peer_client::PeerClient;
 use topology::Source;
 use transport::{Outbox, PeerServer, PeerService, Router};
 
@@ -295,13 +297,29 @@ async fn heartbeats(cluster: Cluster) {
     let inner = cluster.inner.clone();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One client per address, kept from beat to beat: a heartbeat's round trip is one exchange on an open
+    // connection, not a new connection each second.
+    let mut clients: HashMap<String, PeerClient<Channel>> = HashMap::new();
     loop {
         tick.tick().await;
         let me = cluster.describe();
         let mut calls = tokio::task::JoinSet::new();
-        for address in inner.topology.addresses() {
+        let addresses = inner.topology.addresses();
+        clients.retain(|a, _| addresses.contains(a));
+        for address in addresses {
+            let c = match clients.get(&address) {
+                Some(c) => c.clone(),
+                None => match transport::client(&address) {
+                    Ok(c) => clients.entry(address.clone()).or_insert(c).clone(),
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        inner.topology.failed(&address);
+                        continue;
+                    }
+                },
+            };
             let me = me.clone();
-            calls.spawn(async move { (transport::hello(&address, me).await, address) });
+            calls.spawn(async move { (transport::hello_on(c, &address, me).await, address) });
         }
         while let Some(Ok((result, address))) = calls.join_next().await {
             match result {

@@ -340,9 +340,18 @@ impl Peer for PeerService {
     }
 }
 
-/// Says hello to `address` with `me`; returns the peer's description and the round trip.
+/// Says hello to `address` with `me` on a new connection; returns the peer's description and the round trip.
 pub async fn hello(address: &str, me: NodeDescription) -> Result<(NodeDescription, Duration), ClusterError> {
-    let mut c = client(address)?;
+    hello_on(client(address)?, address, me).await
+}
+
+/// Says hello with `me` over `c`, a client for `address` (an open connection is reused, a broken one reconnects);
+/// returns the peer's description and the round trip.
+pub async fn hello_on(
+    mut c: PeerClient<Channel>,
+    address: &str,
+    me: NodeDescription,
+) -> Result<(NodeDescription, Duration), ClusterError> {
     let started = Instant::now();
     let reply = tokio::time::timeout(HELLO_TIMEOUT, c.hello(me))
         .await

@@ -13,6 +13,22 @@ use crate::shard::{Backend, ModelShard, Shard, ShardInput, ShardOutput};
 /// Most positions one forward pass takes; longer prompts are split.
 pub const PREFILL_CHUNK: usize = 512;
 
+/// Cuts a prompt of `len` positions into the fewest batches of at most `max` positions, as even as possible
+/// (sizes differ by at most one), as position ranges.
+///
+/// With at least two positions per batch, where a prompt is cut does not change its logits by a single bit (every
+/// batch of two or more takes the same products and the same attention, position by position). A batch of one
+/// position takes the decode path (matrix-vector products, per-position attention), whose sums run in another
+/// order; even batches leave a single position only for a prompt of one.
+pub fn prefill_batches(len: usize, max: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let n = len.div_ceil(max.max(1));
+    let (base, extra) = (len.checked_div(n).unwrap_or(0), len.checked_rem(n).unwrap_or(0));
+    (0..n).map(move |i| {
+        let start = i * base + i.min(extra);
+        start..start + base + usize::from(i < extra)
+    })
+}
+
 pub struct ShardChain {
     shards: Vec<ModelShard>,
     caches: Vec<KvCache>,
@@ -82,15 +98,16 @@ impl ShardChain {
     }
 
     /// Runs `tokens` through every shard and returns the logits of the last one. Long prompts go through in
-    /// chunks of [`PREFILL_CHUNK`] positions, so the scratch memory of a forward pass stays bounded.
+    /// even batches of at most [`PREFILL_CHUNK`] positions ([`prefill_batches`]), so the scratch memory of a
+    /// forward pass stays bounded.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(EngineError::InvalidShard("a forward pass needs at least one position".into()));
         }
         self.caches[0].check_room(tokens.len())?;
         let mut logits = Vec::new();
-        for chunk in tokens.chunks(PREFILL_CHUNK) {
-            logits = self.forward_chunk(chunk)?;
+        for batch in prefill_batches(tokens.len(), PREFILL_CHUNK) {
+            logits = self.forward_chunk(&tokens[batch])?;
         }
         Ok(logits)
     }
@@ -124,5 +141,27 @@ impl ShardChain {
     /// Rewinds every cache to position `p`.
     pub fn truncate(&mut self, p: usize) -> Result<()> {
         self.caches.iter_mut().try_for_each(|c| c.truncate(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_batches_are_even_and_cover_the_prompt() {
+        let sizes = |len, max| prefill_batches(len, max).map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(513, 512), [257, 256]);
+        assert_eq!(sizes(1024, 512), [512, 512]);
+        assert_eq!(sizes(100, 32), [25, 25, 25, 25]);
+        assert_eq!(sizes(1, 512), [1]);
+        assert!(sizes(0, 512).is_empty());
+        for (len, max) in [(8000, 512), (7, 3), (33, 32)] {
+            let batches: Vec<_> = prefill_batches(len, max).collect();
+            assert_eq!(batches.first().map(|r| r.start), Some(0));
+            assert!(batches.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(batches.last().map(|r| r.end), Some(len));
+            assert!(batches.iter().all(|r| r.len() <= max && r.len() >= 2));
+        }
     }
 }

@@ -129,6 +129,11 @@ fn shard_inputs_are_checked() {
     let mut cpu_cache = first.new_cache(16, KvType::default());
     let e = on_candle.forward(exo_engine::ShardInput::Tokens(&[1]), &mut cpu_cache).unwrap_err();
     assert!(e.to_string().contains("made for another backend"), "{e}");
+    // Hidden states as bytes: only after layer 0, and only whole positions.
+    let e = first.forward(exo_engine::ShardInput::HiddenBytes(&[0; 8]), &mut first.new_cache(16, KvType::default()));
+    assert!(e.unwrap_err().to_string().contains("takes token ids"));
+    let e = second.forward(exo_engine::ShardInput::HiddenBytes(&[0; 7]), &mut second.new_cache(16, KvType::default()));
+    assert!(e.unwrap_err().to_string().contains("7 bytes of hidden states are not whole positions"));
     let mut chain = ShardChain::load_whole(&gguf, 4, &Device::Cpu).unwrap();
     let e = chain.forward(&[1, 2, 3, 4, 5]).unwrap_err();
     assert!(matches!(e, exo_engine::EngineError::ContextOverflow { needed: 5, context: 4 }), "{e}");
@@ -155,7 +160,8 @@ fn generation_refuses_empty_and_overlong_prompts() {
 }
 
 /// A prompt longer than one prefill chunk goes through in chunks; where the prompt is cut must not matter: the
-/// logits after it equal those of the same prompt fed in two arbitrary parts, and those of a 2-shard chain.
+/// logits after it equal, bit for bit, those of the same prompt fed in two arbitrary parts, in small batches, and
+/// through a 2-shard chain.
 #[test]
 fn long_prompts_are_chunked_without_changing_the_result() {
     let gguf = Gguf::open(common::model_path()).unwrap();
@@ -175,11 +181,24 @@ fn long_prompts_are_chunked_without_changing_the_result() {
     )
     .unwrap();
     let two_shards = split.forward(&prompt).unwrap();
+    // Bit for bit: a ring cuts prompts finer than one node does, and its answers must be the same.
     for (what, other) in [("two parts", &parts), ("two shards", &two_shards)] {
         let diff = chunked.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(diff <= 1e-3, "{what}: largest logit difference {diff}");
+        assert!(chunked == *other, "{what}: largest logit difference {diff}");
     }
-    assert_eq!(argmax(&chunked), argmax(&parts));
+    // And in batches of 32, 7 and 2.
+    chain.reset();
+    let mut rest = &prompt[..];
+    let mut small = Vec::new();
+    for size in [32, 7, 2].iter().cycle() {
+        let (now, later) = rest.split_at((*size).min(rest.len()));
+        small = chain.forward(now).unwrap();
+        rest = later;
+        if rest.is_empty() {
+            break;
+        }
+    }
+    assert!(small == chunked, "batches of 32, 7 and 2 change the logits");
 }
 
 /// Prefill attention over hundreds of positions (the CPU kernels' blocked path: whole blocks, a partial last block,
@@ -207,4 +226,29 @@ fn blocked_prefill_attention_matches_candle() {
     let worst = diffs.iter().copied().fold(0.0, f32::max);
     eprintln!("top-10 |Δ log-probability| vs candle: {diffs:.3?}");
     assert!(worst < 0.3, "largest difference {worst} in {diffs:?}");
+}
+
+/// Hidden states handed on as little-endian bytes (as they cross the network) give the second shard exactly the
+/// logits that the tensor gives, on both backends.
+#[test]
+fn hidden_states_as_bytes_equal_the_tensor() {
+    use exo_engine::{Backend, ShardInput, ShardOutput};
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let first = ModelShard::load(&gguf, Shard::new(0, 9, n).unwrap(), &Device::Cpu).unwrap();
+    let ShardOutput::Hidden(hidden) =
+        first.forward(ShardInput::Tokens(&[1, 504, 3575, 282]), &mut first.new_cache(16, KvType::default())).unwrap()
+    else {
+        panic!("the first shard gave logits")
+    };
+    let bytes: Vec<u8> =
+        hidden.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+    for backend in [Backend::Cpu, Backend::Candle] {
+        let second = ModelShard::load_with(&gguf, Shard::new(10, n - 1, n).unwrap(), &Device::Cpu, backend).unwrap();
+        let logits = |input| match second.forward(input, &mut second.new_cache(16, KvType::default())).unwrap() {
+            ShardOutput::Logits(l) => l,
+            ShardOutput::Hidden(_) => panic!("the last shard gave hidden states"),
+        };
+        assert_eq!(logits(ShardInput::HiddenBytes(&bytes)), logits(ShardInput::Hidden(hidden.clone())), "{backend:?}");
+    }
 }

@@ -467,7 +467,7 @@ impl CpuModel {
     /// Causal attention of the `seq` new positions over the cache (which already holds them), one parallel step
     /// over (position, head) pairs; query heads share key/value heads in groups (GQA).
     fn attention(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
-        if seq >= QUERY_BLOCK {
+        if seq > 1 {
             return self.attention_blocked(pool, kv, pos, seq, q, out);
         }
         let c = &self.config;
@@ -512,6 +512,11 @@ impl CpuModel {
 const QUERY_BLOCK: usize = 32;
 /// Key rows transposed together into the value columns of prefill attention.
 const TRANSPOSE_ROWS: usize = 16;
+/// Prefill attention pads the keys a block sees to a multiple of this (with zero weights and zero values), so
+/// that every product runs whole 16-wide steps: a query's result is then bit for bit the same whatever block and
+/// whatever batch it came in, and a prompt gives the same logits however it is cut into batches (a ring cuts it
+/// finer than one node does).
+const KEY_PAD: usize = 16;
 
 /// The bytes of `x`, as the F32 weight and activation formats of the kernels read them.
 fn f32_bytes(x: &[f32]) -> &[u8] {
@@ -520,7 +525,7 @@ fn f32_bytes(x: &[f32]) -> &[u8] {
 }
 
 impl CpuModel {
-    /// Attention for many positions (prefill), as two matrix products per work item on the kernels' f32 GEMM.
+    /// Attention for several positions (prefill), as two matrix products per work item on the kernels' f32 GEMM.
     ///
     /// A work item is one KV head and a block of query positions: the block's queries of every head sharing that
     /// KV head (scaled) form one matrix `Q`; the visible keys, converted to f32, form `K`, and the values,
@@ -547,8 +552,10 @@ impl CpuModel {
                 let (t0, t1) = (block * QUERY_BLOCK, ((block + 1) * QUERY_BLOCK).min(seq));
                 // Row (t - t0) * group + g of the item's matrices is query position t of head kv_head * group + g.
                 let rows = (t1 - t0) * group;
-                // Position t sees keys 0..=pos + t; the block's last query sees the most.
+                // Position t sees keys 0..=pos + t; the block's last query sees the most. The scores and values
+                // are `padded` wide, zero beyond `width`.
                 let width = pos + t1;
+                let padded = width.next_multiple_of(KEY_PAD);
                 let kv_off = kv_head * hd;
 
                 let qm = fit(queries, rows * hd);
@@ -561,30 +568,33 @@ impl CpuModel {
                     read_row(&kv.keys, j * kv_dim + kv_off, row);
                 }
                 // Vᵀ, (hd, width): rows of values are read TRANSPOSE_ROWS at a time and written out as columns.
-                let vt = fit(values_t, hd * width);
+                let vt = fit(values_t, hd * padded);
                 let buf = fit(tile, TRANSPOSE_ROWS * hd);
                 for j0 in (0..width).step_by(TRANSPOSE_ROWS) {
                     let jn = TRANSPOSE_ROWS.min(width - j0);
                     for (j, row) in buf.chunks_exact_mut(hd).take(jn).enumerate() {
                         read_row(&kv.values, (j0 + j) * kv_dim + kv_off, row);
                     }
-                    for (d, col) in vt.chunks_exact_mut(width).enumerate() {
+                    for (d, col) in vt.chunks_exact_mut(padded).enumerate() {
                         for (j, x) in col[j0..j0 + jn].iter_mut().enumerate() {
                             *x = buf[j * hd + d];
                         }
                     }
                 }
+                for col in vt.chunks_exact_mut(padded) {
+                    col[width..].fill(0.0);
+                }
 
-                let sm = fit(scores, rows * width);
-                k.gemm(WeightType::F32, hd, f32_bytes(km), width, f32_bytes(qm), rows, sm, width);
-                for (r, row) in sm.chunks_exact_mut(width).enumerate() {
+                let sm = fit(scores, rows * padded);
+                k.gemm(WeightType::F32, hd, f32_bytes(km), width, f32_bytes(qm), rows, sm, padded);
+                for (r, row) in sm.chunks_exact_mut(padded).enumerate() {
                     let visible = pos + t0 + r / group + 1;
                     ops::softmax(&mut row[..visible]);
                     row[visible..].fill(0.0);
                 }
                 // O = S V, then each position's `group` rows (the group's heads, one after another) to the output.
                 let om = fit(tile, rows * hd);
-                k.gemm(WeightType::F32, width, f32_bytes(vt), hd, f32_bytes(sm), rows, om, hd);
+                k.gemm(WeightType::F32, padded, f32_bytes(vt), hd, f32_bytes(sm), rows, om, hd);
                 for (t, o) in (t0..t1).zip(om.chunks_exact(group * hd)) {
                     // SAFETY: each (position, head) pair belongs to one work item.
                     unsafe { out.slice(t * q_dim + kv_head * group * hd, group * hd) }.copy_from_slice(o);
