@@ -1,9 +1,10 @@
 //! `CpuModel`: one shard's weights held as the file stores them, and its forward pass on the CPU kernels.
 //!
 //! Per layer the work is: RMS norm, the q/k/v products (one parallel step), rotary embeddings, keys and values
-//! written into the cache, attention over the cache (one parallel step over heads), the output product, RMS
-//! norm, the gate and up products with SwiGLU (one parallel step), and the down product. Each product
-//! quantizes its input once; the pool splits the weight rows between threads.
+//! written into the cache, attention over the cache (one parallel step: over heads for one position, over
+//! (KV head, block of positions) pairs as two f32 matrix products for several), the output product, RMS norm, the
+//! gate and up products with SwiGLU (one parallel step), and the down product. Each product quantizes its input
+//! once; the pool splits the weight rows between threads.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -567,7 +568,7 @@ impl CpuModel {
                 for (j, row) in km.chunks_exact_mut(hd).enumerate() {
                     read_row(&kv.keys, j * kv_dim + kv_off, row);
                 }
-                // Vᵀ, (hd, width): rows of values are read TRANSPOSE_ROWS at a time and written out as columns.
+                // Vᵀ, (hd, padded): rows of values are read TRANSPOSE_ROWS at a time and written out as columns.
                 let vt = fit(values_t, hd * padded);
                 let buf = fit(tile, TRANSPOSE_ROWS * hd);
                 for j0 in (0..width).step_by(TRANSPOSE_ROWS) {
