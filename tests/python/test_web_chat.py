@@ -45,7 +45,20 @@ def topology(node):
         return json.load(r)
 
 
+def set_sampling(page, **params):
+    """Adds `params` to the chat requests the page sends. The page sends no sampling parameters, so the node's
+    defaults (temperature 0.8, a new seed each time) would draw another answer each run, now and then one that runs
+    on for thousands of tokens; the tests fix what they need."""
+    def amend(route):
+        body = json.loads(route.request.post_data or "{}")
+        body.update(params)
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", amend)
+
+
 def test_chat_streams_an_answer_with_stats_and_shows_the_cluster(page, node, output_dir):
+    set_sampling(page, temperature=0, max_tokens=64)
     page.fill("#prompt", "What is the capital of France?")
     page.click("#send")
 
@@ -82,6 +95,8 @@ def test_chat_streams_an_answer_with_stats_and_shows_the_cluster(page, node, out
 
 
 def test_stop_keeps_the_partial_answer_marked_stopped(page):
+    # Sampling from the whole vocabulary with a fixed seed: a long answer, with no early end of text.
+    set_sampling(page, temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
     page.fill("#prompt", "Write a long story about a dragon who learns to cook. Make it at least 1000 words long.")
     page.press("#prompt", "Enter")  # Enter sends
 
