@@ -35,6 +35,13 @@ pub enum GgufError {
     Io { path: PathBuf, what: String, source: std::io::Error },
 }
 
+impl GgufError {
+    /// Whether parsing ran out of bytes: the reader ended before the header did.
+    pub fn is_short_read(&self) -> bool {
+        matches!(self, GgufError::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof)
+    }
+}
+
 type Result<T> = std::result::Result<T, GgufError>;
 
 /// ggml's tensor element types that this engine can load.
@@ -239,6 +246,9 @@ pub struct TensorInfo {
     pub dims: Vec<u64>,
     pub kind: TensorType,
     /// Offset of the tensor's data from the start of the file.
+    /// Which part of a multi-part model holds it (0 for a single file).
+    pub part: usize,
+    /// Byte offset within that part's file.
     pub offset: u64,
     pub size: u64,
 }
@@ -250,24 +260,154 @@ impl TensorInfo {
 }
 
 /// A parsed GGUF file: metadata and tensor table; tensor data stays on disk until [`Gguf::read_tensor`].
+/// A GGUF header: metadata and tensor table, parsed from the first bytes of a file.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    /// Tensors, with offsets from the start of the file.
+    pub tensors: BTreeMap<String, TensorInfo>,
+    /// Where the tensor data starts: the header's length, aligned.
+    pub data_start: u64,
+}
+
+impl GgufHeader {
+    /// Parses the header of a GGUF file of `file_size` bytes from `reader`, which yields the file from its start;
+    /// `path` names it in errors. The reader may hold only a prefix of the file: when it ends before the header
+    /// does, the error is one for which [`GgufError::is_short_read`] holds, and a longer prefix may parse.
+    pub fn parse(reader: impl Read, file_size: u64, path: &Path) -> Result<Self> {
+        let mut r = HeaderReader { inner: reader, remaining: file_size, path };
+        if file_size < 4 {
+            let mut magic = [0u8; 4];
+            let _ = r.inner.read(&mut magic);
+            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
+        }
+        let magic = r.bytes::<4>()?;
+        if u32::from_le_bytes(magic) != MAGIC {
+            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(GgufError::Version { path: path.to_path_buf(), version });
+        }
+        let n_tensors = r.count(24, "the tensor count")?;
+        let n_kv = r.count(13, "the metadata count")?;
+
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string("a metadata key")?;
+            let kind = r.u32()?;
+            let value = r.value(kind, &key, 0)?;
+            metadata.insert(key, value);
+        }
+
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two"))),
+            },
+        };
+
+        let mut infos = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = r.string("a tensor name")?;
+            let n_dims = r.u32()?;
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(r.corrupt(format!("tensor {name} has {n_dims} dimensions (1 to 4 expected)")));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(r.u64()?);
+            }
+            let kind_id = r.u32()?;
+            let rel_offset = r.u64()?;
+            infos.push((name, dims, kind_id, rel_offset));
+        }
+        let header_end = file_size - r.remaining;
+        let data_start = header_end.div_ceil(alignment) * alignment;
+
+        let mut tensors = BTreeMap::new();
+        let mut needed = data_start;
+        for (name, dims, kind_id, rel_offset) in infos {
+            let kind = TensorType::from_ggml_id(kind_id).map_err(|kind| GgufError::UnsupportedType {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                kind,
+            })?;
+            let (block, block_bytes) = kind.block_layout();
+            let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            let Some(elements) = elements.filter(|&e| e < (1 << 48)) else {
+                return Err(r.corrupt(format!("tensor {name} has impossible dimensions {dims:?}")));
+            };
+            if dims[0] % block != 0 {
+                return Err(r.corrupt(format!(
+                    "tensor {name}: row length {} is not a multiple of the {} block size {block}",
+                    dims[0],
+                    kind.name()
+                )));
+            }
+            let size = elements / block * block_bytes;
+            let offset = data_start
+                .checked_add(rel_offset)
+                .filter(|o| o.checked_add(size).is_some())
+                .ok_or_else(|| r.corrupt(format!("tensor {name} has an impossible offset {rel_offset}")))?;
+            needed = needed.max(offset + size);
+            if tensors.contains_key(&name) {
+                return Err(r.corrupt(format!("tensor {name} appears twice")));
+            }
+            tensors.insert(name.clone(), TensorInfo { name, dims, kind, part: 0, offset, size });
+        }
+        if needed > file_size {
+            return Err(GgufError::Truncated { path: path.to_path_buf(), needed, actual: file_size });
+        }
+        Ok(Self { version, metadata, tensors, data_start })
+    }
+
+    /// How many files the model is split in (llama.cpp's `gguf-split` metadata `split.count`; 1 if not split).
+    pub fn split_count(&self) -> usize {
+        self.metadata.get("split.count").and_then(Value::as_u64).map_or(1, |n| n.max(1) as usize)
+    }
+
+    /// This file's index (0-based) among the parts of a split model (`split.no`).
+    pub fn split_index(&self) -> usize {
+        self.metadata.get("split.no").and_then(Value::as_u64).map_or(0, |n| n as usize)
+    }
+}
+
+/// The file names of all `count` parts of a split model whose first part is `first`
+/// (`m-00001-of-00003.gguf` gives `m-00001-of-00003.gguf`, `m-00002-of-00003.gguf`, `m-00003-of-00003.gguf`), or
+/// `None` when `first` is not named like a first part of `count`.
+pub fn split_part_names(first: &str, count: usize) -> Option<Vec<String>> {
+    let stem = first.strip_suffix(".gguf")?;
+    let (rest, total) = stem.rsplit_once("-of-")?;
+    let (prefix, index) = rest.rsplit_once('-')?;
+    if index.parse::<usize>().ok()? != 1 || total.parse::<usize>().ok()? != count {
+        return None;
+    }
+    let width = index.len();
+    Some((1..=count).map(|i| format!("{prefix}-{i:0width$}-of-{total}.gguf")).collect())
+}
+
+/// An open GGUF model: its header and the file (or, for a split model, the files) holding its tensor data.
 #[derive(Debug)]
 pub struct Gguf {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// Bytes in all its files together.
     pub file_size: u64,
-    file: File,
+    files: Vec<File>,
 }
 
-/// Reads header fields, counting the bytes that remain so lengths from the file can be checked before use.
-struct HeaderReader<'a> {
-    inner: BufReader<&'a File>,
+struct HeaderReader<'a, R> {
+    inner: R,
     remaining: u64,
     path: &'a Path,
 }
 
-impl HeaderReader<'_> {
+impl<R: Read> HeaderReader<'_, R> {
     fn corrupt(&self, what: impl Into<String>) -> GgufError {
         GgufError::Corrupt { path: self.path.to_path_buf(), what: what.into() }
     }
@@ -359,10 +499,46 @@ impl HeaderReader<'_> {
 }
 
 impl Gguf {
-    /// Parses the header, metadata and tensor table of the GGUF file at `path`, and checks that every tensor's
-    /// data lies inside the file. Reads no tensor data.
+    /// Opens a GGUF file: parses its header, metadata and tensor table and checks that every tensor's data lies
+    /// inside the file; reads no tensor data. A split model opens from its first part (`…-00001-of-0000N.gguf`),
+    /// with the other parts beside it, as one model.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let (header, file, size) = Self::open_part(path)?;
+        let count = header.split_count();
+        let GgufHeader { version, metadata, mut tensors, .. } = header;
+        let mut files = vec![file];
+        let mut file_size = size;
+        if count > 1 {
+            let corrupt = |what: String| GgufError::Corrupt { path: path.to_path_buf(), what };
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let names = split_part_names(name, count).ok_or_else(|| {
+                corrupt(format!(
+                    "it is one of the {count} parts of a split model; open the first part, named like \
+                     model-00001-of-{count:05}.gguf"
+                ))
+            })?;
+            for (i, part_name) in names.iter().enumerate().skip(1) {
+                let part_path = path.with_file_name(part_name);
+                let (part, file, size) = Self::open_part(&part_path)?;
+                if part.split_index() != i {
+                    let what = format!("it says it is part {} of the model, its name part {}", part.split_index() + 1, i + 1);
+                    return Err(GgufError::Corrupt { path: part_path, what });
+                }
+                for (name, mut info) in part.tensors {
+                    info.part = i;
+                    if tensors.insert(name.clone(), info).is_some() {
+                        return Err(corrupt(format!("tensor {name} appears in two parts")));
+                    }
+                }
+                files.push(file);
+                file_size += size;
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, file_size, files })
+    }
+
+    fn open_part(path: &Path) -> Result<(GgufHeader, File, u64)> {
         let open_err = |e| GgufError::Open { path: path.to_path_buf(), source: e };
         let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
@@ -372,97 +548,9 @@ impl Gguf {
                 source: std::io::Error::other("it is a directory, not a file"),
             });
         }
-        let file_size = meta.len();
-        let mut r = HeaderReader { inner: BufReader::with_capacity(1 << 20, &file), remaining: file_size, path };
-
-        if file_size < 4 {
-            let mut magic = [0u8; 4];
-            let _ = (&file).read(&mut magic);
-            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
-        }
-        let magic = r.bytes::<4>()?;
-        if u32::from_le_bytes(magic) != MAGIC {
-            return Err(GgufError::NotGguf { path: path.to_path_buf(), magic });
-        }
-        let version = r.u32()?;
-        if !(2..=3).contains(&version) {
-            return Err(GgufError::Version { path: path.to_path_buf(), version });
-        }
-        // A tensor-table entry takes at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset) bytes,
-        // a metadata entry at least 8 (key length) + 4 (type) + 1 bytes.
-        let n_tensors = r.count(24, "the tensor count")?;
-        let n_kv = r.count(13, "the metadata count")?;
-
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string("a metadata key")?;
-            let kind = r.u32()?;
-            let value = r.value(kind, &key, 0)?;
-            metadata.insert(key, value);
-        }
-
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two"))),
-            },
-        };
-
-        let mut infos = Vec::with_capacity(n_tensors);
-        for _ in 0..n_tensors {
-            let name = r.string("a tensor name")?;
-            let n_dims = r.u32()?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.corrupt(format!("tensor {name} has {n_dims} dimensions (1 to 4 expected)")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(r.u64()?);
-            }
-            let kind_id = r.u32()?;
-            let rel_offset = r.u64()?;
-            infos.push((name, dims, kind_id, rel_offset));
-        }
-        let header_end = file_size - r.remaining;
-        let data_start = header_end.div_ceil(alignment) * alignment;
-
-        let mut tensors = BTreeMap::new();
-        let mut needed = data_start;
-        for (name, dims, kind_id, rel_offset) in infos {
-            let kind = TensorType::from_ggml_id(kind_id).map_err(|kind| GgufError::UnsupportedType {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                kind,
-            })?;
-            let (block, block_bytes) = kind.block_layout();
-            let elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let Some(elements) = elements.filter(|&e| e < (1 << 48)) else {
-                return Err(r.corrupt(format!("tensor {name} has impossible dimensions {dims:?}")));
-            };
-            if dims[0] % block != 0 {
-                return Err(r.corrupt(format!(
-                    "tensor {name}: row length {} is not a multiple of the {} block size {block}",
-                    dims[0],
-                    kind.name()
-                )));
-            }
-            let size = elements / block * block_bytes;
-            let offset = data_start
-                .checked_add(rel_offset)
-                .filter(|o| o.checked_add(size).is_some())
-                .ok_or_else(|| r.corrupt(format!("tensor {name} has an impossible offset {rel_offset}")))?;
-            needed = needed.max(offset + size);
-            if tensors.contains_key(&name) {
-                return Err(r.corrupt(format!("tensor {name} appears twice")));
-            }
-            tensors.insert(name.clone(), TensorInfo { name, dims, kind, offset, size });
-        }
-        if needed > file_size {
-            return Err(GgufError::Truncated { path: path.to_path_buf(), needed, actual: file_size });
-        }
-        drop(r);
-        Ok(Self { path: path.to_path_buf(), version, metadata, tensors, file_size, file })
+        let size = meta.len();
+        let header = GgufHeader::parse(BufReader::with_capacity(1 << 20, &file), size, path)?;
+        Ok((header, file, size))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -476,7 +564,11 @@ impl Gguf {
             what: format!("tensor {} is too large for this machine", info.name),
         })?;
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, info.offset).map_err(|e| GgufError::Io {
+        let file = self.files.get(info.part).ok_or_else(|| GgufError::Corrupt {
+            path: self.path.clone(),
+            what: format!("tensor {} names part {} of a model of {} parts", info.name, info.part + 1, self.files.len()),
+        })?;
+        file.read_exact_at(&mut buf, info.offset).map_err(|e| GgufError::Io {
             path: self.path.clone(),
             what: format!("tensor {}", info.name),
             source: e,
@@ -500,12 +592,18 @@ mod tests {
 
     /// Writes a minimal GGUF file: the given metadata and one F32 tensor of `n` elements.
     pub(crate) fn write_gguf(path: &Path, kv: &[(&str, Value)], n: u64, data: Option<&[u8]>) {
+        write_gguf_tensor(path, kv, "t", n, data)
+    }
+
+    /// As `write_gguf`, with the tensor named `tensor`.
+    fn write_gguf_tensor(path: &Path, kv: &[(&str, Value)], tensor: &str, n: u64, data: Option<&[u8]>) {
         fn put_str(out: &mut Vec<u8>, s: &str) {
             out.extend((s.len() as u64).to_le_bytes());
             out.extend(s.as_bytes());
         }
         fn put_val(out: &mut Vec<u8>, v: &Value) {
             match v {
+                Value::U16(x) => out.extend(x.to_le_bytes()),
                 Value::U32(x) => out.extend(x.to_le_bytes()),
                 Value::F32(x) => out.extend(x.to_le_bytes()),
                 Value::String(s) => put_str(out, s),
@@ -515,6 +613,7 @@ mod tests {
         }
         fn kind(v: &Value) -> u32 {
             match v {
+                Value::U16(_) => 2,
                 Value::U32(_) => 4,
                 Value::F32(_) => 6,
                 Value::Bool(_) => 7,
@@ -532,7 +631,7 @@ mod tests {
             out.extend(kind(v).to_le_bytes());
             put_val(&mut out, v);
         }
-        put_str(&mut out, "t");
+        put_str(&mut out, tensor);
         out.extend(1u32.to_le_bytes());
         out.extend(n.to_le_bytes());
         out.extend(0u32.to_le_bytes());
@@ -621,6 +720,51 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let e = Gguf::open(&p).unwrap_err();
         assert!(e.to_string().contains("IQ2_XXS"), "{e}");
+    }
+
+    #[test]
+    fn split_models_open_as_one() {
+        assert_eq!(
+            split_part_names("m-00001-of-00003.gguf", 3).unwrap(),
+            ["m-00001-of-00003.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"]
+        );
+        assert_eq!(split_part_names("m-00002-of-00003.gguf", 3), None);
+        assert_eq!(split_part_names("m-00001-of-00003.gguf", 2), None);
+        assert_eq!(split_part_names("m.gguf", 1), None);
+
+        let dir = tmp("split");
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: Vec<u8> = (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let b: Vec<u8> = (0..4u32).flat_map(|i| (10.0 + i as f32).to_le_bytes()).collect();
+        let split = |no: u16| [("split.no", Value::U16(no)), ("split.count", Value::U16(2))];
+        let first = dir.join("m-00001-of-00002.gguf");
+        let second = dir.join("m-00002-of-00002.gguf");
+        write_gguf_tensor(&first, &split(0), "a", 8, Some(&a));
+        write_gguf_tensor(&second, &split(1), "b", 4, Some(&b));
+        let g = Gguf::open(&first).unwrap();
+        assert_eq!((g.tensors["a"].part, g.tensors["b"].part), (0, 1));
+        assert_eq!(g.read_tensor(&g.tensors["a"]).unwrap(), a);
+        assert_eq!(g.read_tensor(&g.tensors["b"]).unwrap(), b);
+        assert_eq!(g.file_size, std::fs::metadata(&first).unwrap().len() + std::fs::metadata(&second).unwrap().len());
+
+        let e = Gguf::open(&second).unwrap_err().to_string();
+        assert!(e.contains("open the first part"), "{e}");
+        std::fs::remove_file(&second).unwrap();
+        let e = Gguf::open(&first).unwrap_err();
+        assert!(matches!(e, GgufError::Open { ref path, .. } if path == &second), "{e}");
+    }
+
+    #[test]
+    fn a_prefix_of_the_header_is_a_short_read() {
+        let p = tmp("prefix.gguf");
+        write_gguf(&p, &[("key", Value::String("a longer value".into()))], 8, None);
+        let bytes = std::fs::read(&p).unwrap();
+        let size = bytes.len() as u64;
+        let e = GgufHeader::parse(&bytes[..40], size, &p).unwrap_err();
+        assert!(e.is_short_read(), "{e}");
+        let h = GgufHeader::parse(&bytes[..], size, &p).unwrap();
+        assert_eq!(h.tensors["t"].offset, h.data_start);
+        assert!(!GgufHeader::parse(&b"GGUF\x09\0\0\0"[..], size, &p).unwrap_err().is_short_read());
     }
 
     #[test]

@@ -53,6 +53,22 @@ impl Shard {
     pub fn n_layers(&self) -> usize {
         self.end - self.start + 1
     }
+
+    /// Whether a shard of these layers reads the tensor `name` of a model whose output head is `tied` to the token
+    /// embeddings (no `output.weight`): its own blocks' tensors, the embeddings on the first shard, the final norm
+    /// and head on the last, and tensors that belong to no block (such as `rope_freqs.weight`) everywhere. This is
+    /// what a node downloads for its layers.
+    pub fn needs_tensor(&self, name: &str, tied: bool) -> bool {
+        if let Some(rest) = name.strip_prefix("blk.") {
+            let layer = rest.split('.').next().and_then(|n| n.parse::<usize>().ok());
+            return layer.is_some_and(|l| (self.start..=self.end).contains(&l));
+        }
+        match name {
+            "token_embd.weight" => self.is_first() || (self.is_last() && tied),
+            "output.weight" | "output_norm.weight" => self.is_last(),
+            _ => true,
+        }
+    }
 }
 
 impl std::fmt::Display for Shard {
