@@ -21,6 +21,11 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
         }
     }
+
+    /// The architecture with this `general.architecture` name, if the engine runs it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Architecture::Llama, Architecture::Qwen2].into_iter().find(|a| a.name() == name)
+    }
 }
 
 /// How rotary position embeddings are laid out in a head.

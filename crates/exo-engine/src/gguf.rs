@@ -522,7 +522,8 @@ impl Gguf {
                 let part_path = path.with_file_name(part_name);
                 let (part, file, size) = Self::open_part(&part_path)?;
                 if part.split_index() != i {
-                    let what = format!("it says it is part {} of the model, its name part {}", part.split_index() + 1, i + 1);
+                    let what =
+                        format!("it says it is part {} of the model, its name part {}", part.split_index() + 1, i + 1);
                     return Err(GgufError::Corrupt { path: part_path, what });
                 }
                 for (name, mut info) in part.tensors {

@@ -44,7 +44,8 @@ fn half_model_shard_reads_only_its_tensors() {
     assert_eq!(first.bytes_loaded(), expected(0..half, &["token_embd.weight"]));
     // `Shard::needs_tensor`, which says what a node downloads for its layers, names exactly what each shard loads.
     let tied = !gguf.tensors.contains_key("output.weight");
-    let needed = |s: Shard| gguf.tensors.values().filter(|t| s.needs_tensor(&t.name, tied)).map(|t| t.size).sum::<u64>();
+    let needed =
+        |s: Shard| gguf.tensors.values().filter(|t| s.needs_tensor(&t.name, tied)).map(|t| t.size).sum::<u64>();
     assert_eq!(needed(first.shard()), first.bytes_loaded());
     assert_eq!(needed(second.shard()), second.bytes_loaded());
     assert_eq!(second.bytes_loaded(), expected(half..layers, &["token_embd.weight", "output_norm.weight"]));

@@ -1,0 +1,171 @@
+//! `ModelRef`: what a user may name a model by, parsed. A catalog name (`llama-3.1-70b`, `llama-3.1-70b:q8_0`),
+//! a Hugging Face file (`hf:owner/repo/path/file.gguf`, optionally `@revision`) or a path to a GGUF file.
+
+use std::path::PathBuf;
+
+use crate::catalog;
+use crate::error::{ModelsError, Result};
+
+/// One file of a Hugging Face repository at a revision (a branch, tag or commit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub repo: String,
+    pub revision: String,
+    pub file: String,
+}
+
+impl FileKey {
+    pub fn new(repo: &str, revision: &str, file: &str) -> Self {
+        Self { repo: repo.into(), revision: revision.into(), file: file.into() }
+    }
+
+    /// The same repository and revision, another file.
+    pub fn with_file(&self, file: String) -> Self {
+        Self { repo: self.repo.clone(), revision: self.revision.clone(), file }
+    }
+
+    /// The keys of every part of a model split in `parts` files of which this is the first, in order; just this
+    /// key when `parts` is 1 or the name is not a first part's.
+    pub fn parts(&self, parts: usize) -> Vec<FileKey> {
+        if parts <= 1 {
+            return vec![self.clone()];
+        }
+        let (dir, name) = match self.file.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), self.file.as_str()),
+        };
+        match exo_engine::gguf::split_part_names(name, parts) {
+            Some(names) => names.into_iter().map(|n| self.with_file(format!("{dir}{n}"))).collect(),
+            None => vec![self.clone()],
+        }
+    }
+}
+
+impl std::fmt::Display for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "hf:{}/{}", self.repo, self.file)?;
+        if self.revision != "main" {
+            write!(f, "@{}", self.revision)?;
+        }
+        Ok(())
+    }
+}
+
+/// A model reference, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    /// A GGUF file on this machine.
+    Path(PathBuf),
+    /// A file on the hub; `parts` > 1 for a split model (the key names the first part); `size` is the catalog's
+    /// figure when the reference came from the catalog.
+    Hub { key: FileKey, parts: usize, size: Option<u64>, layers: Option<usize> },
+}
+
+impl ModelRef {
+    /// Parses `hf:owner/repo/file.gguf[@revision]` or `name[:quant]` from the catalog; `None` for anything else
+    /// (a path or a name in a models folder, which the store checks against the disk).
+    pub fn parse_remote(reference: &str) -> Result<Option<ModelRef>> {
+        let invalid = |why: &str| ModelsError::InvalidReference { reference: reference.into(), why: why.into() };
+        if let Some(rest) = reference.strip_prefix("hf:") {
+            let (path, revision) = match rest.rsplit_once('@') {
+                Some((p, r)) if !r.is_empty() && !r.contains('/') => (p, r),
+                Some(_) => return Err(invalid("an empty or malformed @revision")),
+                None => (rest, "main"),
+            };
+            let mut it = path.splitn(3, '/');
+            let (Some(owner), Some(repo), Some(file)) = (it.next(), it.next(), it.next()) else {
+                return Err(invalid("expected hf:owner/repo/path/to/file.gguf"));
+            };
+            if owner.is_empty()
+                || repo.is_empty()
+                || file.is_empty()
+                || file.split('/').any(|c| c.is_empty() || c == "..")
+            {
+                return Err(invalid("expected hf:owner/repo/path/to/file.gguf"));
+            }
+            if !file.ends_with(".gguf") {
+                return Err(invalid("the file must be a .gguf file"));
+            }
+            let key = FileKey::new(&format!("{owner}/{repo}"), revision, file);
+            let name = file.rsplit('/').next().unwrap_or(file);
+            // A reference to a first part of a split model loads every part.
+            let parts = name
+                .strip_suffix(".gguf")
+                .and_then(|s| s.rsplit_once("-of-"))
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+                .filter(|&n| exo_engine::gguf::split_part_names(name, n).is_some())
+                .unwrap_or(1);
+            return Ok(Some(ModelRef::Hub { key, parts, size: None, layers: None }));
+        }
+        let (name, quant) = match reference.split_once(':') {
+            Some((n, q)) => (n, Some(q)),
+            None => (reference, None),
+        };
+        let Some(entry) = catalog::lookup(name) else { return Ok(None) };
+        let quant = quant.unwrap_or(catalog::default_quantization());
+        let (_, file) = entry.file(quant).ok_or_else(|| ModelsError::UnknownQuantization {
+            name: entry.name.clone(),
+            quant: quant.into(),
+            available: entry.quantizations().join(", "),
+        })?;
+        Ok(Some(ModelRef::Hub {
+            key: FileKey::new(&entry.repo, "main", &file.file),
+            parts: file.parts,
+            size: Some(file.size),
+            layers: Some(entry.layers),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(r: &str) -> (FileKey, usize) {
+        match ModelRef::parse_remote(r).unwrap() {
+            Some(ModelRef::Hub { key, parts, .. }) => (key, parts),
+            other => panic!("{r}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn references_parse() {
+        let (k, parts) = hub("hf:bartowski/Llama-3.2-1B-Instruct-GGUF/Llama-3.2-1B-Instruct-Q4_K_M.gguf");
+        assert_eq!(
+            k,
+            FileKey::new("bartowski/Llama-3.2-1B-Instruct-GGUF", "main", "Llama-3.2-1B-Instruct-Q4_K_M.gguf")
+        );
+        assert_eq!(parts, 1);
+        let (k, _) = hub("hf:o/r/sub/dir/m.gguf@v1.0");
+        assert_eq!((k.file.as_str(), k.revision.as_str()), ("sub/dir/m.gguf", "v1.0"));
+        let (k, parts) = hub("hf:o/r/q8/m-00001-of-00003.gguf");
+        assert_eq!(parts, 3);
+        assert_eq!(k.parts(3)[2].file, "q8/m-00003-of-00003.gguf");
+
+        let (k, parts) = hub("llama-3.1-70b");
+        assert_eq!((k.repo.as_str(), parts), ("bartowski/Meta-Llama-3.1-70B-Instruct-GGUF", 1));
+        assert!(k.file.contains("Q4_K_M"));
+        let (k, parts) = hub("llama-3.1-70b:q8_0");
+        assert_eq!(parts, 2);
+        assert!(k.file.ends_with("-00001-of-00002.gguf"), "{}", k.file);
+
+        assert_eq!(ModelRef::parse_remote("./model.gguf").unwrap(), None);
+        assert_eq!(ModelRef::parse_remote("SmolLM2-135M-Instruct.Q4_1").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_references_say_why() {
+        for (r, why) in [
+            ("hf:owner/repo", "expected hf:owner/repo"),
+            ("hf:owner//m.gguf", "expected hf:owner/repo"),
+            ("hf:o/r/../m.gguf", "expected hf:owner/repo"),
+            ("hf:o/r/m.bin", "must be a .gguf"),
+            ("hf:o/r/m.gguf@", "revision"),
+        ] {
+            let e = ModelRef::parse_remote(r).unwrap_err().to_string();
+            assert!(e.contains(why), "{r}: {e}");
+        }
+        let e = ModelRef::parse_remote("llama-3.1-8b:q3_xs").unwrap_err().to_string();
+        assert!(e.contains("has no q3_xs file") && e.contains("Q4_K_M"), "{e}");
+    }
+}
