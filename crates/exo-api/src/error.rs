@@ -25,6 +25,10 @@ pub enum ApiError {
     /// A node holding part of the model failed or left during the request.
     #[error("{0}")]
     NodeFailed(String),
+    /// The model's files cannot be had (the hub refused or is unreachable, offline, a hash failed); the message
+    /// says which and what to do.
+    #[error("{0}")]
+    ModelUnavailable(String),
     #[error("the server is busy: its queue of {0} waiting requests is full; try again later")]
     QueueFull(usize),
     #[error("the node is shutting down")]
@@ -46,9 +50,11 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
             ApiError::ModelNotFound(_) | ApiError::UnknownEndpoint(_) => 404,
             ApiError::BodyTooLarge(_) => 413,
-            ApiError::ModelTooLarge(_) | ApiError::NodeFailed(_) | ApiError::QueueFull(_) | ApiError::ShuttingDown => {
-                503
-            }
+            ApiError::ModelTooLarge(_)
+            | ApiError::ModelUnavailable(_)
+            | ApiError::NodeFailed(_)
+            | ApiError::QueueFull(_)
+            | ApiError::ShuttingDown => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -70,6 +76,7 @@ impl ApiError {
             ApiError::QueueFull(_) => Some("server_busy"),
             ApiError::ModelTooLarge(_) => Some("insufficient_memory"),
             ApiError::NodeFailed(_) => Some("node_failed"),
+            ApiError::ModelUnavailable(_) => Some("model_unavailable"),
             ApiError::BodyTooLarge(_) => Some("request_too_large"),
             ApiError::ShuttingDown => Some("shutting_down"),
             _ => None,

@@ -213,6 +213,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::ModelTooLarge { .. } => ApiError::ModelTooLarge(e.to_string()),
             ClusterError::NodeFailed { .. } => ApiError::NodeFailed(e.to_string()),
             ClusterError::ShuttingDown => ApiError::ShuttingDown,
+            ClusterError::ModelUnavailable(m) => ApiError::ModelUnavailable(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -261,7 +262,8 @@ impl Worker {
         if self.model.as_ref().is_some_and(|m| m.info.id == model) {
             return self.model.as_ref().ok_or_else(|| ApiError::Internal("no model".into()));
         }
-        let path = self.cluster.store().resolve(model)?;
+        // The origin needs the header only (tokenizer, chat template, sizes); the layers go to the plan's nodes.
+        let path = self.cluster.fetch(model, exo_models::Need::Header)?.path;
         let read = || -> Result<Model, EngineError> {
             let gguf = Gguf::open(&path)?;
             let config = ModelConfig::from_gguf(&gguf)?;

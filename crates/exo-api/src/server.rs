@@ -55,6 +55,7 @@ pub fn router(inference: Inference) -> Router {
         .route("/healthcheck", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v1/downloads", get(downloads))
         .route("/v1/topology", get(topology_document))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions));
@@ -67,20 +68,48 @@ pub fn router(inference: Inference) -> Router {
         .with_state(AppState { inference })
 }
 
-fn model_entry(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "exo"})
+/// A model as `/v1/models` lists it: OpenAI's fields, and what exo knows of it (`exo`: where it comes from, its
+/// size and layers, and how much of it this node has).
+fn model_entry(id: &str, listing: Option<&exo_models::Listing>) -> Value {
+    let mut entry = json!({"id": id, "object": "model", "created": 0, "owned_by": "exo"});
+    if let Some(l) = listing {
+        entry["exo"] = serde_json::to_value(l).unwrap_or(Value::Null);
+    }
+    entry
 }
 
-async fn models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state.inference.store().list().iter().map(|m| model_entry(m)).collect();
-    Json(json!({"object": "list", "data": data}))
+async fn models(State(state): State<AppState>) -> Response {
+    // Listing reads the caches' folders: blocking.
+    let store = state.inference.store().clone();
+    match tokio::task::spawn_blocking(move || store.list()).await {
+        Ok(list) => {
+            let data: Vec<Value> = list.iter().map(|l| model_entry(&l.id, Some(l))).collect();
+            Json(json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
 }
 
 async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.inference.store().resolve(&id) {
-        Ok(_) => Json(model_entry(&id)).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    let store = state.inference.store().clone();
+    let found = tokio::task::spawn_blocking(move || {
+        store.resolve(&id).map(|_| {
+            let listing = store.list().into_iter().find(|l| l.id == id);
+            model_entry(&id, listing.as_ref())
+        })
+    })
+    .await;
+    match found {
+        Ok(Ok(entry)) => Json(entry).into_response(),
+        Ok(Err(e)) => ApiError::from(exo_cluster::ClusterError::from(e)).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
     }
+}
+
+/// `GET /v1/downloads`: this node's downloads, running and recent, with their byte counts.
+async fn downloads(State(state): State<AppState>) -> Json<Value> {
+    let list = state.inference.store().downloads().list();
+    Json(json!({"object": "list", "data": serde_json::to_value(list).unwrap_or(Value::Null)}))
 }
 
 async fn topology_document(State(state): State<AppState>) -> Json<Value> {

@@ -17,6 +17,18 @@ pub enum ClusterError {
     Engine(String),
     #[error("the cluster is shutting down")]
     ShuttingDown,
+    /// The model's files cannot be had: the hub refused, is unreachable, the node is offline, a hash failed.
+    #[error("cannot get the model: {0}")]
+    ModelUnavailable(String),
+}
+
+impl From<exo_models::ModelsError> for ClusterError {
+    fn from(e: exo_models::ModelsError) -> Self {
+        match e {
+            exo_models::ModelsError::Unknown(name) => ClusterError::ModelNotFound(name),
+            other => ClusterError::ModelUnavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<exo_engine::EngineError> for ClusterError {

@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 
 use crate::error::{ClusterError, Result};
 use crate::memory::{model_needs, Memory};
-use crate::models::ModelStore;
 use crate::plan::{Plan, Stage};
 use crate::proto;
 use crate::transport::{plan_from_wire, sampling_from_wire, Dest, Outbox};
+use exo_models::{ModelStore, Need};
 
 /// A request whose origin has not been heard from for this long is dropped (its origin died).
 const IDLE_REQUEST: Duration = Duration::from_secs(300);
@@ -97,6 +97,10 @@ pub struct HostConfig {
     pub store: ModelStore,
     pub kv_type: KvType,
     pub memory_limit: Option<u64>,
+    /// The runtime downloads run on (the host thread blocks on them).
+    pub runtime: tokio::runtime::Handle,
+    /// Where the peers to ask for model bytes are.
+    pub topology: Arc<crate::topology::Topology>,
 }
 
 /// Starts the host thread on `jobs`.
@@ -219,7 +223,11 @@ impl Worker {
             }
         }
         let me = self.config.id.clone();
-        let path = self.config.store.resolve(&plan.model)?;
+        // The header first: what the layers need in memory is known before any of them is downloaded.
+        let peers = crate::transport::peer_files(&self.config.topology);
+        let store = &self.config.store;
+        let header = self.config.runtime.block_on(store.fetch(&plan.model, Need::Header, &peers))?;
+        let path = header.path;
         let gguf = Gguf::open(&path).map_err(|e| ClusterError::Engine(format!("{}: {e}", path.display())))?;
         let config = exo_engine::ModelConfig::from_gguf(&gguf)?;
         if config.n_layers != plan.n_layers {
@@ -244,6 +252,28 @@ impl Worker {
                 nodes: 1,
             });
         }
+        let shard_range = Shard::new(stage.start, stage.end, plan.n_layers)?;
+        let fetched = self.config.runtime.block_on(store.fetch(&plan.model, Need::Layers(shard_range), &peers))?;
+        if fetched.from_hub + fetched.from_peers > 0 {
+            eprintln!(
+                "node {me}: fetched {} bytes for layers {}-{} of {} ({} from the hub, {} from peers)",
+                fetched.from_hub + fetched.from_peers,
+                stage.start,
+                stage.end,
+                plan.n_layers,
+                fetched.from_hub,
+                fetched.from_peers
+            );
+        }
+        // A download that completed the file moved it into the cache.
+        let reopened;
+        let gguf = if fetched.path == path {
+            &gguf
+        } else {
+            reopened = Gguf::open(&fetched.path)
+                .map_err(|e| ClusterError::Engine(format!("{}: {e}", fetched.path.display())))?;
+            &reopened
+        };
         // One range at a time: requests on the old layers end.
         let stale: Vec<u64> = self.requests.keys().copied().collect();
         for id in stale {
@@ -252,12 +282,7 @@ impl Worker {
         self.held = None;
         self.publish_held();
         let started = Instant::now();
-        let shard = ModelShard::load_with(
-            &gguf,
-            Shard::new(stage.start, stage.end, plan.n_layers)?,
-            &Device::Cpu,
-            Backend::Auto,
-        )?;
+        let shard = ModelShard::load_with(gguf, shard_range, &Device::Cpu, Backend::Auto)?;
         eprintln!(
             "node {me}: layers {}-{} of {} ({} MiB)",
             stage.start,

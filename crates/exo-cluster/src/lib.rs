@@ -4,7 +4,6 @@
 //! |---|---|
 //! | [`node`] | this machine: CPU features, addresses, the description peers get |
 //! | [`memory`] | the machine's memory, the node's limit, what a model needs, sizes like `8G` |
-//! | [`models`] | `ModelStore`: the GGUF files a node serves |
 //! | [`topology`] | the peers this node knows, heartbeats' results, addresses to try |
 //! | [`discovery`] | mDNS: advertising this node and finding others on the LAN |
 //! | [`plan`] | `Plan`: the memory-weighted split of a model's layers over nodes |
@@ -18,7 +17,6 @@ pub mod discovery;
 pub mod error;
 pub(crate) mod host;
 pub mod memory;
-pub mod models;
 pub mod node;
 pub mod plan;
 pub mod ring;
@@ -41,7 +39,7 @@ use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
 pub use error::{ClusterError, Result};
-pub use models::ModelStore;
+pub use exo_models::ModelStore;
 pub use node::NodeInfo;
 pub use plan::{Candidate, Plan, Stage};
 pub use ring::RingRequest;
@@ -151,12 +149,15 @@ impl Cluster {
                 store: config.store.clone(),
                 kv_type: config.kv_type,
                 memory_limit: config.memory_limit,
+                runtime: runtime.clone(),
+                topology: topology.clone(),
             },
             jobs,
             outbox.clone(),
             shared.clone(),
         );
         let service = PeerService {
+            store: config.store.clone(),
             info: info.clone(),
             topology: topology.clone(),
             host: host.clone(),
@@ -221,6 +222,13 @@ impl Cluster {
 
     pub fn kv_type(&self) -> KvType {
         self.inner.kv_type
+    }
+
+    /// Makes `model` local enough for `need`, asking the live peers for its bytes before the hub. Blocks: call it
+    /// from a thread of its own, not from the async runtime.
+    pub fn fetch(&self, model: &str, need: exo_models::Need) -> Result<exo_models::LocalModel> {
+        let peers = transport::peer_files(&self.inner.topology);
+        Ok(self.inner.runtime.block_on(self.inner.store.fetch(model, need, &peers))?)
     }
 
     /// host:port other nodes reach this one's peer server at.

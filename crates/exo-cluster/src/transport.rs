@@ -253,6 +253,7 @@ async fn pump(outbox: Outbox, address: String, mut rx: tmpsc::UnboundedReceiver<
 
 /// The gRPC service.
 pub(crate) struct PeerService {
+    pub store: exo_models::ModelStore,
     pub info: Arc<NodeInfo>,
     pub topology: Arc<Topology>,
     pub host: mpsc::Sender<Job>,
@@ -337,6 +338,135 @@ impl Peer for PeerService {
         self.host.send(Job::End(id, done)).map_err(|_| Status::unavailable("the host thread stopped"))?;
         let _ = result.await;
         Ok(Response::new(Ack {}))
+    }
+
+    async fn file_held(&self, request: Request<proto::FileKey>) -> Result<Response<proto::FileHeldReply>, Status> {
+        let key = file_key_from_wire(request.into_inner());
+        let store = self.store.clone();
+        let held = tokio::task::spawn_blocking(move || store.held_local(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let reply = match held {
+            None => proto::FileHeldReply::default(),
+            Some((info, ranges)) => proto::FileHeldReply {
+                present: true,
+                size: info.size,
+                etag: info.etag.unwrap_or_default(),
+                commit: info.commit.unwrap_or_default(),
+                ranges: ranges.iter().flat_map(|(a, b)| [a, b]).collect(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn read_file(&self, request: Request<proto::ReadFileRequest>) -> Result<Response<proto::FileBytes>, Status> {
+        let r = request.into_inner();
+        if r.length > MAX_FILE_READ {
+            return Err(Status::invalid_argument(format!("at most {MAX_FILE_READ} bytes per read, not {}", r.length)));
+        }
+        let key = file_key_from_wire(r.key.unwrap_or_default());
+        let store = self.store.clone();
+        let (offset, length) = (r.offset, r.length);
+        let shown = key.to_string();
+        let data = tokio::task::spawn_blocking(move || store.read_local(&key, offset, length))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match data {
+            Some(data) => Ok(Response::new(proto::FileBytes { data: data.into() })),
+            None => Err(Status::not_found(format!(
+                "node {} does not hold bytes {offset}+{length} of {shown}",
+                self.info.id
+            ))),
+        }
+    }
+}
+
+/// Most bytes one `ReadFile` returns.
+pub const MAX_FILE_READ: u64 = 4 << 20;
+
+fn file_key_to_wire(k: &exo_models::FileKey) -> proto::FileKey {
+    proto::FileKey { repo: k.repo.clone(), revision: k.revision.clone(), file: k.file.clone() }
+}
+
+fn file_key_from_wire(k: proto::FileKey) -> exo_models::FileKey {
+    exo_models::FileKey { repo: k.repo, revision: k.revision, file: k.file }
+}
+
+/// Every live peer as a source of model bytes, in the topology's order.
+pub fn peer_files(topology: &Topology) -> Vec<Arc<dyn exo_models::RangeSource>> {
+    topology
+        .peers()
+        .into_iter()
+        .filter_map(|p| PeerFiles::new(p.description.id, p.address).ok())
+        .map(|p| Arc::new(p) as Arc<dyn exo_models::RangeSource>)
+        .collect()
+}
+
+/// A peer as a source of model bytes: its `FileHeld` and `ReadFile`.
+pub struct PeerFiles {
+    pub id: String,
+    pub address: String,
+    client: PeerClient<Channel>,
+}
+
+impl PeerFiles {
+    pub fn new(id: String, address: String) -> Result<Self, ClusterError> {
+        let client = client(&address)?;
+        Ok(Self { id, address, client })
+    }
+}
+
+impl exo_models::RangeSource for PeerFiles {
+    fn name(&self) -> String {
+        format!("node {} ({})", self.id, self.address)
+    }
+
+    fn held<'a>(
+        &'a self,
+        key: &'a exo_models::FileKey,
+    ) -> exo_models::store::BoxFuture<'a, Option<(exo_models::RemoteFile, exo_models::ranges::RangeSet)>> {
+        Box::pin(async move {
+            let mut c = self.client.clone();
+            let call = c.file_held(file_key_to_wire(key));
+            let reply = match tokio::time::timeout(Duration::from_secs(10), call).await {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(e)) => {
+                    tracing::debug!("{}: FileHeld {key}: {e}", self.name());
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            if !reply.present || reply.ranges.len() % 2 != 0 {
+                return None;
+            }
+            let ranges = reply.ranges.chunks(2).map(|p| (p[0], p[1].min(reply.size)));
+            let info = exo_models::RemoteFile {
+                size: reply.size,
+                etag: Some(reply.etag).filter(|e| !e.is_empty()),
+                commit: Some(reply.commit).filter(|c| !c.is_empty()),
+            };
+            Some((info, exo_models::ranges::RangeSet::from_ranges(ranges)))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a exo_models::FileKey,
+        offset: u64,
+        len: u64,
+    ) -> exo_models::store::BoxFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let mut c = self.client.clone();
+            let call = c.read_file(proto::ReadFileRequest { key: Some(file_key_to_wire(key)), offset, length: len });
+            match tokio::time::timeout(Duration::from_secs(60), call).await {
+                Ok(Ok(r)) => Some(r.into_inner().data.to_vec()),
+                Ok(Err(e)) => {
+                    tracing::debug!("{}: ReadFile {key} {offset}+{len}: {e}", self.name());
+                    None
+                }
+                Err(_) => None,
+            }
+        })
     }
 }
 

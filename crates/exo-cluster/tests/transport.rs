@@ -34,7 +34,11 @@ async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_w
         threads: 1,
         memory_limit: None,
         kv_type: KvType::F16,
-        store: ModelStore::new(model.parent().unwrap()),
+        store: ModelStore::new(exo_models::StoreConfig::from_env(
+            Some(model.parent().unwrap().to_path_buf()),
+            &std::env::temp_dir().join("exo-transport-test"),
+        ))
+        .unwrap(),
         peers: Vec::new(),
         discovery: Discovery::None,
     })

@@ -78,6 +78,19 @@ pub struct StoreConfig {
     pub hub: HubConfig,
 }
 
+impl StoreConfig {
+    /// The usual places: the Hugging Face cache the environment names ([`HfCache::from_env`]), partial downloads
+    /// in `{exo_home}/downloads`, the hub as `HF_ENDPOINT`/`HF_TOKEN`/`HF_HUB_OFFLINE` say.
+    pub fn from_env(models_dir: Option<PathBuf>, exo_home: &Path) -> Self {
+        Self {
+            models_dir,
+            cache: HfCache::from_env(),
+            downloads_dir: exo_home.join("downloads"),
+            hub: HubConfig::from_env(),
+        }
+    }
+}
+
 /// One line of `exo models` and `/v1/models`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listing {
@@ -166,8 +179,9 @@ impl ModelStore {
         if let Some(r) = ModelRef::parse_remote(reference)? {
             return Ok(r);
         }
+        // Anything that looks like a path is one: opening it says what is wrong with it.
         let path = PathBuf::from(reference);
-        if path.is_file() {
+        if path.exists() || reference.contains('/') || reference.ends_with(".gguf") {
             return Ok(ModelRef::Path(path));
         }
         Err(ModelsError::Unknown(reference.into()))

@@ -2,6 +2,7 @@
 //! no subcommand it starts a node.
 
 mod bench;
+mod models;
 mod node;
 mod run;
 mod topology;
@@ -28,6 +29,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print a running node's view of the cluster: nodes, memory, layers, links and plans.
     Topology(topology::TopologyArgs),
+    /// Download a model ahead of time (whole, or only what some layers need) into the Hugging Face cache.
+    Download(models::DownloadArgs),
+    /// List the models this node can name: the catalog, the models folder and the Hugging Face cache.
+    Models(models::ModelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Bench(args)) => bench::bench(args),
         Some(Command::Topology(args)) => topology::topology(args),
+        Some(Command::Download(args)) => models::download(args),
+        Some(Command::Models(args)) => models::models(args),
         None => node::node(cli.node),
     };
     match result {

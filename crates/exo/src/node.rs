@@ -4,14 +4,14 @@
 //! a clean shutdown on SIGINT/SIGTERM.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use exo_api::{Inference, InferenceConfig};
-use exo_cluster::{Cluster, ClusterConfig, Discovery, ModelStore};
+use exo_cluster::{Cluster, ClusterConfig, Discovery};
 use exo_engine::KvType;
 
 /// How long open connections may take to close after a shutdown signal.
@@ -37,10 +37,10 @@ pub struct NodeArgs {
     /// This node's ID (default: one generated once and kept in EXO_HOME, by default ~/.exo).
     #[arg(long, env = "EXO_NODE_ID")]
     pub node_id: Option<String>,
-    /// Folder of GGUF files the node serves by name (default: ~/.cache/exo/models).
-    #[arg(long, env = "EXO_MODELS_DIR")]
-    pub models_dir: Option<PathBuf>,
-    /// A model to load at start (a name in the models folder, or a path); otherwise models load on first use.
+    #[command(flatten)]
+    pub store: crate::models::StoreArgs,
+    /// A model to load at start (a catalog name, hf:owner/repo/file.gguf, a name in the models folder, or a
+    /// path); otherwise models load on first use.
     #[arg(long, env = "EXO_MODEL")]
     pub model: Option<String>,
     /// CPU threads (default: all cores).
@@ -64,17 +64,9 @@ pub struct NodeArgs {
 
 pub fn node(args: NodeArgs) -> Result<()> {
     let threads = crate::set_threads(args.threads)?;
-    let home_dir = |var: &str, default: &str| -> Result<PathBuf> {
-        if let Some(dir) = std::env::var_os(var) {
-            return Ok(PathBuf::from(dir));
-        }
-        let home = std::env::var_os("HOME").with_context(|| format!("HOME is not set; set {var}"))?;
-        Ok(PathBuf::from(home).join(default))
-    };
-    let models_dir = match args.models_dir {
-        Some(d) => d,
-        None => home_dir("EXO_MODELS_DIR", ".cache/exo/models")?,
-    };
+    let home_dir = crate::models::home_dir;
+    let models_dir = args.store.models_dir()?;
+    let store = args.store.store()?;
     if args.queue == 0 {
         bail!("--queue must be at least 1");
     }
@@ -107,7 +99,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
             threads,
             memory_limit: args.memory_limit,
             kv_type: args.kv_type,
-            store: ModelStore::new(&models_dir),
+            store,
             peers: args.peers.clone(),
             discovery: args.discovery,
         })

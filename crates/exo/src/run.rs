@@ -1,7 +1,6 @@
 //! `exo run MODEL`: load a GGUF model on this machine and stream a completion of one prompt to stdout.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -13,8 +12,9 @@ use exo_engine::{Backend, Device, Gguf, KvType, ShardChain};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Path to a GGUF model file.
-    pub model: PathBuf,
+    /// The model: a catalog name (`llama-3.2-1b`, see `exo models`), hf:owner/repo/file.gguf[@revision], a name
+    /// in the models folder, or a path to a GGUF file. One from the hub is downloaded whole first, once.
+    pub model: String,
     /// The prompt; read from stdin when absent.
     #[arg(short, long)]
     pub prompt: Option<String>,
@@ -54,6 +54,8 @@ pub struct RunArgs {
     /// How the KV cache stores keys and values: f16 (half the memory) or f32.
     #[arg(long, default_value = "f16")]
     pub kv_type: KvType,
+    #[command(flatten)]
+    pub store: crate::models::StoreArgs,
 }
 
 impl RunArgs {
@@ -102,7 +104,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("the prompt is empty: give --prompt TEXT or write it to stdin");
     }
 
-    let gguf = Gguf::open(&args.model)?;
+    let store = args.store.store()?;
+    let path = match store.resolve(&args.model)? {
+        exo_models::ModelRef::Path(path) => path,
+        exo_models::ModelRef::Hub { .. } => {
+            crate::models::fetch_with_progress(&store, &args.model, exo_models::Need::Whole)?.path
+        }
+    };
+    let gguf = Gguf::open(&path)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let prompt_ids = if args.raw {
         tokenizer.encode(&prompt, true, false)?
