@@ -372,7 +372,7 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         match data {
-            Some(data) => Ok(Response::new(proto::FileBytes { data: data.into() })),
+            Some(data) => Ok(Response::new(proto::FileBytes { data })),
             None => Err(Status::not_found(format!(
                 "node {} does not hold bytes {offset}+{length} of {shown}",
                 self.info.id
@@ -459,7 +459,7 @@ impl exo_models::RangeSource for PeerFiles {
             let mut c = self.client.clone();
             let call = c.read_file(proto::ReadFileRequest { key: Some(file_key_to_wire(key)), offset, length: len });
             match tokio::time::timeout(Duration::from_secs(60), call).await {
-                Ok(Ok(r)) => Some(r.into_inner().data.to_vec()),
+                Ok(Ok(r)) => Some(r.into_inner().data),
                 Ok(Err(e)) => {
                     tracing::debug!("{}: ReadFile {key} {offset}+{len}: {e}", self.name());
                     None
