@@ -144,7 +144,7 @@ fn mib(bytes: u64) -> String {
 
 pub fn models(args: ModelsArgs) -> Result<()> {
     let store = args.store.store()?;
-    println!("{:<36} {:>9} {:>6} {:<8} {:<12} {}", "NAME", "SIZE", "LAYERS", "ARCH", "HERE", "SOURCE");
+    println!("{:<36} {:>9} {:>6} {:<8} {:<12} SOURCE", "NAME", "SIZE", "LAYERS", "ARCH", "HERE");
     for l in store.list() {
         if args.cached && l.cached_bytes == 0 {
             continue;
