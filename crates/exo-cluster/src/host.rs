@@ -224,7 +224,7 @@ impl Worker {
         }
         let me = self.config.id.clone();
         // The header first: what the layers need in memory is known before any of them is downloaded.
-        let peers = crate::transport::peer_files(&self.config.topology);
+        let peers = crate::transport::peer_files(&self.config.topology, &self.config.runtime);
         let store = &self.config.store;
         let header = self.config.runtime.block_on(store.fetch(&plan.model, Need::Header, &peers))?;
         let path = header.path;

@@ -227,7 +227,7 @@ impl Cluster {
     /// Makes `model` local enough for `need`, asking the live peers for its bytes before the hub. Blocks: call it
     /// from a thread of its own, not from the async runtime.
     pub fn fetch(&self, model: &str, need: exo_models::Need) -> Result<exo_models::LocalModel> {
-        let peers = transport::peer_files(&self.inner.topology);
+        let peers = transport::peer_files(&self.inner.topology, &self.inner.runtime);
         Ok(self.inner.runtime.block_on(self.inner.store.fetch(model, need, &peers))?)
     }
 

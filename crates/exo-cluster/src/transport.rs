@@ -392,8 +392,9 @@ fn file_key_from_wire(k: proto::FileKey) -> exo_models::FileKey {
     exo_models::FileKey { repo: k.repo, revision: k.revision, file: k.file }
 }
 
-/// Every live peer as a source of model bytes, in the topology's order.
-pub fn peer_files(topology: &Topology) -> Vec<Arc<dyn exo_models::RangeSource>> {
+/// Every live peer as a source of model bytes, in the topology's order; their clients live on `runtime`.
+pub fn peer_files(topology: &Topology, runtime: &Handle) -> Vec<Arc<dyn exo_models::RangeSource>> {
+    let _inside = runtime.enter();
     topology
         .peers()
         .into_iter()

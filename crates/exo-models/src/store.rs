@@ -95,7 +95,7 @@ impl StoreConfig {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listing {
     pub id: String,
-    /// `catalog`, `folder` or `cache`.
+    /// `catalog`, `folder`, `cache` (a whole file in the Hugging Face cache) or `partial` (a partial download).
     pub source: &'static str,
     pub description: Option<String>,
     pub repo: Option<String>,
@@ -589,6 +589,24 @@ impl ModelStore {
                 });
             }
         }
+        // Partial downloads of files the catalog does not name.
+        for (key, held, size) in self.partial_downloads() {
+            if catalog_files.contains(&(key.repo.clone(), key.file.clone())) || cache.find(&key).is_some() {
+                continue;
+            }
+            out.push(Listing {
+                id: key.to_string(),
+                source: "partial",
+                description: None,
+                repo: Some(key.repo.clone()),
+                file: Some(key.file.clone()),
+                architecture: None,
+                layers: None,
+                size: Some(size),
+                cached_bytes: held,
+                complete: false,
+            });
+        }
         for (repo, file, path) in cache.list() {
             if catalog_files.contains(&(repo.clone(), file.clone())) {
                 continue;
@@ -607,6 +625,39 @@ impl ModelStore {
                 complete: true,
             });
         }
+        out
+    }
+}
+
+impl ModelStore {
+    /// Every partial download under the downloads folder: its key, bytes held and size.
+    fn partial_downloads(&self) -> Vec<(FileKey, u64, u64)> {
+        let root = &self.inner.config.downloads_dir;
+        let mut out = Vec::new();
+        for repo in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = repo.file_name().to_string_lossy().to_string();
+            let Some(repo_name) = name.strip_prefix("models--").map(|r| r.replacen("--", "/", 1)) else { continue };
+            for revision in std::fs::read_dir(repo.path()).into_iter().flatten().flatten() {
+                let rev = revision.file_name().to_string_lossy().to_string();
+                let mut stack = vec![revision.path()];
+                while let Some(dir) = stack.pop() {
+                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        let p = entry.path();
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(p);
+                            continue;
+                        }
+                        let Some(data) = p.to_str().and_then(|s| s.strip_suffix(".ranges")).map(PathBuf::from) else {
+                            continue;
+                        };
+                        let Some(partial) = PartialFile::open(&data) else { continue };
+                        let file = data.strip_prefix(revision.path()).unwrap_or(&data).to_string_lossy().to_string();
+                        out.push((FileKey::new(&repo_name, &rev, &file), partial.held().len(), partial.info().size));
+                    }
+                }
+            }
+        }
+        out.sort();
         out
     }
 }

@@ -30,7 +30,7 @@ pub struct Node {
 }
 
 /// A folder for one test's node (its `EXO_HOME`), removed at the end.
-pub struct Home(PathBuf);
+pub struct Home(pub PathBuf);
 
 impl Home {
     pub fn new(name: &str) -> Self {
@@ -53,6 +53,12 @@ impl Node {
 
     /// A node with `EXO_HOME` in `home` and `extra` arguments.
     pub fn start_with(home: &Home, extra: &[&str]) -> Self {
+        Self::start_env(home, extra, &[])
+    }
+
+    /// As `start_with`, with environment variables. Unless `env` says otherwise, a node's Hugging Face cache is
+    /// `home/hf` and its hub an address nothing listens on: no test touches the machine's cache or the internet.
+    pub fn start_env(home: &Home, extra: &[&str], env: &[(&str, String)]) -> Self {
         let model = common::model_path();
         let dir = model.parent().unwrap().to_str().unwrap().to_string();
         let mut args = vec!["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", &dir, "--discovery", "none"];
@@ -63,14 +69,20 @@ impl Node {
             }
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_exo"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_exo"));
+        command
             .args(&args)
             .env("RUST_LOG", "warn")
             .env("EXO_HOME", &home.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("exo starts");
+            .env("HF_HOME", home.0.join("hf"))
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_TOKEN");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("exo starts");
         // Ready when it says where it listens: "exo node ID: OpenAI API on http://127.0.0.1:PORT/v1, web chat on
         // ..., peers on HOST:PORT (models from ...)".
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
