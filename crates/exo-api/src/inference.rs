@@ -214,6 +214,7 @@ impl From<ClusterError> for ApiError {
             ClusterError::NodeFailed { .. } => ApiError::NodeFailed(e.to_string()),
             ClusterError::ShuttingDown => ApiError::ShuttingDown,
             ClusterError::ModelUnavailable(m) => ApiError::ModelUnavailable(m),
+            ClusterError::InvalidModel(m) => ApiError::InvalidField { param: "model".into(), message: m },
             other => ApiError::Internal(other.to_string()),
         }
     }

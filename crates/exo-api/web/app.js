@@ -1,5 +1,6 @@
 // The chat page's behaviour: the model picker (/v1/models), streaming chat over /v1/chat/completions (SSE) with
-// Stop and per-answer token rates, rendering of code fences, and the cluster panel polled from /v1/topology.
+// Stop and per-answer token rates, rendering of code fences, and the cluster panel polled from /v1/topology
+// (with this node's downloads from /v1/downloads).
 // Text from the model or the network only reaches the page as text nodes (append / textContent), never as HTML.
 "use strict";
 
@@ -7,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   messages: $("messages"), prompt: $("prompt"), send: $("send"), stop: $("stop"), model: $("model"),
   composer: $("composer"), cluster: $("cluster"), nodes: $("nodes"), plans: $("plans"), clusterStatus: $("cluster-status"),
+  downloads: $("downloads"), downloadsHead: $("downloads-head"),
 };
 const MODEL_KEY = "exo.model";
 const conversation = []; // [{role, content}], sent whole with each request
@@ -208,10 +210,15 @@ async function loadModels() {
   try {
     const res = await fetch("/v1/models", { cache: "no-store" });
     if (!res.ok) throw new Error(await errorText(res));
-    const ids = (await res.json()).data.map((m) => m.id);
+    // Models on this machine first; the catalog's others are fetched on first use (their size says how much).
+    const models = (await res.json()).data;
+    const here = (m) => !m.exo || m.exo.complete;
+    const sorted = [...models.filter(here), ...models.filter((m) => !here(m))];
+    const ids = sorted.map((m) => m.id);
     if (!ids.length) throw new Error("no models");
     const pick = [loadedModel, storage.get(MODEL_KEY)].find((id) => id && ids.includes(id)) || ids[0];
-    ui.model.replaceChildren(...ids.map((id) => el("option", { value: id }, id)));
+    const label = (m) => here(m) ? m.id : `${m.id} (download ${gib(m.exo.size ?? 0)} GiB${m.exo.cached_bytes ? `, ${gib(m.exo.cached_bytes)} here` : ""})`;
+    ui.model.replaceChildren(...sorted.map((m) => el("option", { value: m.id }, label(m))));
     ui.model.value = pick;
   } catch {
     ui.model.replaceChildren(el("option", { value: "" }, "no models yet…"));
@@ -280,7 +287,29 @@ function planCard(p) {
     el("div", { class: "row" }, stages));
 }
 
+// A download of this node: what, how far, from where.
+function downloadCard(d) {
+  const mib = (b) => (b / 1024 ** 2).toFixed(0);
+  const state = d.state === "running" ? `${mib(d.done_bytes)} / ${mib(d.total_bytes)} MiB` : d.state;
+  return el("div", { class: `download ${d.state}`, "data-download-id": d.id },
+    el("div", { class: "row model", title: d.file }, d.file.split("/").pop()),
+    el("div", { class: "row muted" }, `${d.what} · ${state} · hub ${mib(d.from_hub_bytes)} MiB · peers ${mib(d.from_peers_bytes)} MiB`),
+    bar(0, d.total_bytes ? d.done_bytes / d.total_bytes : 1, `${d.done_bytes} of ${d.total_bytes} bytes`),
+    d.error ? el("div", { class: "row error" }, d.error) : null);
+}
+
+async function refreshDownloads() {
+  try {
+    const res = await fetch("/v1/downloads", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+    if (!res.ok) return;
+    const list = (await res.json()).data;
+    ui.downloadsHead.hidden = ui.downloads.hidden = !list.length;
+    ui.downloads.replaceChildren(...list.slice().reverse().map(downloadCard));
+  } catch { /* the topology poll reports an unreachable node */ }
+}
+
 async function refreshTopology() {
+  refreshDownloads();
   try {
     const res = await fetch("/v1/topology", { cache: "no-store", signal: AbortSignal.timeout(5000) });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);

@@ -20,12 +20,17 @@ pub enum ClusterError {
     /// The model's files cannot be had: the hub refused, is unreachable, the node is offline, a hash failed.
     #[error("cannot get the model: {0}")]
     ModelUnavailable(String),
+    /// A malformed model reference, or a quantization the catalog does not have.
+    #[error("{0}")]
+    InvalidModel(String),
 }
 
 impl From<exo_models::ModelsError> for ClusterError {
     fn from(e: exo_models::ModelsError) -> Self {
         match e {
             exo_models::ModelsError::Unknown(name) => ClusterError::ModelNotFound(name),
+            e @ (exo_models::ModelsError::InvalidReference { .. }
+            | exo_models::ModelsError::UnknownQuantization { .. }) => ClusterError::InvalidModel(e.to_string()),
             other => ClusterError::ModelUnavailable(other.to_string()),
         }
     }

@@ -119,6 +119,17 @@ fn errors_have_openais_shape_and_status() {
     let listed: Value = serde_json::from_str(&b).unwrap();
     assert!(listed["data"].as_array().unwrap().iter().any(|m| m["id"] == model_name()), "{b}");
     assert_eq!(node.request("GET", &format!("/v1/models/{}", model_name()), "").0, 200);
+    // The catalog is listed with what the cluster needs to plan, and nothing of it is on this machine.
+    let catalog = listed["data"].as_array().unwrap().iter().find(|m| m["id"] == "llama-3.1-70b").cloned();
+    let catalog = catalog.unwrap_or_else(|| panic!("no llama-3.1-70b in {b}"));
+    assert_eq!((catalog["exo"]["layers"].as_u64(), catalog["exo"]["source"].as_str()), (Some(80), Some("catalog")));
+    assert_eq!((catalog["exo"]["cached_bytes"].as_u64(), catalog["exo"]["complete"].as_bool()), (Some(0), Some(false)));
+    let (s, b) = node.request("GET", "/v1/models/llama-3.1-70b:q8_0", "");
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = node.request("GET", "/v1/models/llama-3.1-70b:q1", "");
+    check(s, &b, 400, "has no q1 file");
+    let (s, b) = node.request("GET", "/v1/downloads", "");
+    assert_eq!((s, b.as_str()), (200, r#"{"data":[],"object":"list"}"#));
     let (s, b) = node.request("GET", "/v1/models/no-such-model", "");
     check(s, &b, 404, "no-such-model");
     assert_eq!(node.request("GET", "/healthcheck", "").0, 200);
