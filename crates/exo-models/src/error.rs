@@ -26,7 +26,7 @@ pub enum ModelsError {
     Offline { what: String, cache: PathBuf, asked_peers: bool },
     #[error("{file}: the downloaded bytes have sha256 {actual}, the hub says {expected}; the file was discarded")]
     HashMismatch { file: String, expected: String, actual: String },
-    #[error("out of disk space writing {path}: the download needs {needed_mib} MiB more; free some space or set HF_HOME / EXO_HOME elsewhere")]
+    #[error("out of disk space writing {path}{}; free some space, or set HF_HOME / EXO_HOME to a disk with more", if *needed_mib > 0 { format!(": the download needs {needed_mib} MiB more") } else { String::new() })]
     DiskFull { path: PathBuf, needed_mib: u64 },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

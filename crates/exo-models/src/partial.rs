@@ -96,13 +96,7 @@ impl PartialFile {
     }
 
     pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.file.write_all_at(bytes, offset).map_err(|e| match ModelsError::io(&self.path, e) {
-            ModelsError::DiskFull { path, .. } => {
-                let missing = self.held().missing(0, self.info.size).iter().map(|(a, b)| b - a).sum::<u64>();
-                ModelsError::DiskFull { path, needed_mib: missing.div_ceil(1 << 20) }
-            }
-            other => other,
-        })
+        self.file.write_all_at(bytes, offset).map_err(|e| ModelsError::io(&self.path, e))
     }
 
     /// Records `start..end` as held, once its bytes are on disk.

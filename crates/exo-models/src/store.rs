@@ -368,7 +368,15 @@ impl ModelStore {
             return Ok(());
         }
         let tracker = Arc::new(self.inner.downloads.start(reference, &key.to_string(), what, total));
-        let result = self.fill_from(key, partial, peers, &tracker, missing).await;
+        let result = self.fill_from(key, partial, peers, &tracker, missing).await.map_err(|e| match e {
+            // What is still to come, for the message.
+            ModelsError::DiskFull { path, .. } => {
+                let held = partial.held();
+                let left: u64 = wanted.iter().flat_map(|(a, b)| held.missing(a, b)).map(|(a, b)| b - a).sum();
+                ModelsError::DiskFull { path, needed_mib: left.div_ceil(1 << 20) }
+            }
+            other => other,
+        });
         let (hub, peer) = (
             tracker.from_hub.load(std::sync::atomic::Ordering::Relaxed),
             tracker.from_peers.load(std::sync::atomic::Ordering::Relaxed),

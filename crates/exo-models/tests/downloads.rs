@@ -323,3 +323,46 @@ async fn ranges_come_from_a_peer_before_the_hub() {
         store_with(&temp_dir("offline-nothing"), None, |_| {}).fetch(REF, Need::Header, &lacking).await.unwrap_err();
     assert!(e.to_string().contains("nor on any peer"), "{e}");
 }
+
+/// Whether this process runs as root (it may mount a small tmpfs).
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_reported_with_what_the_download_needs() {
+    if !is_root() {
+        eprintln!("skipped: mounting a 2 MiB tmpfs needs root");
+        return;
+    }
+    let dir = temp_dir("disk-full");
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mount -t tmpfs failed");
+    let (hub, bytes) = hub_with_model();
+    let s = ModelStore::new(StoreConfig {
+        models_dir: None,
+        cache: HfCache::new(dir.join("hf")),
+        downloads_dir: small.clone(),
+        hub: HubConfig { endpoint: hub.endpoint(), token: None, offline: false, connections: 4, retries: 3 },
+    })
+    .unwrap();
+    let result = s.fetch(REF, Need::Whole, &[]).await;
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let e = result.unwrap_err();
+    assert!(matches!(e, ModelsError::DiskFull { .. }), "{e}");
+    let message = e.to_string();
+    assert!(message.contains("out of disk space") && message.contains("MiB more"), "{message}");
+    let needed = match e {
+        ModelsError::DiskFull { needed_mib, .. } => needed_mib,
+        _ => unreachable!(),
+    };
+    // The file is 4.3 MB and at most 2 MiB of it fits: the rest is what it needs.
+    assert!((2..=4).contains(&needed), "{message}");
+    assert!(bytes.len() > 4 << 20);
+}
