@@ -37,16 +37,25 @@ impl HubConfig {
     /// From the environment: `HF_ENDPOINT`, `HF_TOKEN` else the file `HF_TOKEN_PATH` (default `$HF_HOME/token`),
     /// `HF_HUB_OFFLINE`.
     pub fn from_env() -> Self {
-        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`HubConfig::from_env`], with the variables from `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let endpoint = var("HF_ENDPOINT").filter(|e| !e.trim().is_empty());
         let endpoint = endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim().trim_end_matches('/').to_string();
-        let token = std::env::var("HF_TOKEN").ok().or_else(|| {
-            let path = std::env::var_os("HF_TOKEN_PATH")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| hf_home().join("token"));
+        let token = var("HF_TOKEN").filter(|t| !t.trim().is_empty()).or_else(|| {
+            let path = match var("HF_TOKEN_PATH").filter(|p| !p.is_empty()) {
+                Some(p) => std::path::PathBuf::from(p),
+                None => match var("HF_HOME").filter(|h| !h.is_empty()) {
+                    Some(home) => std::path::PathBuf::from(home).join("token"),
+                    None => hf_home().join("token"),
+                },
+            };
             std::fs::read_to_string(path).ok()
         });
         let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| truthy(&v));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v));
         Self { endpoint, token, offline, connections: 4, retries: 3 }
     }
 }
@@ -113,13 +122,15 @@ impl Hub {
         }
     }
 
+    /// The error with its causes (reqwest's own message repeats the URL, which the error already names).
     fn network(url: &str, e: reqwest::Error) -> ModelsError {
-        let mut message = e.to_string();
+        let mut causes = Vec::new();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            message = format!("{message}: {s}");
+            causes.push(s.to_string());
             source = s.source();
         }
+        let message = if causes.is_empty() { e.without_url().to_string() } else { causes.join(": ") };
         ModelsError::Network { url: url.into(), message }
     }
 
@@ -232,5 +243,47 @@ impl Hub {
             }
         }
         Err(closed(at, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_comes_from_the_variables_huggingface_hub_reads() {
+        let dir = std::env::temp_dir().join(format!("exo-hub-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "hf_from_file\n").unwrap();
+        let home = dir.to_str().unwrap().to_string();
+        let config = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            HubConfig::from_vars(move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        };
+        let c = config(&[("HF_HOME", &home)]);
+        assert_eq!(
+            (c.endpoint.as_str(), c.token.as_deref(), c.offline),
+            (DEFAULT_ENDPOINT, Some("hf_from_file"), false)
+        );
+        let c = config(&[
+            ("HF_HOME", &home),
+            ("HF_TOKEN", "hf_env"),
+            ("HF_ENDPOINT", "http://mirror:8080/ "),
+            ("HF_HUB_OFFLINE", "1"),
+        ]);
+        assert_eq!((c.endpoint.as_str(), c.token.as_deref(), c.offline), ("http://mirror:8080", Some("hf_env"), true));
+        let c = config(&[("HF_TOKEN_PATH", "/nonexistent/token"), ("HF_HUB_OFFLINE", "no")]);
+        assert_eq!((c.token, c.offline), (None, false));
+        assert!(config(&[("HF_HUB_OFFLINE", "TRUE")]).offline);
+        let hub = Hub::new(config(&[("HF_ENDPOINT", "http://h")])).unwrap();
+        assert_eq!(hub.url(&FileKey::new("o/r", "v1", "d/m.gguf")), "http://h/o/r/resolve/v1/d/m.gguf");
+    }
+
+    #[test]
+    fn only_a_sha256_etag_is_a_checksum() {
+        let file = |etag: &str| RemoteFile { size: 1, etag: Some(etag.into()), commit: None };
+        assert_eq!(file(&"a".repeat(64)).sha256(), Some("a".repeat(64).as_str()));
+        assert_eq!(file("1234abcd").sha256(), None);
+        assert_eq!(file(&"g".repeat(64)).sha256(), None);
     }
 }

@@ -143,8 +143,10 @@ fn mib(bytes: u64) -> String {
 }
 
 pub fn models(args: ModelsArgs) -> Result<()> {
+    use std::fmt::Write as _;
     let store = args.store.store()?;
-    println!("{:<36} {:>9} {:>6} {:<8} {:<12} SOURCE", "NAME", "SIZE", "LAYERS", "ARCH", "HERE");
+    let mut table = String::new();
+    let _ = writeln!(table, "{:<36} {:>9} {:>6} {:<8} {:<12} SOURCE", "NAME", "SIZE", "LAYERS", "ARCH", "HERE");
     for l in store.list() {
         if args.cached && l.cached_bytes == 0 {
             continue;
@@ -160,7 +162,8 @@ pub fn models(args: ModelsArgs) -> Result<()> {
             (None, Some(file)) => file.clone(),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            table,
             "{:<36} {:>9} {:>6} {:<8} {:<12} {}",
             l.id,
             l.size.map(mib).unwrap_or_default(),
@@ -170,5 +173,9 @@ pub fn models(args: ModelsArgs) -> Result<()> {
             source
         );
     }
-    Ok(())
+    // A reader that stops early (`exo models | head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), table.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

@@ -215,6 +215,18 @@ fn exo_download_models_and_run_take_references() {
         assert!(listed.contains(name), "{listed}");
     }
 
+    // A reader that has gone (`exo models | head -1` once head exits) ends the listing quietly.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_exo"))
+        .arg("models")
+        .env("EXO_HOME", &home.0)
+        .env("HF_HOME", home.0.join("hf"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
+
     // Errors: one line, non-zero exit.
     for (args, says) in [
         (vec!["download", "hf:exo-test/none/m.gguf"], "the repository exo-test/none was not found"),
