@@ -115,21 +115,11 @@ impl HfCache {
     /// Every GGUF file in the cache: (repository, path in the repository, file).
     pub fn list(&self) -> Vec<(String, String, PathBuf)> {
         let mut out = Vec::new();
-        for repo in std::fs::read_dir(&self.root).into_iter().flatten().flatten() {
-            let name = repo.file_name().to_string_lossy().to_string();
-            let Some(repo_name) = name.strip_prefix("models--").map(|r| r.replacen("--", "/", 1)) else { continue };
-            let snapshots = repo.path().join("snapshots");
-            for snap in std::fs::read_dir(&snapshots).into_iter().flatten().flatten() {
-                let mut stack = vec![snap.path()];
-                while let Some(dir) = stack.pop() {
-                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                        let p = entry.path();
-                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                            stack.push(p);
-                        } else if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
-                            let rel = p.strip_prefix(snap.path()).unwrap_or(&p).to_string_lossy().to_string();
-                            out.push((repo_name.clone(), rel, p));
-                        }
+        for (repo, dir) in repo_dirs(&self.root) {
+            for snap in std::fs::read_dir(dir.join("snapshots")).into_iter().flatten().flatten() {
+                for (rel, p) in files_under(&snap.path()) {
+                    if rel.ends_with(".gguf") && p.is_file() {
+                        out.push((repo.clone(), rel, p));
                     }
                 }
             }
@@ -138,6 +128,37 @@ impl HfCache {
         out.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         out
     }
+}
+
+/// The `models--owner--name` folders under `root`, as (owner/name, folder).
+pub(crate) fn repo_dirs(root: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("models--").map(|r| (r.replacen("--", "/", 1), e.path()))
+        })
+        .collect()
+}
+
+/// Every file under `dir`, at any depth, as (path relative to `dir` with `/`, path); links are not followed into
+/// folders.
+pub(crate) fn files_under(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().to_string(), p));
+            }
+        }
+    }
+    out
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.

@@ -640,28 +640,14 @@ impl ModelStore {
 impl ModelStore {
     /// Every partial download under the downloads folder: its key, bytes held and size.
     fn partial_downloads(&self) -> Vec<(FileKey, u64, u64)> {
-        let root = &self.inner.config.downloads_dir;
         let mut out = Vec::new();
-        for repo in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            let name = repo.file_name().to_string_lossy().to_string();
-            let Some(repo_name) = name.strip_prefix("models--").map(|r| r.replacen("--", "/", 1)) else { continue };
-            for revision in std::fs::read_dir(repo.path()).into_iter().flatten().flatten() {
+        for (repo, dir) in crate::hf_cache::repo_dirs(&self.inner.config.downloads_dir) {
+            for revision in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let rev = revision.file_name().to_string_lossy().to_string();
-                let mut stack = vec![revision.path()];
-                while let Some(dir) = stack.pop() {
-                    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                        let p = entry.path();
-                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                            stack.push(p);
-                            continue;
-                        }
-                        let Some(data) = p.to_str().and_then(|s| s.strip_suffix(".ranges")).map(PathBuf::from) else {
-                            continue;
-                        };
-                        let Some(partial) = PartialFile::open(&data) else { continue };
-                        let file = data.strip_prefix(revision.path()).unwrap_or(&data).to_string_lossy().to_string();
-                        out.push((FileKey::new(&repo_name, &rev, &file), partial.held().len(), partial.info().size));
-                    }
+                for (rel, _) in crate::hf_cache::files_under(&revision.path()) {
+                    let Some(file) = rel.strip_suffix(".ranges") else { continue };
+                    let Some(partial) = PartialFile::open(&revision.path().join(file)) else { continue };
+                    out.push((FileKey::new(&repo, &rev, file), partial.held().len(), partial.info().size));
                 }
             }
         }

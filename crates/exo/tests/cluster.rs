@@ -21,22 +21,6 @@ fn node(name: &str, home: &Home, memory: &str, peers: &[&Node]) -> Node {
     Node::start_with(home, &args)
 }
 
-fn answer(node: &Node, body: &Value) -> String {
-    let (status, r) = node.post("/v1/chat/completions", body);
-    assert_eq!(status, 200, "{r}");
-    r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-}
-
-/// The stages of the model's current plan, as (node, start, end).
-fn stages(topology: &Value) -> Vec<(String, u64, u64)> {
-    topology["plans"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["node_id"].as_str().unwrap().to_string(), s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap()))
-        .collect()
-}
-
 /// The text of a streamed chat answer, or the error event that ended it.
 fn streamed(text: &str) -> Result<String, Value> {
     let mut out = String::new();

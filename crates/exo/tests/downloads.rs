@@ -37,26 +37,10 @@ fn whole_file_answer() -> String {
         .clone()
 }
 
-fn answer(node: &Node, body: &Value) -> String {
-    let (status, r) = node.post("/v1/chat/completions", body);
-    assert_eq!(status, 200, "{r}; node {}'s log: {:?}", node.id, node.log.lock().unwrap());
-    r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
-}
-
 fn chat_with(model: &str) -> Value {
     let mut body = chat_body(16, false);
     body["model"] = model.into();
     body
-}
-
-/// The stages of the current plan, as (node, start, end).
-fn stages(topology: &Value) -> Vec<(String, u64, u64)> {
-    topology["plans"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["node_id"].as_str().unwrap().to_string(), s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap()))
-        .collect()
 }
 
 fn hub_env(hub: &StandInHub) -> Vec<(&'static str, String)> {

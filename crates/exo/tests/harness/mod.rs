@@ -209,6 +209,23 @@ pub fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A non-streamed chat answer's text; the node's log comes with a failure.
+pub fn answer(node: &Node, body: &Value) -> String {
+    let (status, r) = node.post("/v1/chat/completions", body);
+    assert_eq!(status, 200, "{r}; node {}'s log: {:?}", node.id, node.log.lock().unwrap());
+    r["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+}
+
+/// The stages of the first plan of a topology, as (node, start, end).
+pub fn stages(topology: &Value) -> Vec<(String, u64, u64)> {
+    topology["plans"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["node_id"].as_str().unwrap().to_string(), s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap()))
+        .collect()
+}
+
 pub fn model_name() -> String {
     common::model_path().file_stem().unwrap().to_str().unwrap().to_string()
 }
