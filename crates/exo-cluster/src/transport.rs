@@ -341,7 +341,7 @@ impl Peer for PeerService {
     }
 
     async fn file_held(&self, request: Request<proto::FileKey>) -> Result<Response<proto::FileHeldReply>, Status> {
-        let key = file_key_from_wire(request.into_inner());
+        let key = file_key_from_wire(request.into_inner())?;
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || store.held_local(&key))
             .await
@@ -364,7 +364,7 @@ impl Peer for PeerService {
         if r.length > MAX_FILE_READ {
             return Err(Status::invalid_argument(format!("at most {MAX_FILE_READ} bytes per read, not {}", r.length)));
         }
-        let key = file_key_from_wire(r.key.unwrap_or_default());
+        let key = file_key_from_wire(r.key.unwrap_or_default())?;
         let store = self.store.clone();
         let (offset, length) = (r.offset, r.length);
         let shown = key.to_string();
@@ -388,8 +388,11 @@ fn file_key_to_wire(k: &exo_models::FileKey) -> proto::FileKey {
     proto::FileKey { repo: k.repo.clone(), revision: k.revision.clone(), file: k.file.clone() }
 }
 
-fn file_key_from_wire(k: proto::FileKey) -> exo_models::FileKey {
-    exo_models::FileKey { repo: k.repo, revision: k.revision, file: k.file }
+/// A peer's file key, refused unless it names a file inside a repository folder (no `..`, no absolute path).
+fn file_key_from_wire(k: proto::FileKey) -> Result<exo_models::FileKey, Status> {
+    let key = exo_models::FileKey { repo: k.repo, revision: k.revision, file: k.file };
+    key.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(key)
 }
 
 /// Every live peer as a source of model bytes, in the topology's order; their clients live on `runtime`.

@@ -82,3 +82,57 @@ async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_w
     assert!(ended.message().contains("holds no request 7"), "{}", ended.message());
     cluster.shut_down();
 }
+
+/// A node serves the bytes of hub files it holds to its peers, and nothing else: not a byte it lacks, not a read
+/// over the size limit, not a path outside its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_read_only_the_model_bytes_a_node_holds() {
+    use exo_cluster::proto::{FileKey, ReadFileRequest};
+    let dir = std::env::temp_dir().join(format!("exo-transport-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = exo_models::HfCache::new(dir.join("hf"));
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("m.gguf"), &content).unwrap();
+    let key = exo_models::FileKey::new("owner/repo", "main", "m.gguf");
+    cache.insert(&key, "0123456789abcdef0123456789abcdef01234567", "etag1", &dir.join("m.gguf")).unwrap();
+    std::fs::write(dir.join("secret"), b"not a model").unwrap();
+    let mut hub = exo_models::HubConfig::from_vars(|_| None);
+    hub.offline = true;
+    let store = exo_models::StoreConfig { models_dir: None, cache, downloads_dir: dir.join("downloads"), hub };
+    let cluster = Cluster::start(ClusterConfig {
+        id: "files".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_port: 0,
+        threads: 1,
+        memory_limit: None,
+        kv_type: KvType::F16,
+        store: ModelStore::new(store).unwrap(),
+        peers: Vec::new(),
+        discovery: Discovery::None,
+    })
+    .await
+    .unwrap();
+    let mut peer = client(&format!("127.0.0.1:{}", cluster.info().peer_port)).unwrap();
+    let wire = |repo: &str, file: &str| FileKey { repo: repo.into(), revision: "main".into(), file: file.into() };
+
+    let held = peer.file_held(wire("owner/repo", "m.gguf")).await.unwrap().into_inner();
+    assert!(held.present);
+    assert_eq!((held.size, held.etag.as_str(), held.ranges), (100_000, "etag1", vec![0, 100_000]));
+    assert!(!peer.file_held(wire("owner/repo", "other.gguf")).await.unwrap().into_inner().present);
+
+    let read = |file: &str, offset, length| ReadFileRequest { key: Some(wire("owner/repo", file)), offset, length };
+    let bytes = peer.read_file(read("m.gguf", 1000, 5000)).await.unwrap().into_inner().data;
+    assert_eq!(bytes, content[1000..6000]);
+    let beyond = peer.read_file(read("m.gguf", 99_000, 5000)).await.unwrap_err();
+    assert_eq!(beyond.code(), Code::NotFound, "{beyond:?}");
+    let too_much = peer.read_file(read("m.gguf", 0, 5 << 20)).await.unwrap_err();
+    assert_eq!(too_much.code(), Code::InvalidArgument, "{too_much:?}");
+    for (repo, file) in [("owner/repo", "../../../../secret"), ("..", "secret"), ("owner/repo", "/etc/passwd")] {
+        let request = ReadFileRequest { key: Some(wire(repo, file)), offset: 0, length: 4 };
+        let refused = peer.read_file(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{repo} {file}: {refused:?}");
+        let refused = peer.file_held(wire(repo, file)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{repo} {file}: {refused:?}");
+    }
+}

@@ -19,6 +19,23 @@ impl FileKey {
         Self { repo: repo.into(), revision: revision.into(), file: file.into() }
     }
 
+    /// Checks that the key names a file inside a repository folder and nothing else: `owner/name`, a revision
+    /// without `/`, and a relative path without `.` or `..` components (a key from a peer is checked before it is
+    /// turned into a path).
+    pub fn validate(&self) -> Result<()> {
+        let plain = |part: &str| !part.is_empty() && part != "." && part != ".." && !part.contains('\\');
+        let repo_ok = self.repo.split('/').count() == 2 && self.repo.split('/').all(plain);
+        let revision_ok = plain(&self.revision) && !self.revision.contains('/');
+        let file_ok = self.file.split('/').all(plain);
+        if repo_ok && revision_ok && file_ok {
+            return Ok(());
+        }
+        Err(ModelsError::InvalidReference {
+            reference: format!("{}/{}@{}", self.repo, self.file, self.revision),
+            why: "a file key must be owner/repo, a revision and a relative path without . or .. parts".into(),
+        })
+    }
+
     /// The same repository and revision, another file.
     pub fn with_file(&self, file: String) -> Self {
         Self { repo: self.repo.clone(), revision: self.revision.clone(), file }
@@ -87,6 +104,7 @@ impl ModelRef {
                 return Err(invalid("the file must be a .gguf file"));
             }
             let key = FileKey::new(&format!("{owner}/{repo}"), revision, file);
+            key.validate()?;
             let name = file.rsplit('/').next().unwrap_or(file);
             // A reference to a first part of a split model loads every part.
             let parts = name
@@ -165,6 +183,20 @@ mod tests {
             let e = ModelRef::parse_remote(r).unwrap_err().to_string();
             assert!(e.contains(why), "{r}: {e}");
         }
+        for bad in [
+            FileKey::new("o/r", "main", "../../etc/passwd"),
+            FileKey::new("o/r", "main", "/etc/passwd"),
+            FileKey::new("../x", "main", "m.gguf"),
+            FileKey::new("o", "main", "m.gguf"),
+            FileKey::new("o/r/s", "main", "m.gguf"),
+            FileKey::new("o/r", "..", "m.gguf"),
+            FileKey::new("o/r", "a/b", "m.gguf"),
+            FileKey::new("o/r", "main", "d/./m.gguf"),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(FileKey::new("o/r", "v1.0", "d/m.gguf").validate().is_ok());
+        assert!(ModelRef::parse_remote("hf:../r/m.gguf").is_err());
         let e = ModelRef::parse_remote("llama-3.1-8b:q3_xs").unwrap_err().to_string();
         assert!(e.contains("has no q3_xs file") && e.contains("Q4_K_M"), "{e}");
     }

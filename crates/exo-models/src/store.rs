@@ -512,6 +512,7 @@ impl ModelStore {
     /// What this node can tell a peer of `key`: what the file is and which bytes of it are here (all of them when
     /// it is complete in the cache).
     pub fn held_local(&self, key: &FileKey) -> Option<(RemoteFile, RangeSet)> {
+        key.validate().ok()?;
         if let Some(path) = self.inner.config.cache.find(key) {
             let size = std::fs::metadata(&path).ok()?.len();
             let etag =
@@ -525,6 +526,7 @@ impl ModelStore {
     /// Bytes of `key` for a peer, if this node holds all of them.
     pub fn read_local(&self, key: &FileKey, offset: u64, len: u64) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
+        key.validate().ok()?;
         if let Some(path) = self.inner.config.cache.find(key) {
             let file = std::fs::File::open(path).ok()?;
             if offset.checked_add(len)? > file.metadata().ok()?.len() {
