@@ -20,6 +20,7 @@ use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::generation::{FinishReason, Generation};
 use exo_engine::tokenizer::Tokenizer;
 use exo_engine::{EngineError, Gguf, ModelConfig};
+use exo_models::ModelRef;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
@@ -262,6 +263,11 @@ impl Worker {
     fn model(&mut self, model: &str) -> Result<&Model, ApiError> {
         if self.model.as_ref().is_some_and(|m| m.info.id == model) {
             return self.model.as_ref().ok_or_else(|| ApiError::Internal("no model".into()));
+        }
+        // A catalog model too large for the cluster by the catalog's size alone (weights, without the KV cache) is
+        // refused before anything is fetched.
+        if let Ok(ModelRef::Hub { size: Some(size), layers: Some(layers), .. }) = self.cluster.store().resolve(model) {
+            self.cluster.check_fits(model, layers, size + size / 10 + (100 << 20))?;
         }
         // The origin needs the header only (tokenizer, chat template, sizes); the layers go to the plan's nodes.
         let path = self.cluster.fetch(model, exo_models::Need::Header)?.path;

@@ -256,6 +256,17 @@ impl Cluster {
         nodes
     }
 
+    /// Whether a model of `n_layers` layers needing `needs` bytes could be planned over the nodes live now; the
+    /// error is the refusal a plan would give. Nothing is kept.
+    pub fn check_fits(&self, model: &str, n_layers: usize, needs: u64) -> Result<()> {
+        let candidates: Vec<Candidate> = self
+            .nodes()
+            .into_iter()
+            .map(|n| Candidate { id: n.description.id, address: n.address, usable: n.description.memory_usable })
+            .collect();
+        Plan::new(model, n_layers, needs, &candidates).map(|_| ())
+    }
+
     /// A plan for `model` (`n_layers` layers, `needs` bytes in all) over the nodes live now; kept as the model's
     /// current plan.
     pub fn plan(&self, model: &str, n_layers: usize, needs: u64) -> Result<Plan> {

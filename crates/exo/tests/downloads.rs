@@ -130,11 +130,15 @@ fn an_offline_node_with_nothing_cached_gets_its_layers_from_a_peer() {
 
     // Offline with no peer that has it: a clear error, and the node goes on.
     let home_c = Home::new("dl-peer-c");
-    let c = Node::start_env(&home_c, &["--threads", "1"], &offline);
+    let c = Node::start_env(&home_c, &["--threads", "1", "--memory-limit", "1G"], &offline);
     let (status, r) = c.post("/v1/chat/completions", &chat_with(&reference()));
     assert_eq!(status, 503, "{r}");
     assert_eq!(r["error"]["code"], "model_unavailable", "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("offline"), "{r}");
+    // A catalog model larger than the cluster by its listed size is refused before anything is asked of anyone.
+    let (status, r) = c.post("/v1/chat/completions", &chat_with("llama-3.1-8b"));
+    assert_eq!((status, r["error"]["code"].as_str()), (503, Some("insufficient_memory")), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("does not fit"), "{r}");
     let (status, r) = c.post("/v1/chat/completions", &chat_with("no-such-model"));
     assert_eq!((status, r["error"]["code"].as_str()), (404, Some("model_not_found")), "{r}");
 }
