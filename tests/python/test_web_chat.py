@@ -130,3 +130,23 @@ def test_code_fences_render_as_code_and_model_text_is_never_html(page):
         return box.querySelector("pre code")?.textContent;
     }""")
     assert partial == "let a = 1;"
+
+
+def test_downloads_show_in_the_cluster_panel(page, node):
+    # A model by hf: reference, fetched from the stand-in hub through the API; the panel lists the download.
+    from conftest import HUB_REFERENCE, MODEL_FILE
+    body = json.dumps({"model": HUB_REFERENCE, "max_tokens": 1, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    request = urllib.request.Request(node.base_url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        assert r.status == 200
+    downloads = json.load(urllib.request.urlopen(node.base_url + "/v1/downloads", timeout=10))["data"]
+    assert downloads and all(d["state"] == "done" for d in downloads), downloads
+    assert sum(d["from_hub_bytes"] for d in downloads) > 0, downloads
+    # The panel is polled every 2 s.
+    card = page.locator("#downloads .download").first
+    expect(card).to_be_visible(timeout=10_000)
+    expect(card.locator(".model")).to_have_text(MODEL_FILE)
+    expect(page.locator("#downloads-head")).to_be_visible()
+    expect(card).to_contain_text("done")
