@@ -24,26 +24,34 @@ fn model_path() -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_wire() {
-    let model = model_path();
-    let cluster = Cluster::start(ClusterConfig {
-        id: "solo".into(),
+/// A node alone on 127.0.0.1 (ports the OS picks) with models from `store`.
+async fn start(id: &str, store: exo_models::StoreConfig) -> Cluster {
+    Cluster::start(ClusterConfig {
+        id: id.into(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_port: 0,
         threads: 1,
         memory_limit: None,
         kv_type: KvType::F16,
-        store: ModelStore::new(exo_models::StoreConfig::from_env(
-            Some(model.parent().unwrap().to_path_buf()),
-            &std::env::temp_dir().join("exo-transport-test"),
-        ))
-        .unwrap(),
+        store: ModelStore::new(store).unwrap(),
         peers: Vec::new(),
         discovery: Discovery::None,
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_wire() {
+    let model = model_path();
+    let cluster = start(
+        "solo",
+        exo_models::StoreConfig::from_env(
+            Some(model.parent().unwrap().to_path_buf()),
+            &std::env::temp_dir().join("exo-transport-test"),
+        ),
+    )
+    .await;
     let address = format!("127.0.0.1:{}", cluster.info().peer_port);
     let me = [Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40 }];
     let plan = Plan::new(model.to_str().unwrap(), 30, 1 << 20, &me).unwrap();
@@ -100,19 +108,7 @@ async fn peers_read_only_the_model_bytes_a_node_holds() {
     let mut hub = exo_models::HubConfig::from_vars(|_| None);
     hub.offline = true;
     let store = exo_models::StoreConfig { models_dir: None, cache, downloads_dir: dir.join("downloads"), hub };
-    let cluster = Cluster::start(ClusterConfig {
-        id: "files".into(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_port: 0,
-        threads: 1,
-        memory_limit: None,
-        kv_type: KvType::F16,
-        store: ModelStore::new(store).unwrap(),
-        peers: Vec::new(),
-        discovery: Discovery::None,
-    })
-    .await
-    .unwrap();
+    let cluster = start("files", store).await;
     let mut peer = client(&format!("127.0.0.1:{}", cluster.info().peer_port)).unwrap();
     let wire = |repo: &str, file: &str| FileKey { repo: repo.into(), revision: "main".into(), file: file.into() };
 

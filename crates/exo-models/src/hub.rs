@@ -192,7 +192,7 @@ impl Hub {
             };
             return Ok(RemoteFile { size, etag, commit });
         }
-        Err(ModelsError::Http { url, status: 310, body: "too many redirects".into() })
+        Err(ModelsError::Network { url, message: "more than 5 redirects".into() })
     }
 
     /// Streams bytes `start..end` of `key` to `sink` (offset, bytes) as they arrive. On a dropped connection the

@@ -133,7 +133,7 @@ impl PartialFile {
     }
 
     /// Deletes the file and its record.
-    pub fn discard(self) {
+    pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.record_path);
         let _ = std::fs::remove_file(&self.path);
     }

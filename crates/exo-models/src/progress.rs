@@ -1,7 +1,6 @@
 //! `Downloads`: the downloads of this process, running and recent, with their byte counts, for the command line's
 //! progress bar, `GET /v1/downloads` and the web chat.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,18 +36,21 @@ pub struct DownloadStatus {
     pub started: u64,
 }
 
-/// A running download's counters; updating them is lock-free.
+/// A running download: adds to its counts in the registry.
 #[derive(Debug)]
 pub struct Tracker {
     id: u64,
     downloads: Downloads,
-    pub from_peers: AtomicU64,
-    pub from_hub: AtomicU64,
 }
 
 impl Tracker {
+    /// Bytes fetched so far: (from the hub, from peers).
+    pub fn counts(&self) -> (u64, u64) {
+        let list = self.downloads.inner.lock().map(|g| g.1.iter().find(|s| s.id == self.id).cloned());
+        list.ok().flatten().map_or((0, 0), |s| (s.from_hub_bytes, s.from_peers_bytes))
+    }
+
     pub fn add_peer_bytes(&self, n: u64) {
-        self.from_peers.fetch_add(n, Ordering::Relaxed);
         self.downloads.update(self.id, |s| {
             s.from_peers_bytes += n;
             s.done_bytes += n;
@@ -56,7 +58,6 @@ impl Tracker {
     }
 
     pub fn add_hub_bytes(&self, n: u64) {
-        self.from_hub.fetch_add(n, Ordering::Relaxed);
         self.downloads.update(self.id, |s| {
             s.from_hub_bytes += n;
             s.done_bytes += n;
@@ -104,7 +105,7 @@ impl Downloads {
                 }
             }
         }
-        Tracker { id, downloads: self.clone(), from_peers: AtomicU64::new(0), from_hub: AtomicU64::new(0) }
+        Tracker { id, downloads: self.clone() }
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut DownloadStatus)) {

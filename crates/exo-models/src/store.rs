@@ -215,16 +215,15 @@ impl ModelStore {
             guards.push(l.lock().await);
         }
         let mut from = (0u64, 0u64);
-        for attempt in 0..2 {
-            match self.fetch_parts(reference, &keys, need, peers, &mut from).await {
-                Err(e @ ModelsError::HashMismatch { .. }) if attempt == 0 => {
-                    tracing::warn!("{e}; downloading it again");
-                }
-                Err(e) => return Err(e),
-                Ok(path) => return Ok(LocalModel { path, from_hub: from.0, from_peers: from.1 }),
+        let path = match self.fetch_parts(reference, &keys, need, peers, &mut from).await {
+            // The bad file is gone: one more try.
+            Err(e @ ModelsError::HashMismatch { .. }) => {
+                tracing::warn!("{e}; downloading it again");
+                self.fetch_parts(reference, &keys, need, peers, &mut from).await?
             }
-        }
-        unreachable!("the loop returns on its second attempt")
+            other => other?,
+        };
+        Ok(LocalModel { path, from_hub: from.0, from_peers: from.1 })
     }
 
     async fn fetch_parts(
@@ -377,10 +376,7 @@ impl ModelStore {
             }
             other => other,
         });
-        let (hub, peer) = (
-            tracker.from_hub.load(std::sync::atomic::Ordering::Relaxed),
-            tracker.from_peers.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let (hub, peer) = tracker.counts();
         from.0 += hub;
         from.1 += peer;
         tracker.finish(result.as_ref().err().map(|e| e.to_string()));
@@ -494,10 +490,7 @@ impl ModelStore {
         let info = partial.info().clone();
         if let Some(expected) = info.sha256() {
             if !expected.eq_ignore_ascii_case(&actual) {
-                let _ = std::fs::remove_file(
-                    path.with_file_name(format!("{}.ranges", path.file_name().unwrap_or_default().to_string_lossy())),
-                );
-                let _ = std::fs::remove_file(&path);
+                partial.discard();
                 return Err(ModelsError::HashMismatch { file: key.to_string(), expected: expected.into(), actual });
             }
         }

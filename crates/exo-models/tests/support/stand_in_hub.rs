@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
@@ -131,7 +131,6 @@ fn refused(hub: &Hub, repo: &str, headers: &HeaderMap) -> Option<Response> {
 
 async fn resolve(
     State(hub): State<Arc<Hub>>,
-    method: Method,
     Path((owner, repo, _revision, file)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
@@ -155,7 +154,6 @@ async fn resolve(
             Body::from("Entry not found"),
         );
     };
-    let _ = method;
     answer(
         StatusCode::FOUND,
         &[

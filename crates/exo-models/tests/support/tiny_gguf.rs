@@ -10,8 +10,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-/// One GGUF file with `kv` (string or u16 values as (key, Some(string)) / (key, None, n)) and `tensors` (name,
-/// number of f32 elements).
+/// One GGUF file with string metadata `kv_str`, u16 metadata `kv_u16` and F32 `tensors` (name, elements), its data
+/// a xorshift sequence from `seed`.
 fn write(kv_str: &[(&str, &str)], kv_u16: &[(&str, u16)], tensors: &[(String, usize)], seed: u32) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend(b"GGUF");
