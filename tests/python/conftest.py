@@ -1,6 +1,7 @@
 """Fixtures for the Python tests: a real exo node (the debug binary the Rust tests built, or $EXO_BIN) serving the
 SmolLM2 test model on 127.0.0.1 with a port the OS picks, its Hugging Face hub a stand-in on 127.0.0.1 that serves
-the same file as HUB_REFERENCE, and a folder for test output (screenshots)."""
+the same file as HUB_REFERENCE; the same with an API key (`keyed_node`, API_KEY); and a folder for test output
+(screenshots)."""
 
 import hashlib
 import http.server
@@ -86,24 +87,36 @@ def output_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def node():
-    binary = pathlib.Path(os.environ.get("EXO_BIN", ROOT / "target" / "debug" / "exo"))
-    assert binary.exists(), f"{binary} is missing: run `cargo build -p exo` first"
+def hub():
+    """The stand-in hub, serving the test model."""
+    server = start_stand_in_hub(model_file())
+    yield server
+    server.shutdown()
+
+
+def model_file() -> pathlib.Path:
     cache = pathlib.Path(os.environ.get("EXO_MODELS_CACHE", pathlib.Path.home() / ".cache" / "exo" / "models"))
     model = cache / MODEL_FILE
     assert model.exists(), f"{model} is missing: run scripts/fetch-models.sh"
-    hub = start_stand_in_hub(model)
+    return model
+
+
+def run_node(hub: http.server.ThreadingHTTPServer, *extra: str):
+    """A node (a generator yielding one Node, stopped after) with `extra` arguments."""
+    binary = pathlib.Path(os.environ.get("EXO_BIN", ROOT / "target" / "debug" / "exo"))
+    assert binary.exists(), f"{binary} is missing: run `cargo build -p exo` first"
+    model = model_file()
     with tempfile.TemporaryDirectory(prefix="exo-pytest-") as tmp:
         models_dir = pathlib.Path(tmp) / "models"
         models_dir.mkdir()
         (models_dir / MODEL_FILE).symlink_to(model)
         env = dict(os.environ, EXO_HOME=str(pathlib.Path(tmp) / "home"), RUST_LOG="warn",
                    HF_HOME=str(pathlib.Path(tmp) / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{hub.server_port}")
-        for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "EXO_API_KEY", "EXO_CORS_ORIGIN"):
             env.pop(name, None)
         process = subprocess.Popen(
             [str(binary), "--api-host", "127.0.0.1", "--api-port", "0", "--listen-port", "0", "--discovery", "none",
-             "--models-dir", str(models_dir), "--threads", "2"],
+             "--models-dir", str(models_dir), "--threads", "2", *extra],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         # Ready when it says where it listens.
@@ -121,4 +134,17 @@ def node():
         finally:
             process.terminate()
             process.wait(timeout=30)
-            hub.shutdown()
+
+
+@pytest.fixture(scope="session")
+def node(hub):
+    yield from run_node(hub)
+
+
+API_KEY = "test-key-7f3a"
+
+
+@pytest.fixture(scope="module")
+def keyed_node(hub):
+    """A node that needs API_KEY."""
+    yield from run_node(hub, "--api-key", API_KEY)

@@ -7,6 +7,7 @@ The model's words are not checked beyond being non-empty: it is a tiny model.
 import json
 import re
 import shutil
+import urllib.error
 import urllib.request
 
 import pytest
@@ -150,3 +151,68 @@ def test_downloads_show_in_the_cluster_panel(page, node):
     expect(card.locator(".model")).to_have_text(MODEL_FILE)
     expect(page.locator("#downloads-head")).to_be_visible()
     expect(card).to_contain_text("done")
+
+
+def test_a_keyed_node_asks_for_the_key_once_and_answers(browser, keyed_node):
+    from conftest import API_KEY
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    errors, refused = [], []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
+    sent_keys = []
+    pg.on("request", lambda r: sent_keys.append(r.headers.get("authorization")) if "/v1/" in r.url else None)
+    set_sampling(pg, temperature=0, max_tokens=16)
+    pg.goto(keyed_node.base_url + "/")
+
+    # The page loads without the key, is refused, and asks.
+    form = pg.locator("#key-dialog")
+    expect(form).to_be_visible(timeout=TIMEOUT_MS)
+    pg.fill("#key-input", API_KEY)
+    pg.click("#key-form button[type=submit]")
+    expect(form).to_be_hidden()
+    pg.wait_for_function(
+        "m => [...document.querySelectorAll('#model option')].some(o => o.value === m)", arg=keyed_node.model,
+        timeout=TIMEOUT_MS)
+    pg.select_option("#model", keyed_node.model)
+    assert pg.evaluate("() => localStorage.getItem('exo.apiKey')") == API_KEY
+
+    pg.fill("#prompt", "What is the capital of France?")
+    pg.click("#send")
+    answer = pg.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_contain_text("tokens/s", timeout=TIMEOUT_MS)
+    assert answer.locator(".content").inner_text().strip(), "the answer is empty"
+    expect(answer.locator(".error")).to_have_count(0)
+    expect(pg.locator("#cluster-status")).to_have_text("1 node", timeout=10_000)
+
+    # Once the key was given, every request carried it and none was refused; a reload uses the kept key without
+    # asking.
+    refused_before = len(refused)
+    assert refused_before >= 1, "the node never refused the page without a key"
+    key_given = sent_keys.index(f"Bearer {API_KEY}")
+    assert all(k == f"Bearer {API_KEY}" for k in sent_keys[key_given:]), sent_keys
+    pg.reload()
+    pg.wait_for_function(
+        "m => [...document.querySelectorAll('#model option')].some(o => o.value === m)", arg=keyed_node.model,
+        timeout=TIMEOUT_MS)
+    expect(form).to_be_hidden()
+    assert len(refused) == refused_before, refused
+
+    # A kept key the node refuses is asked for again.
+    pg.evaluate("() => localStorage.setItem('exo.apiKey', 'wrong')")
+    pg.reload()
+    expect(form).to_be_visible(timeout=TIMEOUT_MS)
+    expect(pg.locator("#key-message")).to_contain_text("refused")
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_a_keyed_node_refuses_requests_without_the_key(keyed_node):
+    from conftest import API_KEY
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(keyed_node.base_url + "/v1/models", timeout=10)
+    assert refused.value.code == 401
+    assert json.load(refused.value)["error"]["code"] == "invalid_api_key"
+    request = urllib.request.Request(keyed_node.base_url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200

@@ -35,6 +35,12 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The node has an API key and the request did not carry it (`key_given`: it carried another).
+    #[error("{}", if *key_given { "the API key given is not this node's (send it as Authorization: Bearer KEY or x-api-key: KEY)" } else { "this node needs an API key: send it as Authorization: Bearer KEY or x-api-key: KEY" })]
+    Unauthorized { key_given: bool },
+    /// A web page of another origin, not listed with `--cors-origin`, sent the request.
+    #[error("requests from the web origin '{0}' are refused: only this node's own pages and the origins named with --cors-origin may call its API")]
+    CrossOrigin(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,6 +54,8 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidField { .. } | ApiError::ContextExceeded { .. } => 400,
+            ApiError::Unauthorized { .. } => 401,
+            ApiError::CrossOrigin(_) => 403,
             ApiError::ModelNotFound(_) | ApiError::UnknownEndpoint(_) => 404,
             ApiError::BodyTooLarge(_) => 413,
             ApiError::ModelTooLarge(_)
@@ -62,7 +70,8 @@ impl ApiError {
     /// OpenAI's error `type`.
     pub fn kind(&self) -> &'static str {
         match self.status() {
-            400 | 413 => "invalid_request_error",
+            // OpenAI answers a missing or wrong key with invalid_request_error too.
+            400 | 401 | 403 | 413 => "invalid_request_error",
             404 => "not_found_error",
             _ => "server_error",
         }
@@ -79,6 +88,8 @@ impl ApiError {
             ApiError::ModelUnavailable(_) => Some("model_unavailable"),
             ApiError::BodyTooLarge(_) => Some("request_too_large"),
             ApiError::ShuttingDown => Some("shutting_down"),
+            ApiError::Unauthorized { .. } => Some("invalid_api_key"),
+            ApiError::CrossOrigin(_) => Some("origin_not_allowed"),
             _ => None,
         }
     }
@@ -121,5 +132,11 @@ mod tests {
         assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);
         assert_eq!(ApiError::QueueFull(16).body()["error"]["type"], "server_error");
         assert_eq!(ApiError::ModelTooLarge("m".into()).status(), 503);
+        let e = ApiError::Unauthorized { key_given: false };
+        assert_eq!(
+            (e.status(), e.body()["error"]["type"].as_str(), e.code()),
+            (401, Some("invalid_request_error"), Some("invalid_api_key"))
+        );
+        assert_eq!(ApiError::CrossOrigin("http://evil.example".into()).status(), 403);
     }
 }

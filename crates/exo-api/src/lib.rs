@@ -2,6 +2,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`access`] | who may call the API: the API key and the web origins allowed, one layer in front of every route |
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
 //! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
@@ -11,12 +12,14 @@
 //! This crate knows the API's JSON and statuses; it asks the cluster (`exo-cluster`) to plan and run requests and
 //! knows nothing of how layers are split or sent.
 
+pub mod access;
 pub mod error;
 pub mod inference;
 pub mod server;
 pub mod topology;
 pub mod validation;
 
+pub use access::Access;
 pub use error::ApiError;
 pub use inference::{Inference, InferenceConfig};
 pub use server::router;

@@ -4,7 +4,8 @@
 //! responses, not axum's defaults), validate it ([`crate::validation`]), queue a job ([`crate::inference`]) and
 //! wait for its first event: a failure there (unknown model, prompt too long) becomes the response's status; after
 //! it, output streams as SSE chunks or is collected into one JSON response. The web chat's files are compiled
-//! into the binary and served at `/`.
+//! into the binary and served at `/`. Every request passes [`crate::access`] first: the API key and cross-origin
+//! checks, for every route but the public ones ([`is_public`]).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::access::{self, Access, Guard};
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt, TokenLogprob};
 use crate::topology;
@@ -32,7 +34,13 @@ pub const BODY_LIMIT: usize = 4 << 20;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.body())).into_response()
+        let mut response = (status, Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"exo\""));
+        }
+        response
     }
 }
 
@@ -49,8 +57,14 @@ const WEB_FILES: [(&str, &str, &str); 3] = [
     ("/style.css", "text/css; charset=utf-8", include_str!("../web/style.css")),
 ];
 
-/// The API's routes (and the web chat's) over `inference`.
-pub fn router(inference: Inference) -> Router {
+/// Paths anyone may GET without the API key: the health check, and the web chat's files (so that the page can load
+/// and ask for the key).
+pub fn is_public(path: &str) -> bool {
+    path == "/healthcheck" || WEB_FILES.iter().any(|(p, ..)| *p == path)
+}
+
+/// The API's routes (and the web chat's) over `inference`, behind `access`'s checks.
+pub fn router(inference: Inference, access: Access) -> Router {
     let mut router = Router::new()
         .route("/healthcheck", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
@@ -65,6 +79,7 @@ pub fn router(inference: Inference) -> Router {
     router
         .fallback(|method: Method, uri: Uri| async move { ApiError::UnknownEndpoint(format!("{method} {uri}")) })
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(Guard { access, public: is_public }, access::guard))
         .with_state(AppState { inference })
 }
 

@@ -1,6 +1,7 @@
 // The chat page's behaviour: the model picker (/v1/models), streaming chat over /v1/chat/completions (SSE) with
 // Stop and per-answer token rates, rendering of code fences, and the cluster panel polled from /v1/topology
-// (with this node's downloads from /v1/downloads).
+// (with this node's downloads from /v1/downloads). A node with an API key answers 401: the page then asks for the
+// key once, keeps it in localStorage and sends it with every request, and asks again only if it is refused.
 // Text from the model or the network only reaches the page as text nodes (append / textContent), never as HTML.
 "use strict";
 
@@ -9,8 +10,10 @@ const ui = {
   messages: $("messages"), prompt: $("prompt"), send: $("send"), stop: $("stop"), model: $("model"),
   composer: $("composer"), cluster: $("cluster"), nodes: $("nodes"), plans: $("plans"), clusterStatus: $("cluster-status"),
   downloads: $("downloads"), downloadsHead: $("downloads-head"),
+  keyDialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyMessage: $("key-message"),
 };
 const MODEL_KEY = "exo.model";
+const API_KEY = "exo.apiKey";
 const conversation = []; // [{role, content}], sent whole with each request
 let controller = null; // AbortController of the request in flight, null when idle
 let loadedModel = null; // the model this node reports as loaded, from the topology
@@ -27,6 +30,47 @@ const storage = {
   get: (k) => { try { return localStorage.getItem(k); } catch { return null; } },
   set: (k, v) => { try { localStorage.setItem(k, v); } catch { /* storage off: nothing remembered */ } },
 };
+
+// ---- the API key -----------------------------------------------------------------------------------------------
+
+let apiKey = storage.get(API_KEY); // also kept here, for browsers with storage turned off
+let asking = null; // the open request for a key: every call refused meanwhile waits for the same answer
+
+// Shows the key form and resolves once a key is entered (there is no cancel: without it nothing works).
+function askForKey(refused) {
+  asking ??= new Promise((resolve) => {
+    ui.keyMessage.textContent = refused ? "The node refused the saved API key. Enter its key:" :
+      "This node needs an API key (its --api-key):";
+    ui.keyInput.value = "";
+    ui.keyDialog.hidden = false;
+    ui.keyInput.focus();
+    ui.keyForm.onsubmit = (e) => {
+      e.preventDefault();
+      const key = ui.keyInput.value.trim();
+      if (!key) return;
+      apiKey = key;
+      storage.set(API_KEY, key);
+      ui.keyDialog.hidden = true;
+      asking = null;
+      resolve();
+    };
+  });
+  return asking;
+}
+
+// fetch with the key: a 401 asks for one (or another, if the one sent was refused) and tries again. `timeout`
+// (ms) applies to each try, not to the time the form waits for the key.
+async function api(path, { timeout, ...options } = {}) {
+  for (;;) {
+    const sent = apiKey;
+    const headers = new Headers(options.headers);
+    if (sent) headers.set("Authorization", `Bearer ${sent}`);
+    const signal = timeout ? AbortSignal.timeout(timeout) : options.signal;
+    const res = await fetch(path, { ...options, headers, signal });
+    if (res.status !== 401) return res;
+    if (apiKey === sent) await askForKey(Boolean(sent)); // else: a key came meanwhile, try it
+  }
+}
 
 // ---- rendering assistant text -------------------------------------------------------------------------------
 
@@ -141,7 +185,7 @@ async function send() {
   controller = new AbortController();
   setBusy(true);
   try {
-    const res = await fetch("/v1/chat/completions", {
+    const res = await api("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       signal: controller.signal,
@@ -208,7 +252,7 @@ ui.stop.addEventListener("click", () => controller?.abort());
 // Fills the picker; prefers the model the node has loaded, then the one picked last time, then the first.
 async function loadModels() {
   try {
-    const res = await fetch("/v1/models", { cache: "no-store" });
+    const res = await api("/v1/models", { cache: "no-store" });
     if (!res.ok) throw new Error(await errorText(res));
     // Models on this machine first; the catalog's others are fetched on first use (their size says how much).
     const models = (await res.json()).data;
@@ -300,7 +344,7 @@ function downloadCard(d) {
 
 async function refreshDownloads() {
   try {
-    const res = await fetch("/v1/downloads", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+    const res = await api("/v1/downloads", { cache: "no-store", timeout: 5000 });
     if (!res.ok) return;
     const list = (await res.json()).data;
     ui.downloadsHead.hidden = ui.downloads.hidden = !list.length;
@@ -311,7 +355,7 @@ async function refreshDownloads() {
 async function refreshTopology() {
   refreshDownloads();
   try {
-    const res = await fetch("/v1/topology", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+    const res = await api("/v1/topology", { cache: "no-store", timeout: 5000 });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const topo = await res.json();
     const nodes = [...topo.nodes].sort((a, b) => (b.id === topo.self) - (a.id === topo.self));

@@ -60,6 +60,14 @@ pub struct NodeArgs {
     /// Requests that may wait for the model before new ones are refused (503).
     #[arg(long, env = "EXO_QUEUE", default_value_t = 16)]
     pub queue: usize,
+    /// Require this key on every API request (Authorization: Bearer KEY, or x-api-key: KEY); the health check and
+    /// the web chat's page stay open, and the page asks for the key.
+    #[arg(long, env = "EXO_API_KEY", value_parser = exo_api::access::parse_api_key, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A web origin (scheme://host[:port]) whose pages may call the API, besides the node's own; repeatable or
+    /// comma-separated. Requests from any other origin are refused (403).
+    #[arg(long, env = "EXO_CORS_ORIGIN", value_delimiter = ',', value_parser = exo_api::access::parse_origin)]
+    pub cors_origin: Vec<String>,
 }
 
 pub fn node(args: NodeArgs) -> Result<()> {
@@ -92,6 +100,8 @@ pub fn node(args: NodeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.api_host, args.api_port))?;
         let addr = listener.local_addr()?;
+        warn_if_open(args.api_host, args.api_key.is_some());
+        let access = exo_api::Access::new(args.api_key.clone(), args.cors_origin.clone());
         let cluster = Cluster::start(ClusterConfig {
             id: id.clone(),
             listen: SocketAddr::new(args.api_host, args.listen_port),
@@ -127,7 +137,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
                 signalled.notify_one();
             }
         };
-        let serve = axum::serve(listener, exo_api::router(inference)).with_graceful_shutdown(graceful);
+        let serve = axum::serve(listener, exo_api::router(inference, access)).with_graceful_shutdown(graceful);
         tokio::select! {
             served = serve => served?,
             _ = async { signalled.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
@@ -136,6 +146,17 @@ pub fn node(args: NodeArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Without an API key, an API listening beyond this machine lets anyone who can reach it use the node: say so once.
+fn warn_if_open(host: IpAddr, keyed: bool) {
+    if !keyed && !host.is_loopback() {
+        tracing::warn!(
+            "the API on {host} has no key and is open to the network: anyone who can reach this port can run models \
+             and make this node download files; set --api-key KEY (or EXO_API_KEY) to require a key, or \
+             --api-host 127.0.0.1 to serve this machine only"
+        );
+    }
 }
 
 /// Node IDs name nodes in logs, topologies and plans: 1 to 64 letters, digits, `-`, `_` or `.`.
