@@ -23,6 +23,12 @@ pub enum ClusterError {
     /// A malformed model reference, or a quantization the catalog does not have.
     #[error("{0}")]
     InvalidModel(String),
+    /// A cluster key that cannot be read, parsed or kept, or TLS credentials that cannot be made from it.
+    #[error("{0}")]
+    Key(String),
+    /// A peer asked for more than this node gives any one peer (requests, KV cache memory, queued bytes).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<exo_models::ModelsError> for ClusterError {

@@ -22,6 +22,15 @@ use exo_models::{ModelStore, Need};
 
 /// A request whose origin has not been heard from for this long is dropped (its origin died).
 const IDLE_REQUEST: Duration = Duration::from_secs(300);
+/// Most requests one origin may hold on this node at once, and all origins together.
+pub const MAX_REQUESTS_PER_ORIGIN: usize = 16;
+pub const MAX_REQUESTS: usize = 64;
+/// Most end-of-generation tokens and alternatives per token a request may ask for.
+const MAX_EOG: usize = 256;
+const MAX_TOP_LOGPROBS: u32 = 100;
+/// Most bytes of activations from peers waiting for the host thread, in KiB: a peer that sends faster than this
+/// node computes waits ([`FORWARD_WAIT`]) instead of growing the queue.
+pub const MAX_QUEUED_KIB: usize = 256 << 10;
 /// In a ring, stage 0 cuts a prompt into about this many batches per stage, so that the stages work on different
 /// batches at once (a pipeline) instead of one after the other...
 const BATCHES_PER_STAGE: usize = 8;
@@ -42,7 +51,8 @@ fn prefill_batch(len: usize, stages: usize) -> usize {
 
 pub(crate) enum Job {
     Begin(Box<proto::BeginRequest>, oneshot::Sender<Result<()>>),
-    Forward(proto::Activation),
+    /// An activation, with its share of the queue's budget when it came from a peer (released once it is run).
+    Forward(proto::Activation, Option<tokio::sync::OwnedSemaphorePermit>),
     End(u64, oneshot::Sender<()>),
     /// Load layers ahead of any request (`--model`).
     Preload {
@@ -54,7 +64,7 @@ pub(crate) enum Job {
 }
 
 /// What the host thread publishes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HostShared {
     /// Requests held, with their plan id: a message for any other is refused before it is queued.
     pub requests: Mutex<HashMap<u64, u64>>,
@@ -64,6 +74,27 @@ pub(crate) struct HostShared {
     pub kv_bytes: AtomicU64,
     /// Requests whose End is on its way: a long prefill stops between chunks instead of running to its end.
     pub ending: Mutex<std::collections::HashSet<u64>>,
+    /// The budget of activations from peers queued for the host thread, in KiB.
+    pub queue: Arc<tokio::sync::Semaphore>,
+    /// Bumped whenever the host thread finishes a job: peers waiting on this node see that it is working.
+    pub progress: AtomicU64,
+    /// Begins received and not yet answered.
+    pub begins: AtomicU64,
+}
+
+impl Default for HostShared {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            held: Mutex::default(),
+            held_bytes: AtomicU64::new(0),
+            kv_bytes: AtomicU64::new(0),
+            ending: Mutex::default(),
+            queue: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_KIB)),
+            progress: AtomicU64::new(0),
+            begins: AtomicU64::new(0),
+        }
+    }
 }
 
 impl HostShared {
@@ -101,6 +132,8 @@ pub struct HostConfig {
     pub runtime: tokio::runtime::Handle,
     /// Where the peers to ask for model bytes are.
     pub topology: Arc<crate::topology::Topology>,
+    /// How connections to those peers are made.
+    pub tls: crate::tls::PeerTls,
 }
 
 /// Starts the host thread on `jobs`.
@@ -132,6 +165,9 @@ struct Request {
     stage: usize,
     cache: KvCache,
     origin: Dest,
+    origin_id: String,
+    /// The most bytes its KV cache may grow to.
+    kv_limit: u64,
     last: Option<LastStage>,
     touched: Instant,
 }
@@ -151,7 +187,10 @@ impl Worker {
                 Ok(Job::Begin(begin, done)) => {
                     let _ = done.send(self.begin(*begin));
                 }
-                Ok(Job::Forward(a)) => self.forward(a),
+                Ok(Job::Forward(a, permit)) => {
+                    self.forward(a);
+                    drop(permit);
+                }
                 Ok(Job::End(id, done)) => {
                     self.end(id);
                     let _ = done.send(());
@@ -171,6 +210,21 @@ impl Worker {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
+            self.shared.progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether request `r` is still wanted: its origin is this node or a live peer, and it was used lately.
+    fn is_live(&self, r: &Request) -> bool {
+        r.touched.elapsed() <= IDLE_REQUEST && (r.origin == Dest::Local || self.config.topology.is_alive(&r.origin_id))
+    }
+
+    /// Drops the requests [`Self::is_live`] says nobody wants any more.
+    fn drop_orphans(&mut self) {
+        let orphans: Vec<u64> = self.requests.iter().filter(|(_, r)| !self.is_live(r)).map(|(id, _)| *id).collect();
+        for id in orphans {
+            tracing::debug!("dropping request {id:x}: its origin is gone");
+            self.end(id);
         }
     }
 
@@ -183,8 +237,80 @@ impl Worker {
             Some(s) if s.node_id == me => s.clone(),
             _ => return Err(ClusterError::Rejected(format!("node {me} is not stage {index} of plan {:x}", plan.id))),
         };
+        // Where tokens and failures go: this node, or the origin as this node knows it (never an address the
+        // message names, which could be anyone's).
+        let origin = if b.origin_id == me {
+            Dest::Local
+        } else {
+            match self.config.topology.peers().into_iter().find(|p| p.description.id == b.origin_id) {
+                Some(p) if self.config.topology.is_alive(&p.description.id) => Dest::Remote(p.address),
+                _ => {
+                    return Err(ClusterError::Rejected(format!(
+                        "node {me}: the origin {} of request {:x} is not a peer of this node",
+                        b.origin_id, b.request_id
+                    )))
+                }
+            }
+        };
+        if self.requests.contains_key(&b.request_id) {
+            return Err(ClusterError::Rejected(format!("node {me}: request {:x} is already running", b.request_id)));
+        }
+        self.drop_orphans();
+        let of_origin = self.requests.values().filter(|r| r.origin_id == b.origin_id).count();
+        if of_origin >= MAX_REQUESTS_PER_ORIGIN || self.requests.len() >= MAX_REQUESTS {
+            return Err(ClusterError::Busy(format!(
+                "node {me} holds {} requests ({of_origin} of node {}); at most {MAX_REQUESTS} ({MAX_REQUESTS_PER_ORIGIN} per origin)",
+                self.requests.len(),
+                b.origin_id
+            )));
+        }
+        if b.eog.len() > MAX_EOG || b.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(ClusterError::Rejected(format!(
+                "node {me}: at most {MAX_EOG} end-of-generation tokens and {MAX_TOP_LOGPROBS} alternatives per token"
+            )));
+        }
+        // Other layers are loaded only when no live request runs on the ones held: a new plan never ends requests
+        // that are running.
+        if let Some(h) = &self.held {
+            let s = h.shard.shard();
+            let same =
+                h.model == plan.model && s.start == stage.start && s.end == stage.end && s.total == plan.n_layers;
+            if !same && !self.requests.is_empty() {
+                return Err(ClusterError::Busy(format!(
+                    "node {me} is running {} requests on layers {}-{} of {}; it loads other layers when they end",
+                    self.requests.len(),
+                    s.start,
+                    s.end,
+                    h.model
+                )));
+            }
+        }
         self.hold(&plan, &stage, b.context as usize)?;
         let Some(held) = self.held.as_ref() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
+        let c = held.shard.config();
+        let max_len = (b.context as usize).min(c.context_length);
+        if b.history.len() > max_len {
+            return Err(ClusterError::Rejected(format!(
+                "node {me}: a history of {} tokens for a context of {max_len}",
+                b.history.len()
+            )));
+        }
+        let kv_limit = (stage.n_layers() as u64)
+            .saturating_mul(2 * (c.n_kv_heads as u64).saturating_mul(c.head_dim as u64))
+            .saturating_mul(max_len as u64)
+            .saturating_mul(self.config.kv_type.size() as u64);
+        let committed: u64 = self.requests.values().map(|r| r.kv_limit).sum();
+        let memory = Memory::now(self.config.memory_limit);
+        let budget = memory.limit.unwrap_or(memory.total).saturating_sub(held.shard.bytes_loaded());
+        if committed.saturating_add(kv_limit) > budget {
+            return Err(ClusterError::Busy(format!(
+                "node {me}: the KV caches of its {} requests may grow to {} MiB, and this one to {} MiB more; it has {} MiB for them",
+                self.requests.len(),
+                committed >> 20,
+                kv_limit >> 20,
+                budget >> 20
+            )));
+        }
         let last = if index + 1 == plan.stages.len() {
             let sampling = sampling_from_wire(b.sampling.unwrap_or_default());
             Some(LastStage {
@@ -198,12 +324,13 @@ impl Worker {
         } else {
             None
         };
-        let origin = if b.origin_id == me { Dest::Local } else { Dest::Remote(b.origin) };
         let request = Request {
             cache: held.shard.new_cache(b.context as usize, self.config.kv_type),
             plan: Arc::new(plan),
             stage: index,
             origin,
+            origin_id: b.origin_id,
+            kv_limit,
             last,
             touched: Instant::now(),
         };
@@ -224,7 +351,7 @@ impl Worker {
         }
         let me = self.config.id.clone();
         // The header first: what the layers need in memory is known before any of them is downloaded.
-        let peers = crate::transport::peer_files(&self.config.topology, &self.config.runtime);
+        let peers = crate::transport::peer_files(&self.config.tls, &self.config.topology, &self.config.runtime);
         let store = &self.config.store;
         let header = self.config.runtime.block_on(store.fetch(&plan.model, Need::Header, &peers))?;
         let path = header.path;
@@ -239,7 +366,9 @@ impl Worker {
             )));
         }
         let n = stage.n_layers() as u64;
-        let needs = model_needs(&gguf, context, self.config.kv_type)? * n / plan.n_layers as u64;
+        let needs = (model_needs(&gguf, context, self.config.kv_type)? as u128 * n as u128
+            / plan.n_layers.max(1) as u128)
+            .min(u64::MAX as u128) as u64;
         let memory = Memory::now(self.config.memory_limit);
         let freed = self.held.as_ref().map_or(0, |h| h.needs);
         let offered = memory.available + freed;

@@ -2,6 +2,8 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`cluster_key`] | `ClusterKey`: the secret that makes nodes one cluster, made, read and kept |
+//! | [`tls`] | how peer connections are made and accepted: plain, or TLS 1.3 with keys derived from the cluster key |
 //! | [`node`] | this machine: CPU features, addresses, the description peers get |
 //! | [`memory`] | the machine's memory, the node's limit, what a model needs, sizes like `8G` |
 //! | [`topology`] | the peers this node knows, heartbeats' results, addresses to try |
@@ -13,6 +15,7 @@
 //!
 //! The cluster treats the engine as a library and knows nothing of HTTP.
 
+pub mod cluster_key;
 pub mod discovery;
 pub mod error;
 pub(crate) mod host;
@@ -20,6 +23,7 @@ pub mod memory;
 pub mod node;
 pub mod plan;
 pub mod ring;
+pub mod tls;
 pub mod topology;
 pub mod transport;
 
@@ -38,12 +42,13 @@ use exo_engine::KvType;
 use tokio::runtime::Handle;
 use tonic::transport::Channel;
 
+pub use cluster_key::ClusterKey;
 pub use error::{ClusterError, Result};
 pub use exo_models::ModelStore;
 pub use node::NodeInfo;
 pub use plan::{Candidate, Plan, Stage};
 pub use ring::RingRequest;
-pub use topology::{Peer, Topology, PEER_TIMEOUT};
+pub use topology::{Peer, Seen, Topology, PEER_TIMEOUT};
 
 use host::{HostConfig, HostShared, Job};
 use proto::peer_client::PeerClient;
@@ -85,6 +90,8 @@ pub struct ClusterConfig {
     /// Static peers, host:port.
     pub peers: Vec<String>,
     pub discovery: Discovery,
+    /// With a key, peer connections are TLS between holders of the same key; without one the cluster is open.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 /// A node of the cluster, as the rest of the program uses it. Cheap to clone.
@@ -101,6 +108,7 @@ struct Inner {
     router: Router,
     outbox: Outbox,
     runtime: Handle,
+    tls: tls::PeerTls,
     store: ModelStore,
     kv_type: KvType,
     /// The last plan used per model.
@@ -138,11 +146,24 @@ impl Cluster {
         for p in &config.peers {
             topology.add_candidate(p.clone(), Source::Static);
         }
+        let tls = match &config.cluster_key {
+            Some(key) => tls::PeerTls::keyed(key)?,
+            None => {
+                tracing::warn!(
+                    "node {}: the cluster is open: without a cluster key any machine that reaches port {} can join \
+                     it and read its traffic (make a key with `exo cluster-key --write` and give every node the same)",
+                    config.id,
+                    local.port()
+                );
+                tls::PeerTls::open()
+            }
+        };
         let runtime = Handle::current();
         let shared = Arc::new(HostShared::default());
         let router = Router::default();
         let (host, jobs) = mpsc::channel();
-        let outbox = Outbox::new(config.id.clone(), runtime.clone(), host.clone(), shared.clone(), router.clone());
+        let outbox =
+            Outbox::new(config.id.clone(), tls.clone(), runtime.clone(), host.clone(), shared.clone(), router.clone());
         host::start(
             HostConfig {
                 id: config.id.clone(),
@@ -151,6 +172,7 @@ impl Cluster {
                 memory_limit: config.memory_limit,
                 runtime: runtime.clone(),
                 topology: topology.clone(),
+                tls: tls.clone(),
             },
             jobs,
             outbox.clone(),
@@ -167,7 +189,7 @@ impl Cluster {
         let server = PeerServer::new(service)
             .max_decoding_message_size(transport::MAX_MESSAGE)
             .max_encoding_message_size(transport::MAX_MESSAGE);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = accept_peers(listener, tls.clone());
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -197,6 +219,7 @@ impl Cluster {
                 router,
                 outbox,
                 runtime,
+                tls,
                 store: config.store,
                 kv_type: config.kv_type,
                 plans: Mutex::new(HashMap::new()),
@@ -227,7 +250,7 @@ impl Cluster {
     /// Makes `model` local enough for `need`, asking the live peers for its bytes before the hub. Blocks: call it
     /// from a thread of its own, not from the async runtime.
     pub fn fetch(&self, model: &str, need: exo_models::Need) -> Result<exo_models::LocalModel> {
-        let peers = transport::peer_files(&self.inner.topology, &self.inner.runtime);
+        let peers = transport::peer_files(&self.inner.tls, &self.inner.topology, &self.inner.runtime);
         Ok(self.inner.runtime.block_on(self.inner.store.fetch(model, need, &peers))?)
     }
 
@@ -240,7 +263,8 @@ impl Cluster {
 
     /// This node's description now.
     pub fn describe(&self) -> proto::NodeDescription {
-        transport::describe(&self.inner.info, &self.inner.shared, &self.inner.topology)
+        let downloaded = transport::downloaded_bytes(&self.inner.store);
+        transport::describe(&self.inner.info, &self.inner.shared, &self.inner.topology, downloaded)
     }
 
     /// This node and every live peer, this node first.
@@ -311,6 +335,41 @@ impl Cluster {
     }
 }
 
+/// The streams the peer server serves: every accepted connection that completes `tls`'s handshake. Handshakes run
+/// concurrently (a slow or silent client delays no other) but at most [`MAX_HANDSHAKES`] at once.
+fn accept_peers(
+    listener: tokio::net::TcpListener,
+    tls: tls::PeerTls,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tls::PeerStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then go on accepting.
+                    tracing::warn!("accepting a peer connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
+            let (tls, tx) = (tls.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Some(stream) = tls.accept(tcp).await {
+                    let _ = tx.send(Ok(stream)).await;
+                }
+                drop(permit);
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Most peer handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 64;
+
 /// Every [`HEARTBEAT`]: hello to every known address, and drop the peers that stopped answering.
 async fn heartbeats(cluster: Cluster) {
     let inner = cluster.inner.clone();
@@ -328,7 +387,7 @@ async fn heartbeats(cluster: Cluster) {
         for address in addresses {
             let c = match clients.get(&address) {
                 Some(c) => c.clone(),
-                None => match transport::client(&address) {
+                None => match transport::client(&inner.tls, &address) {
                     Ok(c) => clients.entry(address.clone()).or_insert(c).clone(),
                     Err(e) => {
                         tracing::debug!("{e}");
@@ -344,12 +403,17 @@ async fn heartbeats(cluster: Cluster) {
             match result {
                 Ok((peer, _)) if peer.id == inner.info.id => inner.topology.is_me(&address),
                 Ok((peer, rtt)) => {
-                    for p in &peer.peers {
+                    for p in peer.peers.iter().take(topology::MAX_PEERS) {
                         inner.topology.add_candidate(p.clone(), Source::Found);
                     }
                     let id = peer.id.clone();
-                    if inner.topology.seen(peer, address.clone(), Some(rtt)) {
-                        eprintln!("node {}: peer {id} at {address} joined", inner.info.id);
+                    match inner.topology.seen(peer, address.clone(), Some(rtt)) {
+                        topology::Seen::New => eprintln!("node {}: peer {id} at {address} joined", inner.info.id),
+                        topology::Seen::Known => {}
+                        topology::Seen::Refused(why) => {
+                            tracing::debug!("{why}");
+                            inner.topology.failed(&address);
+                        }
                     }
                 }
                 Err(e) => {

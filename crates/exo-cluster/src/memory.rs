@@ -32,10 +32,15 @@ impl Memory {
 /// check peak memory against).
 pub fn model_needs(gguf: &Gguf, context: usize, kv_type: KvType) -> Result<u64, EngineError> {
     let c = ModelConfig::from_gguf(gguf)?;
-    let tensors: u64 = gguf.tensors.values().map(|t| t.size).sum();
+    // Saturating: a file's metadata may claim any sizes, and an absurd claim must read as "too large", not wrap
+    // into a small number that passes.
+    let tensors = gguf.tensors.values().fold(0u64, |acc, t| acc.saturating_add(t.size));
     let context = context.min(c.context_length) as u64;
-    let kv = c.n_layers as u64 * 2 * (c.n_kv_heads * c.head_dim) as u64 * context * kv_type.size() as u64;
-    Ok((tensors + kv) + (tensors + kv) / 10 + (100 << 20))
+    let kv = [c.n_layers as u64, 2, c.n_kv_heads as u64, c.head_dim as u64, context, kv_type.size() as u64]
+        .into_iter()
+        .fold(1u64, u64::saturating_mul);
+    let loaded = tensors.saturating_add(kv);
+    Ok(loaded.saturating_add(loaded / 10).saturating_add(100 << 20))
 }
 
 /// Parses a size: a number of bytes, or a number with a unit K, M, G or T (binary multiples; `KB`, `KiB`, `k`

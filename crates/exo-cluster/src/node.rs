@@ -45,6 +45,9 @@ impl NodeInfo {
             kernels,
             shards: held.to_vec(),
             peers,
+            // The host's counters, filled in by the transport.
+            progress: 0,
+            begins: 0,
         }
     }
 }

@@ -21,8 +21,54 @@ use crate::Cluster;
 const WATCH: Duration = Duration::from_millis(200);
 /// How long End may take on a peer.
 const END_TIMEOUT: Duration = Duration::from_secs(2);
+/// A stage whose heartbeats say it is not working on any Begin this long after it was sent one has dropped it.
+const BEGIN_UNCLAIMED: Duration = Duration::from_secs(5);
+/// A request fails when, this long, no token came and no node of its plan reported any progress (a stage that
+/// answers heartbeats but does no work). Generous: a big model's prefill chunk or layer download takes a while.
+pub const STALL: Duration = Duration::from_secs(300);
 
 /// What the ring needs to run a request.
+/// Waits for a stage's answer to Begin while watching its heartbeats: the wait ends early (with why) when the
+/// stage stops answering them, says for [`BEGIN_UNCLAIMED`] that it is working on no Begin (it accepted the call
+/// and dropped it), or reports no progress at all for [`STALL`]. Loading layers may take long (a download); a
+/// stage that does so keeps saying it is working.
+async fn watch_begin<T>(
+    call: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    topology: &crate::topology::Topology,
+    node: &str,
+) -> std::result::Result<std::result::Result<T, tonic::Status>, String> {
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut unclaimed: Option<std::time::Instant> = None;
+    let mut progress: (Option<u64>, std::time::Instant) = (None, std::time::Instant::now());
+    loop {
+        tokio::select! {
+            answer = &mut call => return Ok(answer),
+            _ = tick.tick() => {
+                let Some(peer) = topology.get(node).filter(|_| topology.is_alive(node)) else {
+                    return Err("it stopped answering heartbeats".into());
+                };
+                let d = &peer.description;
+                if d.begins == 0 {
+                    if unclaimed.get_or_insert_with(std::time::Instant::now).elapsed() > BEGIN_UNCLAIMED {
+                        return Err(format!(
+                            "it took the request but has not been working on it for {} s",
+                            BEGIN_UNCLAIMED.as_secs()
+                        ));
+                    }
+                } else {
+                    unclaimed = None;
+                }
+                if progress.0 != Some(d.progress) {
+                    progress = (Some(d.progress), std::time::Instant::now());
+                } else if progress.1.elapsed() > STALL {
+                    return Err(format!("no progress loading its layers for {} s", STALL.as_secs()));
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RingRequest<'a> {
     pub plan: &'a Plan,
@@ -67,7 +113,8 @@ impl Cluster {
             let mut calls = tokio::task::JoinSet::new();
             for stage in plan.stages.iter().filter(|s| s.node_id != inner.info.id) {
                 let (id, address, me) = (stage.node_id.clone(), stage.address.clone(), me.clone());
-                calls.spawn(async move { (id, crate::transport::hello(&address, me).await.is_ok()) });
+                let tls = inner.tls.clone();
+                calls.spawn(async move { (id, crate::transport::hello(&tls, &address, me).await.is_ok()) });
             }
             let mut dead = Vec::new();
             while let Some(Ok((id, alive))) = calls.join_next().await {
@@ -133,6 +180,8 @@ impl Cluster {
                 let node = stage.node_id.clone();
                 let dest = self.dest(&stage.node_id, &stage.address);
                 let host = inner.host.clone();
+                let tls = inner.tls.clone();
+                let topology = inner.topology.clone();
                 calls.spawn(async move {
                     let failed = |message: String| ClusterError::NodeFailed { node: node.clone(), message };
                     match dest {
@@ -143,8 +192,12 @@ impl Cluster {
                             result.await.map_err(|_| failed("the host thread dropped the request".into()))?
                         }
                         Dest::Remote(address) => {
-                            let mut c = client(&address)?;
-                            c.begin(b).await.map(|_| ()).map_err(|s| failed(s.message().to_string()))
+                            let mut c = client(&tls, &address)?;
+                            match watch_begin(c.begin(b), &topology, &node).await {
+                                Ok(Ok(_)) => Ok(()),
+                                Ok(Err(status)) => Err(failed(status.message().to_string())),
+                                Err(why) => Err(failed(why)),
+                            }
                         }
                     }
                 });
@@ -170,6 +223,7 @@ impl Cluster {
             sample: true,
         };
         inner.outbox.forward(&self.dest(&first.node_id, &first.address), prompt, &Dest::Local);
+        let mut progress = (self.plan_progress(plan), std::time::Instant::now());
         loop {
             match tokens.recv_timeout(WATCH) {
                 Ok(event) if !event.error.is_empty() => {
@@ -179,6 +233,7 @@ impl Cluster {
                     if event.plan_id != plan.id {
                         continue;
                     }
+                    progress.1 = std::time::Instant::now();
                     if on_token(Some(&event)).is_break() || event.finished {
                         return Ok(());
                     }
@@ -195,6 +250,16 @@ impl Cluster {
                             });
                         }
                     }
+                    let now = self.plan_progress(plan);
+                    if now != progress.0 {
+                        progress = (now, std::time::Instant::now());
+                    } else if progress.1.elapsed() > STALL {
+                        let stage = plan.stages.iter().find(|s| s.node_id != inner.info.id).unwrap_or(first);
+                        return Err(ClusterError::NodeFailed {
+                            node: stage.node_id.clone(),
+                            message: format!("no token and no work on any node of the plan for {} s", STALL.as_secs()),
+                        });
+                    }
                     // The caller may want to stop while the prompt is still on its way (client gone).
                     if on_token(None).is_break() {
                         return Ok(());
@@ -205,6 +270,19 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The progress counters of the plan's nodes as last heard, folded into one value that changes when any does.
+    fn plan_progress(&self, plan: &Plan) -> u64 {
+        let inner = &self.inner;
+        plan.stages.iter().fold(0u64, |acc, s| {
+            let p = if s.node_id == inner.info.id {
+                inner.shared.progress.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                inner.topology.get(&s.node_id).map_or(0, |p| p.description.progress)
+            };
+            acc.rotate_left(17) ^ p
+        })
     }
 
     /// Frees the request's state on every stage; this node's before returning, peers' with a time limit.
@@ -218,6 +296,7 @@ impl Cluster {
                 if dest == Dest::Local {
                     inner.shared.ending(id);
                 }
+                let tls = inner.tls.clone();
                 calls.spawn(async move {
                     match dest {
                         Dest::Local => {
@@ -227,7 +306,7 @@ impl Cluster {
                             }
                         }
                         Dest::Remote(address) => {
-                            if let Ok(mut c) = client(&address) {
+                            if let Ok(mut c) = client(&tls, &address) {
                                 let _ = tokio::time::timeout(END_TIMEOUT, c.end(proto::EndRequest { request_id: id }))
                                     .await;
                             }

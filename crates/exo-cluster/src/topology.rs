@@ -10,6 +10,20 @@ use crate::proto::NodeDescription;
 
 /// A peer that has not answered (nor called) for this long is dropped.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most peers a node keeps, and most addresses to try.
+pub const MAX_PEERS: usize = 256;
+/// Most memory a peer may say it has (1 PiB): claims above it are taken as this.
+pub const MAX_MEMORY_CLAIM: u64 = 1 << 50;
+
+/// What [`Topology::seen`] made of a peer's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A peer not known before.
+    New,
+    Known,
+    /// Refused, and why: its id is another live peer's, it is malformed, or the topology is full.
+    Refused(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -36,13 +50,35 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Records that peer `description.id` answered or called from `address`. Returns true for a peer not known
-    /// before.
-    pub fn seen(&self, description: NodeDescription, address: String, rtt: Option<Duration>) -> bool {
-        let Ok(mut peers) = self.peers.lock() else { return false };
+    /// Records that peer `description.id` answered or called from `address`. A description is believed only as
+    /// far as it is consistent: an id must be plain and not another live peer's (at another address), and memory
+    /// claims are capped by the peer's own total (so a peer cannot take every layer by claiming more than it has
+    /// said it has).
+    pub fn seen(&self, mut description: NodeDescription, address: String, rtt: Option<Duration>) -> Seen {
         let id = description.id.clone();
+        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Seen::Refused(format!("a malformed node id from {address}"));
+        }
+        let d = &mut description;
+        d.memory_total = d.memory_total.min(MAX_MEMORY_CLAIM);
+        d.memory_available = d.memory_available.min(d.memory_total);
+        d.memory_usable = d.memory_usable.min(d.memory_total).min(d.memory_limit.unwrap_or(u64::MAX));
+        d.peers.truncate(MAX_PEERS);
+        let Ok(mut peers) = self.peers.lock() else { return Seen::Refused("the topology is poisoned".into()) };
+        match peers.get(&id) {
+            Some(p) if p.address != address && p.last_seen.elapsed() <= PEER_TIMEOUT => {
+                return Seen::Refused(format!("node {id} at {address} claims the id of the live node at {}", p.address))
+            }
+            None if peers.len() >= MAX_PEERS => {
+                return Seen::Refused(format!("this node already knows {MAX_PEERS} peers"))
+            }
+            _ => {}
+        }
         let rtt = rtt.or_else(|| peers.get(&id).and_then(|p| p.rtt));
-        peers.insert(id, Peer { description, address, last_seen: Instant::now(), rtt }).is_none()
+        match peers.insert(id, Peer { description, address, last_seen: Instant::now(), rtt }) {
+            None => Seen::New,
+            Some(_) => Seen::Known,
+        }
     }
 
     /// Drops peers silent for longer than `timeout`; returns their ids.
@@ -68,13 +104,26 @@ impl Topology {
         peers
     }
 
+    /// Live peer `id`, if known.
+    pub fn get(&self, id: &str) -> Option<Peer> {
+        self.peers.lock().ok().and_then(|p| p.get(id).cloned())
+    }
+
     pub fn is_alive(&self, id: &str) -> bool {
         self.peers.lock().is_ok_and(|p| p.get(id).is_some_and(|p| p.last_seen.elapsed() <= PEER_TIMEOUT))
     }
 
     /// Adds an address to try.
     pub fn add_candidate(&self, address: String, source: Source) {
+        let plain = address.len() <= 255
+            && address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !plain {
+            return;
+        }
         if let Ok(mut c) = self.candidates.lock() {
+            if c.len() >= MAX_PEERS && !c.contains_key(&address) && source == Source::Found {
+                return;
+            }
             let entry = c.entry(address).or_insert(source);
             if source == Source::Static {
                 *entry = Source::Static;
@@ -119,9 +168,9 @@ mod tests {
     #[test]
     fn peers_come_and_go() {
         let t = Topology::default();
-        assert!(t.seen(description("b"), "10.0.0.2:1".into(), Some(Duration::from_micros(300))));
-        assert!(!t.seen(description("b"), "10.0.0.2:1".into(), None));
-        assert!(t.seen(description("a"), "10.0.0.1:1".into(), None));
+        assert_eq!(t.seen(description("b"), "10.0.0.2:1".into(), Some(Duration::from_micros(300))), Seen::New);
+        assert_eq!(t.seen(description("b"), "10.0.0.2:1".into(), None), Seen::Known);
+        assert_eq!(t.seen(description("a"), "10.0.0.1:1".into(), None), Seen::New);
         let peers = t.peers();
         assert_eq!(peers.iter().map(|p| p.description.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         // The round trip is kept when a call brings none.
@@ -133,6 +182,37 @@ mod tests {
         gone.sort();
         assert_eq!(gone, ["a", "b"]);
         assert!(t.peers().is_empty());
+    }
+
+    #[test]
+    fn a_peer_cannot_take_another_live_peers_id_or_claim_more_memory_than_it_has() {
+        let t = Topology::default();
+        assert_eq!(t.seen(description("a"), "10.0.0.1:1".into(), None), Seen::New);
+        let Seen::Refused(why) = t.seen(description("a"), "10.0.0.9:1".into(), None) else { panic!("accepted") };
+        assert!(why.contains("claims the id"), "{why}");
+        assert_eq!(t.peers()[0].address, "10.0.0.1:1");
+        for bad in ["", "a b", &"x".repeat(129)] {
+            assert!(matches!(t.seen(description(bad), "10.0.0.3:1".into(), None), Seen::Refused(_)), "{bad:?}");
+        }
+        let greedy = NodeDescription {
+            id: "g".into(),
+            memory_total: 8 << 30,
+            memory_available: 1 << 60,
+            memory_usable: u64::MAX,
+            memory_limit: Some(4 << 30),
+            ..Default::default()
+        };
+        t.seen(greedy, "10.0.0.4:1".into(), None);
+        let g = t.get("g").unwrap().description;
+        assert_eq!((g.memory_available, g.memory_usable), (8 << 30, 4 << 30));
+        let huge =
+            NodeDescription { id: "h".into(), memory_total: u64::MAX, memory_usable: u64::MAX, ..Default::default() };
+        t.seen(huge, "10.0.0.5:1".into(), None);
+        assert_eq!(t.get("h").unwrap().description.memory_usable, MAX_MEMORY_CLAIM);
+        // Gossip that is not host:port is not tried.
+        t.add_candidate("nonsense".into(), Source::Found);
+        t.add_candidate("h:99999".into(), Source::Found);
+        assert!(!t.addresses().iter().any(|a| a == "nonsense" || a == "h:99999"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The peer transport: the gRPC service every node serves on its peer port, clients for the other nodes, and the
 //! `Outbox` that sends a stage's output on, in order, one lane per destination. Messages for this node itself
-//! skip the network. This module is the only one that knows the wire; a later issue puts TLS and a cluster key here.
+//! skip the network. This module is the only one that knows the wire; how connections are secured is
+//! [`crate::tls`]'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,12 +22,19 @@ use crate::plan::{Plan, Stage};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::peer_server::Peer;
 use crate::proto::{self, Ack, Activation, BeginRequest, EndRequest, NodeDescription, TokenEvent};
-use crate::topology::{Source, Topology};
+use crate::tls::PeerTls;
+use crate::topology::{Seen, Source, Topology};
 
 /// Largest message: a prefill chunk of hidden states of a big model (512 × 8192 f32 is 16 MiB).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// How long a heartbeat may take.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a peer's activation may wait for room in this node's queue.
+pub const FORWARD_WAIT: Duration = Duration::from_secs(30);
+/// How long sending an activation or a token to a peer may take (it is queued there, not computed).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(40);
+/// Most byte ranges a peer's `FileHeld` reply may list.
+pub const MAX_HELD_RANGES: usize = 1 << 16;
 
 /// Where a message goes: this node, or a peer's peer server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,13 +101,19 @@ pub fn sampling_from_wire(s: proto::Sampling) -> SamplingParams {
     }
 }
 
-/// A client for the peer server at `address` (host:port); connects on first use.
-pub fn client(address: &str) -> Result<PeerClient<Channel>, ClusterError> {
+/// A client for the peer server at `address` (host:port), over connections `tls` makes; connects on first use.
+pub fn client(tls: &PeerTls, address: &str) -> Result<PeerClient<Channel>, ClusterError> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| ClusterError::Rejected(format!("bad peer address {address}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    Ok(PeerClient::new(endpoint.connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let (tls, target) = (tls.clone(), address.to_string());
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (tls, target) = (tls.clone(), target.clone());
+        async move { tls.connect(&target).await.map(hyper_util::rt::TokioIo::new) }
+    });
+    Ok(PeerClient::new(endpoint.connect_with_connector_lazy(connector))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }
@@ -146,6 +160,7 @@ pub struct Outbox {
 
 struct OutboxInner {
     me: String,
+    tls: PeerTls,
     runtime: Handle,
     lanes: Mutex<HashMap<String, tmpsc::UnboundedSender<Out>>>,
     host: mpsc::Sender<Job>,
@@ -156,12 +171,15 @@ struct OutboxInner {
 impl Outbox {
     pub(crate) fn new(
         me: String,
+        tls: PeerTls,
         runtime: Handle,
         host: mpsc::Sender<Job>,
         shared: Arc<HostShared>,
         router: Router,
     ) -> Self {
-        Self { inner: Arc::new(OutboxInner { me, runtime, lanes: Mutex::new(HashMap::new()), host, shared, router }) }
+        Self {
+            inner: Arc::new(OutboxInner { me, tls, runtime, lanes: Mutex::new(HashMap::new()), host, shared, router }),
+        }
     }
 
     /// Sends `a` to the stage at `dest`; if it cannot be delivered, the request's origin hears of it.
@@ -173,7 +191,7 @@ impl Outbox {
                 let result = checked.and_then(|()| {
                     self.inner
                         .host
-                        .send(Job::Forward(a))
+                        .send(Job::Forward(a, None))
                         .map_err(|_| ClusterError::Engine("the host thread stopped".into()))
                 });
                 if let Err(e) = result {
@@ -220,7 +238,7 @@ fn failure(request_id: u64, plan_id: u64, node: &str, error: String) -> TokenEve
 
 /// One destination's lane: sends its messages one after the other.
 async fn pump(outbox: Outbox, address: String, mut rx: tmpsc::UnboundedReceiver<Out>) {
-    let mut peer = match client(&address) {
+    let mut peer = match client(&outbox.inner.tls, &address) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!("{e}");
@@ -237,16 +255,23 @@ async fn pump(outbox: Outbox, address: String, mut rx: tmpsc::UnboundedReceiver<
         match out {
             Out::Forward(a, origin) => {
                 let (request, plan) = (a.request_id, a.plan_id);
-                if let Err(status) = c.forward(a).await {
-                    let message = format!("sending to the node at {address} failed: {}", status.message());
+                let failed = match tokio::time::timeout(SEND_TIMEOUT, c.forward(a)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(status)) => Some(status.message().to_string()),
+                    Err(_) => Some(format!("no answer in {} s", SEND_TIMEOUT.as_secs())),
+                };
+                if let Some(why) = failed {
+                    let message = format!("sending to the node at {address} failed: {why}");
                     outbox.emit(&origin, failure(request, plan, &outbox.inner.me, message));
                 }
             }
-            Out::Emit(event) => {
-                if let Err(status) = c.emit(event).await {
-                    tracing::warn!("cannot reach the origin at {address}: {}", status.message());
+            Out::Emit(event) => match tokio::time::timeout(SEND_TIMEOUT, c.emit(event)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => tracing::warn!("cannot reach the origin at {address}: {}", status.message()),
+                Err(_) => {
+                    tracing::warn!("the origin at {address} did not take a token in {} s", SEND_TIMEOUT.as_secs())
                 }
-            }
+            },
         }
     }
 }
@@ -263,21 +288,30 @@ pub(crate) struct PeerService {
 
 impl PeerService {
     pub fn describe(&self) -> NodeDescription {
-        describe(&self.info, &self.shared, &self.topology)
+        describe(&self.info, &self.shared, &self.topology, downloaded_bytes(&self.store))
     }
 }
 
 /// This node's description now.
-pub(crate) fn describe(info: &NodeInfo, shared: &HostShared, topology: &Topology) -> NodeDescription {
+pub(crate) fn describe(info: &NodeInfo, shared: &HostShared, topology: &Topology, downloaded: u64) -> NodeDescription {
     let held = shared.held.lock().map(|h| h.clone()).unwrap_or_default();
     let held_bytes = shared.held_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let peers = topology.peers().into_iter().map(|p| p.address).collect();
-    info.describe(&held, held_bytes, peers)
+    let mut d = info.describe(&held, held_bytes, peers);
+    d.progress = shared.progress.load(std::sync::atomic::Ordering::Relaxed).wrapping_add(downloaded);
+    d.begins = shared.begins.load(std::sync::atomic::Ordering::Relaxed) as u32;
+    d
+}
+
+/// Bytes this node's downloads have fetched so far, counted into its progress.
+pub(crate) fn downloaded_bytes(store: &exo_models::ModelStore) -> u64 {
+    store.downloads().list().iter().map(|d| d.done_bytes).sum()
 }
 
 fn status(e: ClusterError) -> Status {
     match e {
         ClusterError::Rejected(m) => Status::failed_precondition(m),
+        ClusterError::Busy(m) => Status::resource_exhausted(m),
         ClusterError::ModelNotFound(_) => Status::not_found(e.to_string()),
         ClusterError::ModelTooLarge { .. } => Status::resource_exhausted(e.to_string()),
         other => Status::internal(other.to_string()),
@@ -292,12 +326,14 @@ impl Peer for PeerService {
         if caller.id != self.info.id {
             if let Some(ip) = remote.map(|a| a.ip()) {
                 let address = SocketAddr::new(ip, caller.peer_port as u16).to_string();
-                for p in &caller.peers {
+                for p in caller.peers.iter().take(crate::topology::MAX_PEERS) {
                     self.topology.add_candidate(p.clone(), Source::Found);
                 }
                 let id = caller.id.clone();
-                if self.topology.seen(caller, address.clone(), None) {
-                    eprintln!("node {}: peer {id} at {address} joined", self.info.id);
+                match self.topology.seen(caller, address.clone(), None) {
+                    Seen::New => eprintln!("node {}: peer {id} at {address} joined", self.info.id),
+                    Seen::Known => {}
+                    Seen::Refused(why) => return Err(Status::already_exists(why)),
                 }
             }
         }
@@ -309,7 +345,12 @@ impl Peer for PeerService {
         self.host
             .send(Job::Begin(Box::new(request.into_inner()), done))
             .map_err(|_| Status::unavailable("the host thread stopped"))?;
-        match result.await {
+        // Counted while it runs, so that the origin, watching heartbeats, sees this node is working on it.
+        let shared = self.shared.clone();
+        shared.begins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = result.await;
+        shared.begins.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        match result {
             Ok(Ok(())) => Ok(Response::new(Ack {})),
             Ok(Err(e)) => Err(status(e)),
             Err(_) => Err(Status::internal("the host thread dropped the request")),
@@ -319,7 +360,20 @@ impl Peer for PeerService {
     async fn forward(&self, request: Request<Activation>) -> Result<Response<Ack>, Status> {
         let a = request.into_inner();
         self.shared.check(a.request_id, a.plan_id, &self.info.id).map_err(status)?;
-        self.host.send(Job::Forward(a)).map_err(|_| Status::unavailable("the host thread stopped"))?;
+        // Its share of the queue's budget: a peer that sends faster than this node computes waits here (and its
+        // Outbox lane behind it) rather than growing the queue without bound.
+        let kib = (a.hidden.len() + 4 * a.tokens.len()).div_ceil(1024).clamp(1, crate::host::MAX_QUEUED_KIB) as u32;
+        let permit = tokio::time::timeout(FORWARD_WAIT, self.shared.queue.clone().acquire_many_owned(kib))
+            .await
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "node {}: its queue of activations stayed full for {} s",
+                    self.info.id,
+                    FORWARD_WAIT.as_secs()
+                ))
+            })?
+            .map_err(|_| Status::unavailable("the host thread stopped"))?;
+        self.host.send(Job::Forward(a, Some(permit))).map_err(|_| Status::unavailable("the host thread stopped"))?;
         Ok(Response::new(Ack {}))
     }
 
@@ -396,12 +450,12 @@ fn file_key_from_wire(k: proto::FileKey) -> Result<exo_models::FileKey, Status> 
 }
 
 /// Every live peer as a source of model bytes, in the topology's order; their clients live on `runtime`.
-pub fn peer_files(topology: &Topology, runtime: &Handle) -> Vec<Arc<dyn exo_models::RangeSource>> {
+pub fn peer_files(tls: &PeerTls, topology: &Topology, runtime: &Handle) -> Vec<Arc<dyn exo_models::RangeSource>> {
     let _inside = runtime.enter();
     topology
         .peers()
         .into_iter()
-        .filter_map(|p| PeerFiles::new(p.description.id, p.address).ok())
+        .filter_map(|p| PeerFiles::new(tls, p.description.id, p.address).ok())
         .map(|p| Arc::new(p) as Arc<dyn exo_models::RangeSource>)
         .collect()
 }
@@ -414,8 +468,8 @@ pub struct PeerFiles {
 }
 
 impl PeerFiles {
-    pub fn new(id: String, address: String) -> Result<Self, ClusterError> {
-        let client = client(&address)?;
+    pub fn new(tls: &PeerTls, id: String, address: String) -> Result<Self, ClusterError> {
+        let client = client(tls, &address)?;
         Ok(Self { id, address, client })
     }
 }
@@ -440,7 +494,7 @@ impl exo_models::RangeSource for PeerFiles {
                 }
                 Err(_) => return None,
             };
-            if !reply.present || reply.ranges.len() % 2 != 0 {
+            if !reply.present || reply.ranges.len() % 2 != 0 || reply.ranges.len() > 2 * MAX_HELD_RANGES {
                 return None;
             }
             let ranges = reply.ranges.chunks(2).map(|p| (p[0], p[1].min(reply.size)));
@@ -475,8 +529,12 @@ impl exo_models::RangeSource for PeerFiles {
 }
 
 /// Says hello to `address` with `me` on a new connection; returns the peer's description and the round trip.
-pub async fn hello(address: &str, me: NodeDescription) -> Result<(NodeDescription, Duration), ClusterError> {
-    hello_on(client(address)?, address, me).await
+pub async fn hello(
+    tls: &PeerTls,
+    address: &str,
+    me: NodeDescription,
+) -> Result<(NodeDescription, Duration), ClusterError> {
+    hello_on(client(tls, address)?, address, me).await
 }
 
 /// Says hello with `me` over `c`, a client for `address` (an open connection is reused, a broken one reconnects);

@@ -1,67 +1,33 @@
 //! The peer transport as another node sees it, over a real gRPC connection to a node on 127.0.0.1: activations
 //! are accepted only for a request the node was told to begin, under the plan it began it with.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod support;
 
 use exo_cluster::proto::{Activation, BeginRequest, EndRequest};
-use exo_cluster::transport::{client, plan_to_wire, sampling_to_wire};
-use exo_cluster::{Candidate, Cluster, ClusterConfig, Discovery, ModelStore, Plan};
+use exo_cluster::tls::PeerTls;
+use exo_cluster::transport::{plan_to_wire, sampling_to_wire};
+use exo_cluster::{Candidate, Plan};
 use exo_engine::sampler::SamplingParams;
-use exo_engine::KvType;
+use support::*;
 use tonic::Code;
 
-/// SmolLM2-135M-Instruct Q4_1, where `scripts/fetch-models.sh` puts it (or `EXO_TEST_MODEL`).
-fn model_path() -> PathBuf {
-    let path = match std::env::var_os("EXO_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("EXO_MODELS_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/exo/models"))
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    assert!(path.exists(), "test model {} is missing: run scripts/fetch-models.sh", path.display());
-    path
-}
-
-/// A node alone on 127.0.0.1 (ports the OS picks) with models from `store`.
-async fn start(id: &str, store: exo_models::StoreConfig) -> Cluster {
-    Cluster::start(ClusterConfig {
-        id: id.into(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_port: 0,
-        threads: 1,
-        memory_limit: None,
-        kv_type: KvType::F16,
-        store: ModelStore::new(store).unwrap(),
-        peers: Vec::new(),
-        discovery: Discovery::None,
-    })
-    .await
-    .unwrap()
+fn client(address: &str) -> exo_cluster::proto::peer_client::PeerClient<tonic::transport::Channel> {
+    exo_cluster::transport::client(&PeerTls::open(), address).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_wire() {
-    let model = model_path();
-    let cluster = start(
-        "solo",
-        exo_models::StoreConfig::from_env(
-            Some(model.parent().unwrap().to_path_buf()),
-            &std::env::temp_dir().join("exo-transport-test"),
-        ),
-    )
-    .await;
+    let cluster = start("solo", model_store("exo-transport-test")).await;
     let address = format!("127.0.0.1:{}", cluster.info().peer_port);
     let me = [Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40 }];
-    let plan = Plan::new(model.to_str().unwrap(), 30, 1 << 20, &me).unwrap();
-    let mut peer = client(&address).unwrap();
+    let plan = Plan::new(&model_name(), 30, 1 << 20, &me).unwrap();
+    let mut peer = client(&address);
     let begin = |plan: &Plan| BeginRequest {
         request_id: 7,
         plan: Some(plan_to_wire(plan)),
         stage: 0,
         origin: address.clone(),
-        origin_id: "someone-else".into(),
+        origin_id: "solo".into(),
         context: 64,
         max_tokens: 1,
         sampling: Some(sampling_to_wire(&SamplingParams::default(), 1)),
@@ -100,21 +66,24 @@ async fn peers_read_only_the_model_bytes_a_node_holds() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let cache = exo_models::HfCache::new(dir.join("hf"));
-    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    // A GGUF file as far as its magic goes (a node serves nothing else).
+    let mut content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    content[..4].copy_from_slice(b"GGUF");
     std::fs::write(dir.join("m.gguf"), &content).unwrap();
     let key = exo_models::FileKey::new("owner/repo", "main", "m.gguf");
-    cache.insert(&key, "0123456789abcdef0123456789abcdef01234567", "etag1", &dir.join("m.gguf")).unwrap();
+    let etag = "5".repeat(64);
+    cache.insert(&key, "0123456789abcdef0123456789abcdef01234567", &etag, &dir.join("m.gguf")).unwrap();
     std::fs::write(dir.join("secret"), b"not a model").unwrap();
     let mut hub = exo_models::HubConfig::from_vars(|_| None);
     hub.offline = true;
     let store = exo_models::StoreConfig { models_dir: None, cache, downloads_dir: dir.join("downloads"), hub };
     let cluster = start("files", store).await;
-    let mut peer = client(&format!("127.0.0.1:{}", cluster.info().peer_port)).unwrap();
+    let mut peer = client(&format!("127.0.0.1:{}", cluster.info().peer_port));
     let wire = |repo: &str, file: &str| FileKey { repo: repo.into(), revision: "main".into(), file: file.into() };
 
     let held = peer.file_held(wire("owner/repo", "m.gguf")).await.unwrap().into_inner();
     assert!(held.present);
-    assert_eq!((held.size, held.etag.as_str(), held.ranges), (100_000, "etag1", vec![0, 100_000]));
+    assert_eq!((held.size, held.etag.as_str(), held.ranges), (100_000, etag.as_str(), vec![0, 100_000]));
     assert!(!peer.file_held(wire("owner/repo", "other.gguf")).await.unwrap().into_inner().present);
 
     let read = |file: &str, offset, length| ReadFileRequest { key: Some(wire("owner/repo", file)), offset, length };
