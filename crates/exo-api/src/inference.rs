@@ -264,9 +264,12 @@ impl Worker {
         if self.model.as_ref().is_some_and(|m| m.info.id == model) {
             return self.model.as_ref().ok_or_else(|| ApiError::Internal("no model".into()));
         }
+        // A request's model is never a local path (only a name, hf:, a catalog name, or the operator's --model):
+        // anything else is an unknown model, decided without looking at the disk.
+        let resolved = self.cluster.store().resolve_untrusted(model).map_err(ClusterError::from)?;
         // A catalog model too large for the cluster by the catalog's size alone (weights, without the KV cache) is
         // refused before anything is fetched.
-        if let Ok(ModelRef::Hub { size: Some(size), layers: Some(layers), .. }) = self.cluster.store().resolve(model) {
+        if let ModelRef::Hub { size: Some(size), layers: Some(layers), .. } = resolved {
             self.cluster.check_fits(model, layers, size + size / 10 + (100 << 20))?;
         }
         // The origin needs the header only (tokenizer, chat template, sizes); the layers go to the plan's nodes.

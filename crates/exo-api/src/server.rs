@@ -108,7 +108,8 @@ async fn models(State(state): State<AppState>) -> Response {
 async fn model(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let store = state.inference.store().clone();
     let found = tokio::task::spawn_blocking(move || {
-        store.resolve(&id).map(|_| {
+        // As in a request's body, a path here is no model (unless it is the operator's --model).
+        store.resolve_untrusted(&id).map(|_| {
             let listing = store.list().into_iter().find(|l| l.id == id);
             model_entry(&id, listing.as_ref())
         })

@@ -75,6 +75,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let home_dir = crate::models::home_dir;
     let models_dir = args.store.models_dir()?;
     let store = args.store.store()?;
+    // The operator's --model may be a path; requests may then name that path too, and no other.
+    if let Some(Ok(exo_models::ModelRef::Path(path))) = args.model.as_deref().map(|m| store.resolve(m)) {
+        store.allow_path(&path);
+    }
     if args.queue == 0 {
         bail!("--queue must be at least 1");
     }
