@@ -350,10 +350,11 @@ impl Worker {
             }
         }
         let me = self.config.id.clone();
-        // The header first: what the layers need in memory is known before any of them is downloaded.
+        // The header first: what the layers need in memory is known before any of them is downloaded. A plan's
+        // model comes from a peer: never a path this node's operator did not name.
         let peers = crate::transport::peer_files(&self.config.tls, &self.config.topology, &self.config.runtime);
         let store = &self.config.store;
-        let header = self.config.runtime.block_on(store.fetch(&plan.model, Need::Header, &peers))?;
+        let header = self.config.runtime.block_on(store.fetch_untrusted(&plan.model, Need::Header, &peers))?;
         let path = header.path;
         let gguf = Gguf::open(&path).map_err(|e| ClusterError::Engine(format!("{}: {e}", path.display())))?;
         let config = exo_engine::ModelConfig::from_gguf(&gguf)?;
@@ -382,7 +383,7 @@ impl Worker {
             });
         }
         let shard_range = Shard::new(stage.start, stage.end, plan.n_layers)?;
-        let fetched = self.config.runtime.block_on(store.fetch(&plan.model, Need::Layers(shard_range), &peers))?;
+        let fetched = self.config.runtime.block_on(store.fetch_untrusted(&plan.model, Need::Layers(shard_range), &peers))?;
         if fetched.from_hub + fetched.from_peers > 0 {
             eprintln!(
                 "node {me}: fetched {} bytes for layers {}-{} of {} ({} from the hub, {} from peers)",

@@ -247,11 +247,12 @@ impl Cluster {
         self.inner.kv_type
     }
 
-    /// Makes `model` local enough for `need`, asking the live peers for its bytes before the hub. Blocks: call it
-    /// from a thread of its own, not from the async runtime.
+    /// Makes `model` local enough for `need`, asking the live peers for its bytes before the hub. `model` comes
+    /// from a request, so it is resolved as untrusted: never a path the operator did not name
+    /// ([`ModelStore::resolve_untrusted`]). Blocks: call it from a thread of its own, not from the async runtime.
     pub fn fetch(&self, model: &str, need: exo_models::Need) -> Result<exo_models::LocalModel> {
         let peers = transport::peer_files(&self.inner.tls, &self.inner.topology, &self.inner.runtime);
-        Ok(self.inner.runtime.block_on(self.inner.store.fetch(model, need, &peers))?)
+        Ok(self.inner.runtime.block_on(self.inner.store.fetch_untrusted(model, need, &peers))?)
     }
 
     /// host:port other nodes reach this one's peer server at.

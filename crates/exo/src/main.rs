@@ -2,6 +2,7 @@
 //! no subcommand it starts a node.
 
 mod bench;
+mod cluster_key;
 mod models;
 mod node;
 mod run;
@@ -33,6 +34,8 @@ enum Command {
     Download(models::DownloadArgs),
     /// List the models this node can name: the catalog, the models folder and the Hugging Face cache.
     Models(models::ModelsArgs),
+    /// Print a new random cluster key (`--write` also keeps it in EXO_HOME, where nodes find it).
+    ClusterKey(cluster_key::ClusterKeyArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Some(Command::Topology(args)) => topology::topology(args),
         Some(Command::Download(args)) => models::download(args),
         Some(Command::Models(args)) => models::models(args),
+        Some(Command::ClusterKey(args)) => cluster_key::cluster_key(args),
         None => node::node(cli.node),
     };
     match result {

@@ -34,6 +34,10 @@ pub struct NodeArgs {
     /// How to find peers on the LAN: mdns or none.
     #[arg(long, env = "EXO_DISCOVERY", default_value = "mdns")]
     pub discovery: Discovery,
+    /// The cluster's key (64 hex digits, from `exo cluster-key`; default: the one kept in EXO_HOME, if any).
+    /// With a key, only nodes holding the same key join, over mutually authenticated TLS 1.3.
+    #[arg(long, env = "EXO_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
     /// This node's ID (default: one generated once and kept in EXO_HOME, by default ~/.exo).
     #[arg(long, env = "EXO_NODE_ID")]
     pub node_id: Option<String>,
@@ -95,6 +99,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         }
     }
     let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
+    let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
@@ -116,6 +121,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
             store,
             peers: args.peers.clone(),
             discovery: args.discovery,
+            cluster_key,
         })
         .await?;
         let config = InferenceConfig { queue: args.queue, context };
