@@ -7,6 +7,10 @@
 //! `True`/`False`/`None` printed the Python way. The template is compiled once, when the [`ChatTemplate`] is built.
 //! The caller tokenizes the rendered text; the tokenizer is consulted only for the BOS and EOS texts. Tools and documents are not
 //! supported yet; templates see them as `none`, as with `transformers` when none are given.
+//!
+//! A template comes from the model file, so it is untrusted code: one render may spend at most [`RENDER_FUEL`] of
+//! minijinja's fuel (about one unit per instruction, and one per 64 bytes of data it makes), and write at most
+//! [`MAX_PROMPT_BYTES`]; a template that loops or grows without end gets an error, not a hung or exhausted node.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -29,6 +33,12 @@ const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['
                       }}{% endif %}";
 /// Deeper nesting than this in `tojson` is an error rather than a stack overflow.
 const MAX_JSON_DEPTH: usize = 128;
+/// The work one render may do, in minijinja's fuel: about one per instruction, one per 64 bytes of data made.
+/// Real templates spend a few hundred per message (the longest conversations, tools included, well under a
+/// million); this takes a fraction of a second to spend, and bounds what a render allocates to about 640 MB.
+pub const RENDER_FUEL: u64 = 10_000_000;
+/// The longest prompt a render may write: 16 MiB is millions of tokens, more than any context holds.
+pub const MAX_PROMPT_BYTES: usize = 16 << 20;
 
 /// What the functions and filters called from a template return.
 type JinjaResult<T> = std::result::Result<T, minijinja::Error>;
@@ -105,7 +115,47 @@ impl ChatTemplate {
     fn render_context(&self, ctx: Value) -> Result<String> {
         let template =
             self.env.get_template(TEMPLATE_NAME).expect("the template was added when the ChatTemplate was built");
-        template.render(ctx).map_err(|e| EngineError::ChatTemplate(format!("rendering failed: {e}")))
+        let mut out = CappedOutput { bytes: Vec::new(), over: false };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(_) if out.over => {
+                return Err(EngineError::ChatTemplate(format!(
+                    "the template wrote more than {} MiB, more than any prompt; it was stopped",
+                    MAX_PROMPT_BYTES >> 20
+                )))
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(EngineError::ChatTemplate(format!(
+                    "the template did more work than any prompt needs ({RENDER_FUEL} steps) and was stopped: it \
+                     may loop without end"
+                )))
+            }
+            Err(e) => return Err(EngineError::ChatTemplate(format!("rendering failed: {e}"))),
+        }
+        // minijinja writes only whole `str`s.
+        String::from_utf8(out.bytes)
+            .map_err(|_| EngineError::ChatTemplate("rendering failed: the output is not valid UTF-8".into()))
+    }
+}
+
+/// The render's output, refusing to grow past [`MAX_PROMPT_BYTES`].
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PROMPT_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("the prompt is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -132,6 +182,7 @@ impl Object for TemplateMessage {
 /// lstrip_blocks=True)` plus its globals and filters), holding the compiled template.
 fn hf_environment(source: String) -> Result<Environment<'static>> {
     let mut env = Environment::new();
+    env.set_fuel(Some(RENDER_FUEL));
     // Jinja2's default keep_trailing_newline=False is also minijinja's; set explicitly because it changes output.
     let syntax = SyntaxConfig::builder()
         .trim_blocks(true)
@@ -854,5 +905,39 @@ mod tests {
         assert!(matches!(t.render(&[msg("user", "x")], false), Err(EngineError::ChatTemplate(_))));
         let t = template("{{ messages[5].content.strip() }}");
         assert!(t.render(&[], false).is_err());
+    }
+
+    #[test]
+    fn a_template_that_loops_without_end_is_stopped() {
+        // Ten billion iterations: without a bound on its work, the render would run for hours.
+        let t = template("{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}");
+        let started = std::time::Instant::now();
+        let e = t.render(&[msg("user", "hi")], true).unwrap_err();
+        assert!(matches!(e, EngineError::ChatTemplate(_)), "{e}");
+        assert!(e.to_string().contains("more work than any prompt needs"), "{e}");
+        eprintln!("stopped after {:?}", started.elapsed());
+        // A single range too long for minijinja is refused by minijinja itself.
+        assert!(template("{% for i in range(100000000) %}x{% endfor %}").render(&[], false).is_err());
+    }
+
+    #[test]
+    fn a_template_that_writes_more_than_any_prompt_is_stopped() {
+        // 64 MiB of output in 64 writes of 1 MiB: cheap in fuel, stopped by the length of the output.
+        let t = template("{% for i in range(64) %}{{ 'x' * 1048576 }}{% endfor %}");
+        let e = t.render(&[], false).unwrap_err();
+        assert!(matches!(e, EngineError::ChatTemplate(_)), "{e}");
+        assert!(e.to_string().contains("more than 16 MiB"), "{e}");
+        // Under the cap it renders.
+        let t = template("{% for i in range(4) %}{{ 'x' * 1048576 }}{% endfor %}");
+        assert_eq!(t.render(&[], false).unwrap().len(), 4 << 20);
+    }
+
+    #[test]
+    fn a_long_conversation_renders_within_the_fuel() {
+        let t = template(LLAMA_3_2);
+        let messages: Vec<ChatMessage> =
+            (0..2000).map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, &"word ".repeat(200))).collect();
+        let prompt = t.render(&messages, true).unwrap();
+        assert!(prompt.len() > 2000 * 1000, "{}", prompt.len());
     }
 }

@@ -1,9 +1,22 @@
 //! A model's hyper-parameters, read from the GGUF file's own metadata (`{arch}.*` keys).
 //!
-//! This is the one place that knows which architectures the engine runs and what each one's metadata means.
+//! This is the one place that knows which architectures the engine runs and what each one's metadata means. The
+//! metadata is untrusted (the file may come from anyone): every size is bounded, and the memory they imply (the
+//! KV cache of the whole context) is computed with checked arithmetic, so an absurd file is an error here rather
+//! than an overflow or a huge allocation later.
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{Gguf, Value};
+use crate::kv_cache::KvType;
+
+/// Layers (`block_count`): the largest models have about 130.
+const MAX_LAYERS: usize = 1 << 12;
+/// Positions (`context_length`): the longest contexts are about 10 million.
+const MAX_CONTEXT: usize = 1 << 24;
+/// Widths (`embedding_length`, `feed_forward_length`, `key_length`) and head counts: real ones are below 2^17.
+const MAX_WIDTH: usize = 1 << 20;
+/// Tokens in a vocabulary: real ones are below 2^18.
+const MAX_VOCAB: usize = 1 << 24;
 
 /// The transformer families the engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,14 +88,15 @@ impl ModelConfig {
             other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
-        let uint = |k: &str| -> Result<usize> {
+        let bounded = |k: &str, max: usize| -> Result<usize> {
             let k = key(k);
             gguf.get(&k)
                 .and_then(Value::as_u64)
                 .and_then(|v| usize::try_from(v).ok())
-                .filter(|&v| v > 0)
-                .ok_or_else(|| meta_err(&k, "a positive integer"))
+                .filter(|&v| v > 0 && v <= max)
+                .ok_or_else(|| meta_err(&k, &format!("a positive integer of at most {max}")))
         };
+        let uint = |k: &str| bounded(k, MAX_WIDTH);
         let float = |k: &str, default: Option<f32>| -> Result<f32> {
             let k = key(k);
             match gguf.get(&k) {
@@ -95,7 +109,7 @@ impl ModelConfig {
             }
         };
 
-        let n_layers = uint("block_count")?;
+        let n_layers = bounded("block_count", MAX_LAYERS)?;
         let hidden_size = uint("embedding_length")?;
         let ffn_size = uint("feed_forward_length")?;
         let n_heads = uint("attention.head_count")?;
@@ -139,16 +153,19 @@ impl ModelConfig {
                 ))
             }
         };
-        let context_length = uint("context_length")?;
+        let context_length = bounded("context_length", MAX_CONTEXT)?;
         let vocab_size = match gguf.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
-            Some(tokens) if !tokens.is_empty() => tokens.len(),
-            _ => uint("vocab_size")?,
+            Some(tokens) if !tokens.is_empty() && tokens.len() <= MAX_VOCAB => tokens.len(),
+            Some(tokens) if !tokens.is_empty() => {
+                return Err(meta_err("tokenizer.ggml.tokens", &format!("at most {MAX_VOCAB} tokens")))
+            }
+            _ => bounded("vocab_size", MAX_VOCAB)?,
         };
         let rope_style = match architecture {
             Architecture::Llama => RopeStyle::Interleaved,
             Architecture::Qwen2 => RopeStyle::Halves,
         };
-        Ok(Self {
+        let config = Self {
             architecture,
             n_layers,
             hidden_size,
@@ -162,6 +179,92 @@ impl ModelConfig {
             rope_linear_factor,
             context_length,
             vocab_size,
-        })
+        };
+        // The widths of the products and the KV cache of the whole context must be sizes this machine can count.
+        let fits = config.n_heads.checked_mul(head_dim).is_some()
+            && config.hidden_size.checked_mul(config.vocab_size).is_some()
+            && config.hidden_size.checked_mul(config.ffn_size).is_some()
+            && config.kv_cache_bytes(n_layers, context_length, KvType::F32).is_some();
+        if !fits {
+            return Err(EngineError::TooLarge(format!(
+                "{path}: {n_layers} layers of {n_heads} heads ({n_kv_heads} for keys and values) of {head_dim} \
+                 values over {context_length} positions, {hidden_size} wide with {ffn_size}-wide feed-forward \
+                 layers, are sizes beyond 64 bits"
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Values in one position's keys (or values) of one layer: `n_kv_heads * head_dim`.
+    pub fn kv_width(&self) -> Option<usize> {
+        self.n_kv_heads.checked_mul(self.head_dim)
+    }
+
+    /// Bytes of a KV cache holding `positions` positions of `layers` layers, keys and values, stored as
+    /// `kv_type`; `None` when the count overflows (a model [`ModelConfig::from_gguf`] accepted fits for its
+    /// whole context).
+    pub fn kv_cache_bytes(&self, layers: usize, positions: usize, kv_type: KvType) -> Option<u64> {
+        let per_position = u64::try_from(self.kv_width()?).ok()?.checked_mul(2 * kv_type.size() as u64)?;
+        per_position.checked_mul(u64::try_from(layers).ok()?)?.checked_mul(u64::try_from(positions).ok()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A llama's metadata with `changes` applied.
+    fn config_with(changes: &[(&str, Value)]) -> Result<ModelConfig> {
+        let mut metadata: std::collections::BTreeMap<String, Value> = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(16)),
+            ("llama.embedding_length", Value::U32(2048)),
+            ("llama.feed_forward_length", Value::U32(8192)),
+            ("llama.attention.head_count", Value::U32(32)),
+            ("llama.attention.head_count_kv", Value::U32(8)),
+            ("llama.context_length", Value::U32(131072)),
+            ("llama.vocab_size", Value::U32(128256)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in changes {
+            metadata.insert(k.to_string(), v.clone());
+        }
+        ModelConfig::from_gguf(&Gguf::with_metadata(metadata))
+    }
+
+    #[test]
+    fn a_real_shape_gives_its_kv_cache_size() {
+        let c = config_with(&[]).unwrap();
+        assert_eq!((c.head_dim, c.kv_width()), (64, Some(512)));
+        // 16 layers of 512 keys and 512 values of 2 bytes over 131072 positions: 4 GiB.
+        assert_eq!(c.kv_cache_bytes(16, 131072, KvType::F16), Some(4 << 30));
+        assert_eq!(c.kv_cache_bytes(usize::MAX, usize::MAX, KvType::F32), None);
+    }
+
+    #[test]
+    fn absurd_sizes_are_errors_not_overflows() {
+        for (key, value) in [
+            ("llama.context_length", Value::U64(1 << 62)),
+            ("llama.block_count", Value::U64(u64::MAX)),
+            ("llama.embedding_length", Value::U64(1 << 40)),
+            ("llama.attention.key_length", Value::U64(1 << 40)),
+            ("llama.vocab_size", Value::U64(1 << 40)),
+        ] {
+            let e = config_with(&[(key, value)]).unwrap_err();
+            assert!(e.to_string().contains(key) && e.to_string().contains("at most"), "{key}: {e}");
+        }
+        // Each size within its bound, their product beyond 64 bits.
+        let e = config_with(&[
+            ("llama.block_count", Value::U32(4096)),
+            ("llama.embedding_length", Value::U32(1 << 20)),
+            ("llama.attention.head_count", Value::U32(1 << 20)),
+            ("llama.attention.head_count_kv", Value::U32(1 << 20)),
+            ("llama.attention.key_length", Value::U32(1 << 20)),
+            ("llama.context_length", Value::U32(1 << 24)),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, EngineError::TooLarge(_)), "{e}");
     }
 }

@@ -26,6 +26,9 @@ pub enum EngineError {
     ChatTemplate(String),
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
+    /// A size from a model file or a request that no machine could hold, or that overflows when computed.
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

@@ -1,8 +1,12 @@
 //! The GGUF file format: header, typed metadata, tensor table, and reading one tensor's bytes by offset.
 //!
-//! Parsing is defensive: every length read from the file is checked against the bytes that remain, so a
-//! truncated or corrupt file gives a [`GgufError`] instead of a huge allocation or a panic. This module knows
-//! nothing of models or tensors beyond their byte layout; turning bytes into candle tensors is `weights.rs`.
+//! Parsing is defensive, because a header may come from anywhere (a peer, a hub, a file a user names): every
+//! length and count read from the file is checked against what the rest of the file, at the size it claims, could
+//! hold, and against fixed caps ([`MAX_HEADER_BYTES`], [`MAX_STRING_BYTES`], [`MAX_VALUES`], [`MAX_TENSORS`],
+//! [`MAX_SPLIT_PARTS`]); containers grow as their items are read, never by a count from the file; sizes computed
+//! from dimensions use checked arithmetic. So a truncated, corrupt or hostile header gives a [`GgufError`] instead
+//! of a huge allocation, an overflow or a panic. This module knows nothing of models or tensors beyond their byte
+//! layout; turning bytes into candle tensors is `weights.rs`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,6 +19,19 @@ const MAGIC: u32 = 0x4655_4747;
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml tensors have at most four dimensions.
 const MAX_DIMS: u32 = 4;
+/// The longest header (metadata and tensor table) read; real ones are a few MiB, mostly the vocabulary.
+pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+/// The longest string in a header; the longest real ones are chat templates and embedded tokenizer JSON.
+pub const MAX_STRING_BYTES: u64 = 64 << 20;
+/// Metadata values in one header, array items included (a 256k-token vocabulary with its scores, types and merges
+/// is about 1.3 million); each takes 32 bytes of memory.
+pub const MAX_VALUES: u64 = 1 << 24;
+/// Tensors in one file; real models have a few thousand.
+pub const MAX_TENSORS: u64 = 1 << 18;
+/// Files a split model may have (`split.count`, `…-of-NNNNN.gguf`); gguf-split makes a few dozen at most.
+pub const MAX_SPLIT_PARTS: usize = 1024;
+/// Nesting of arrays in metadata: an array of arrays of arrays at most.
+const MAX_ARRAY_DEPTH: u32 = 3;
 
 /// What can go wrong reading a GGUF file; each message names the file and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -254,8 +271,9 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Elements in the tensor (saturating: a parsed header's tensors have fewer than 2^48).
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX)
     }
 }
 
@@ -276,7 +294,7 @@ impl GgufHeader {
     /// `path` names it in errors. The reader may hold only a prefix of the file: when it ends before the header
     /// does, the error is one for which [`GgufError::is_short_read`] holds, and a longer prefix may parse.
     pub fn parse(reader: impl Read, file_size: u64, path: &Path) -> Result<Self> {
-        let mut r = HeaderReader { inner: reader, remaining: file_size, path };
+        let mut r = HeaderReader { inner: reader, remaining: file_size, consumed: 0, values: 0, path };
         if file_size < 4 {
             let mut magic = [0u8; 4];
             let _ = r.inner.read(&mut magic);
@@ -290,8 +308,10 @@ impl GgufHeader {
         if !(2..=3).contains(&version) {
             return Err(GgufError::Version { path: path.to_path_buf(), version });
         }
-        let n_tensors = r.count(24, "the tensor count")?;
-        let n_kv = r.count(13, "the metadata count")?;
+        // Each tensor entry takes at least 32 bytes (name length, one dimension, type, offset), each metadata
+        // entry at least 13 (key length, type, a one-byte value).
+        let n_tensors = r.count(32, MAX_TENSORS, "the tensor count")?;
+        let n_kv = r.count(13, MAX_VALUES, "the metadata count")?;
 
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
@@ -308,8 +328,10 @@ impl GgufHeader {
                 _ => return Err(r.corrupt(format!("general.alignment {v:?} is not a power of two"))),
             },
         };
+        check_split(&metadata).map_err(|what| r.corrupt(what))?;
 
-        let mut infos = Vec::with_capacity(n_tensors);
+        // Grown as entries are read: the count is only checked against what the file could hold.
+        let mut infos = Vec::new();
         for _ in 0..n_tensors {
             let name = r.string("a tensor name")?;
             let n_dims = r.u32()?;
@@ -324,8 +346,10 @@ impl GgufHeader {
             let rel_offset = r.u64()?;
             infos.push((name, dims, kind_id, rel_offset));
         }
-        let header_end = file_size - r.remaining;
-        let data_start = header_end.div_ceil(alignment) * alignment;
+        let header_end = r.consumed;
+        let data_start = header_end
+            .checked_next_multiple_of(alignment)
+            .ok_or_else(|| r.corrupt(format!("general.alignment {alignment} puts the tensor data past any file")))?;
 
         let mut tensors = BTreeMap::new();
         let mut needed = data_start;
@@ -347,12 +371,14 @@ impl GgufHeader {
                     kind.name()
                 )));
             }
-            let size = elements / block * block_bytes;
-            let offset = data_start
+            let size = (elements / block)
+                .checked_mul(block_bytes)
+                .ok_or_else(|| r.corrupt(format!("tensor {name} has impossible dimensions {dims:?}")))?;
+            let (offset, end) = data_start
                 .checked_add(rel_offset)
-                .filter(|o| o.checked_add(size).is_some())
+                .and_then(|o| Some((o, o.checked_add(size)?)))
                 .ok_or_else(|| r.corrupt(format!("tensor {name} has an impossible offset {rel_offset}")))?;
-            needed = needed.max(offset + size);
+            needed = needed.max(end);
             if tensors.contains_key(&name) {
                 return Err(r.corrupt(format!("tensor {name} appears twice")));
             }
@@ -365,20 +391,49 @@ impl GgufHeader {
     }
 
     /// How many files the model is split in (llama.cpp's `gguf-split` metadata `split.count`; 1 if not split).
+    /// A parsed header's count is at most [`MAX_SPLIT_PARTS`].
     pub fn split_count(&self) -> usize {
-        self.metadata.get("split.count").and_then(Value::as_u64).map_or(1, |n| n.max(1) as usize)
+        split_count(&self.metadata)
     }
 
     /// This file's index (0-based) among the parts of a split model (`split.no`).
     pub fn split_index(&self) -> usize {
-        self.metadata.get("split.no").and_then(Value::as_u64).map_or(0, |n| n as usize)
+        self.metadata.get("split.no").and_then(Value::as_u64).map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
     }
+}
+
+fn split_count(metadata: &BTreeMap<String, Value>) -> usize {
+    metadata.get("split.count").and_then(Value::as_u64).map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX))
+}
+
+/// Checks `split.count` and `split.no`: a header claiming more parts than [`MAX_SPLIT_PARTS`], or a part
+/// outside its count, is corrupt.
+fn check_split(metadata: &BTreeMap<String, Value>) -> std::result::Result<(), String> {
+    let count = match metadata.get("split.count") {
+        None => 1,
+        Some(v) => v.as_u64().ok_or_else(|| format!("split.count is {v:?}, not a count of files"))?,
+    };
+    if count > MAX_SPLIT_PARTS as u64 {
+        return Err(format!(
+            "split.count says the model has {count} parts; a split model has at most {MAX_SPLIT_PARTS}"
+        ));
+    }
+    if let Some(v) = metadata.get("split.no") {
+        match v.as_u64() {
+            Some(no) if no < count.max(1) => {}
+            _ => return Err(format!("split.no {v:?} is not a part of a model of {} parts", count.max(1))),
+        }
+    }
+    Ok(())
 }
 
 /// The file names of all `count` parts of a split model whose first part is `first`
 /// (`m-00001-of-00003.gguf` gives `m-00001-of-00003.gguf`, `m-00002-of-00003.gguf`, `m-00003-of-00003.gguf`), or
-/// `None` when `first` is not named like a first part of `count`.
+/// `None` when `first` is not named like a first part of `count`, or `count` is over [`MAX_SPLIT_PARTS`].
 pub fn split_part_names(first: &str, count: usize) -> Option<Vec<String>> {
+    if count > MAX_SPLIT_PARTS {
+        return None;
+    }
     let stem = first.strip_suffix(".gguf")?;
     let (rest, total) = stem.rsplit_once("-of-")?;
     let (prefix, index) = rest.rsplit_once('-')?;
@@ -403,7 +458,12 @@ pub struct Gguf {
 
 struct HeaderReader<'a, R> {
     inner: R,
+    /// Bytes of the file, at its claimed size, after what was read.
     remaining: u64,
+    /// Bytes of the header read so far.
+    consumed: u64,
+    /// Metadata values read so far, array items included.
+    values: u64,
     path: &'a Path,
 }
 
@@ -412,17 +472,28 @@ impl<R: Read> HeaderReader<'_, R> {
         GgufError::Corrupt { path: self.path.to_path_buf(), what: what.into() }
     }
 
-    fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
-        if self.remaining < N as u64 {
+    /// Accounts for `n` more bytes of header: within the claimed file and within [`MAX_HEADER_BYTES`].
+    fn take(&mut self, n: u64) -> Result<()> {
+        if self.remaining < n {
             return Err(self.corrupt("the header ends before its last field"));
         }
+        if self.consumed + n > MAX_HEADER_BYTES {
+            return Err(self
+                .corrupt(format!("the header is longer than {} MiB, more than any model's", MAX_HEADER_BYTES >> 20)));
+        }
+        self.remaining -= n;
+        self.consumed += n;
+        Ok(())
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
+        self.take(N as u64)?;
         let mut buf = [0u8; N];
         self.inner.read_exact(&mut buf).map_err(|e| GgufError::Io {
             path: self.path.to_path_buf(),
             what: "the header".into(),
             source: e,
         })?;
-        self.remaining -= N as u64;
         Ok(buf)
     }
 
@@ -434,28 +505,53 @@ impl<R: Read> HeaderReader<'_, R> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
 
-    /// A length-prefixed count of items that each take at least `min_item_bytes`, checked against the file.
-    fn count(&mut self, min_item_bytes: u64, what: &str) -> Result<usize> {
+    /// A count of items that each take at least `min_item_bytes`, checked against what the rest of the file could
+    /// hold and against `cap`.
+    fn count(&mut self, min_item_bytes: u64, cap: u64, what: &str) -> Result<u64> {
         let n = self.u64()?;
         if n.saturating_mul(min_item_bytes) > self.remaining {
             return Err(self.corrupt(format!("{what} claims {n} entries, more than the file can hold")));
         }
-        usize::try_from(n).map_err(|_| self.corrupt(format!("{what} is too long")))
+        if n > cap {
+            return Err(self.corrupt(format!("{what} claims {n} entries, more than the {cap} a header may have")));
+        }
+        Ok(n)
     }
 
+    /// A length-prefixed UTF-8 string, read in pieces so that a length the bytes do not back allocates nothing.
     fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.count(1, what)?;
-        let mut buf = vec![0u8; len];
-        self.inner.read_exact(&mut buf).map_err(|e| GgufError::Io {
-            path: self.path.to_path_buf(),
-            what: what.to_string(),
-            source: e,
-        })?;
-        self.remaining -= len as u64;
+        let len = self.u64()?;
+        if len > self.remaining {
+            return Err(self.corrupt(format!("{what} claims {len} bytes, more than the file can hold")));
+        }
+        if len > MAX_STRING_BYTES {
+            return Err(self.corrupt(format!(
+                "{what} claims {len} bytes, more than the {} MiB a header string may have",
+                MAX_STRING_BYTES >> 20
+            )));
+        }
+        self.take(len)?;
+        let mut buf = Vec::new();
+        let mut piece = [0u8; 8192];
+        let mut left = len as usize;
+        while left > 0 {
+            let n = left.min(piece.len());
+            self.inner.read_exact(&mut piece[..n]).map_err(|e| GgufError::Io {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                source: e,
+            })?;
+            buf.extend_from_slice(&piece[..n]);
+            left -= n;
+        }
         String::from_utf8(buf).map_err(|_| self.corrupt(format!("{what} is not valid UTF-8")))
     }
 
     fn value(&mut self, kind: u32, key: &str, depth: u32) -> Result<Value> {
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(self.corrupt(format!("the metadata has more than {MAX_VALUES} values")));
+        }
         Ok(match kind {
             0 => Value::U8(self.bytes::<1>()?[0]),
             1 => Value::I8(i8::from_le_bytes(self.bytes()?)),
@@ -471,7 +567,7 @@ impl<R: Read> HeaderReader<'_, R> {
             },
             8 => Value::String(self.string(&format!("metadata {key}"))?),
             9 => {
-                if depth > 2 {
+                if depth >= MAX_ARRAY_DEPTH {
                     return Err(self.corrupt(format!("metadata {key}: arrays nested too deeply")));
                 }
                 let item_kind = self.u32()?;
@@ -483,8 +579,9 @@ impl<R: Read> HeaderReader<'_, R> {
                     9 => 12,
                     other => return Err(self.corrupt(format!("metadata {key}: unknown array item type {other}"))),
                 };
-                let n = self.count(min, &format!("metadata {key}"))?;
-                let mut items = Vec::with_capacity(n);
+                let n = self.count(min, MAX_VALUES, &format!("metadata {key}"))?;
+                // Grown as items are read; the count is only checked against what the file could hold.
+                let mut items = Vec::new();
                 for _ in 0..n {
                     items.push(self.value(item_kind, key, depth + 1)?);
                 }
@@ -533,7 +630,7 @@ impl Gguf {
                     }
                 }
                 files.push(file);
-                file_size += size;
+                file_size = file_size.saturating_add(size);
             }
         }
         Ok(Self { path: path.to_path_buf(), version, metadata, tensors, file_size, files })
@@ -587,6 +684,21 @@ impl Gguf {
 }
 
 #[cfg(test)]
+impl Gguf {
+    /// A model with this metadata and no tensors or files, for tests of what reads metadata.
+    pub(crate) fn with_metadata(metadata: BTreeMap<String, Value>) -> Self {
+        Self {
+            path: PathBuf::from("test.gguf"),
+            version: 3,
+            metadata,
+            tensors: BTreeMap::new(),
+            file_size: 0,
+            files: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
@@ -606,6 +718,7 @@ mod tests {
             match v {
                 Value::U16(x) => out.extend(x.to_le_bytes()),
                 Value::U32(x) => out.extend(x.to_le_bytes()),
+                Value::U64(x) => out.extend(x.to_le_bytes()),
                 Value::F32(x) => out.extend(x.to_le_bytes()),
                 Value::String(s) => put_str(out, s),
                 Value::Bool(b) => out.push(*b as u8),
@@ -616,6 +729,7 @@ mod tests {
             match v {
                 Value::U16(_) => 2,
                 Value::U32(_) => 4,
+                Value::U64(_) => 10,
                 Value::F32(_) => 6,
                 Value::Bool(_) => 7,
                 Value::String(_) => 8,
@@ -766,6 +880,123 @@ mod tests {
         let h = GgufHeader::parse(&bytes[..], size, &p).unwrap();
         assert_eq!(h.tensors["t"].offset, h.data_start);
         assert!(!GgufHeader::parse(&b"GGUF\x09\0\0\0"[..], size, &p).unwrap_err().is_short_read());
+    }
+
+    /// The start of a version 3 header with `n_tensors` tensors and `n_kv` metadata entries.
+    fn header_start(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(b"GGUF");
+        out.extend(3u32.to_le_bytes());
+        out.extend(n_tensors.to_le_bytes());
+        out.extend(n_kv.to_le_bytes());
+        out
+    }
+
+    /// Parses `prefix` as the first bytes of a file that claims to be `claimed` bytes long.
+    fn parse_prefix(prefix: &[u8], claimed: u64) -> GgufError {
+        GgufHeader::parse(prefix, claimed, Path::new("claimed.gguf")).unwrap_err()
+    }
+
+    #[test]
+    fn a_string_longer_than_the_cap_is_refused_before_it_is_read() {
+        // A claimed 4 TiB file whose first key says it is 1 TiB long: only 64 bytes are at hand.
+        let mut out = header_start(0, 1);
+        out.extend((1u64 << 40).to_le_bytes());
+        out.extend([b'k'; 64]);
+        let e = parse_prefix(&out, 1 << 42);
+        assert!(matches!(e, GgufError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("64 MiB a header string may have"), "{e}");
+        // Under the cap, a length the prefix does not hold is a short read, with nothing allocated ahead.
+        let mut out = header_start(0, 1);
+        out.extend((32u64 << 20).to_le_bytes());
+        out.extend([b'k'; 64]);
+        assert!(parse_prefix(&out, 1 << 42).is_short_read());
+    }
+
+    #[test]
+    fn an_array_count_over_the_cap_is_refused_before_items_are_read() {
+        let mut out = header_start(0, 1);
+        out.extend(1u64.to_le_bytes());
+        out.push(b'a');
+        out.extend(9u32.to_le_bytes()); // array
+        out.extend(0u32.to_le_bytes()); // of u8
+        out.extend((1u64 << 36).to_le_bytes());
+        out.extend([0u8; 64]);
+        let e = parse_prefix(&out, 1 << 40);
+        assert!(e.to_string().contains(&format!("more than the {MAX_VALUES} a header may have")), "{e}");
+        // Within the caps but beyond the bytes at hand: a short read.
+        let mut out = out[..out.len() - 72].to_vec();
+        out.extend((1u64 << 20).to_le_bytes());
+        out.extend([0u8; 64]);
+        assert!(parse_prefix(&out, 1 << 40).is_short_read());
+    }
+
+    #[test]
+    fn a_tensor_count_over_the_cap_is_refused() {
+        let mut out = header_start(1 << 30, 0);
+        out.extend([0u8; 64]);
+        let e = parse_prefix(&out, 1 << 40);
+        assert!(e.to_string().contains(&format!("more than the {MAX_TENSORS} a header may have")), "{e}");
+        // And a count the claimed file cannot hold.
+        let mut out = header_start(1 << 10, 0);
+        out.extend([0u8; 64]);
+        assert!(parse_prefix(&out, 1000).to_string().contains("more than the file can hold"));
+    }
+
+    #[test]
+    fn arrays_nested_too_deeply_are_corrupt() {
+        let mut out = header_start(0, 1);
+        out.extend(1u64.to_le_bytes());
+        out.push(b'a');
+        out.extend(9u32.to_le_bytes());
+        for _ in 0..4 {
+            out.extend(9u32.to_le_bytes()); // items are arrays
+            out.extend(1u64.to_le_bytes()); // one of them
+        }
+        out.extend([0u8; 64]);
+        let e = parse_prefix(&out, out.len() as u64);
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
+    }
+
+    #[test]
+    fn dimensions_and_offsets_that_overflow_are_corrupt() {
+        let p = tmp("overflow.gguf");
+        write_gguf(&p, &[], 8, None);
+        let bytes = std::fs::read(&p).unwrap();
+        // The single tensor's table entry: name (8 + 1), n_dims, dims[0], type, offset.
+        let dims_at = 4 + 4 + 8 + 8 + 9 + 4;
+        let mut two_dims = bytes[..dims_at - 4].to_vec();
+        two_dims.extend(2u32.to_le_bytes());
+        two_dims.extend((1u64 << 32).to_le_bytes());
+        two_dims.extend((1u64 << 32).to_le_bytes());
+        two_dims.extend(&bytes[dims_at + 8..]);
+        let e = GgufHeader::parse(&two_dims[..], two_dims.len() as u64, &p).unwrap_err();
+        assert!(e.to_string().contains("impossible dimensions"), "{e}");
+        let mut far = bytes.clone();
+        far[dims_at + 12..dims_at + 20].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = GgufHeader::parse(&far[..], far.len() as u64, &p).unwrap_err();
+        assert!(e.to_string().contains("impossible offset"), "{e}");
+        assert_eq!(
+            TensorInfo { dims: vec![u64::MAX, 2], ..Gguf::open(&p).unwrap().tensors["t"].clone() }.elements(),
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn a_header_claiming_too_many_split_parts_is_corrupt() {
+        assert_eq!(split_part_names("m-00001-of-99999999999.gguf", 99_999_999_999), None);
+        assert_eq!(split_part_names("m-0001-of-2000.gguf", 2000), None);
+        assert_eq!(split_part_names("m-0001-of-1024.gguf", 1024).map(|n| n.len()), Some(1024));
+        let dir = tmp("many-parts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = dir.join("m-00001-of-99999999999.gguf");
+        write_gguf(&first, &[("split.no", Value::U16(0)), ("split.count", Value::U64(99_999_999_999))], 8, None);
+        let e = Gguf::open(&first).unwrap_err();
+        assert!(matches!(e, GgufError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("at most 1024"), "{e}");
+        let bad_no = dir.join("m-00001-of-00002.gguf");
+        write_gguf(&bad_no, &[("split.no", Value::U16(5)), ("split.count", Value::U16(2))], 8, None);
+        assert!(Gguf::open(&bad_no).unwrap_err().to_string().contains("split.no"));
     }
 
     #[test]

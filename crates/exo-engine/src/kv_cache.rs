@@ -6,6 +6,8 @@
 //! host buffers, one row of `n_kv_heads * head_dim` values per position; the candle backend (GPUs, and weight
 //! types the CPU kernels do not handle) keeps device tensors. The cache tracks the sequence position;
 //! `truncate` rewinds it (the entries past the new end are simply overwritten later), `reset` empties it.
+//! Sizes come from a model file's metadata, so they are multiplied with checked arithmetic: a cache too large to
+//! count is an error, not a wrapped size.
 
 use std::str::FromStr;
 
@@ -205,7 +207,9 @@ impl KvCache {
         match &self.store {
             Store::Host(layers) => layers.iter().map(|l| l.keys.bytes() + l.values.bytes()).sum(),
             Store::Tensors { layers, capacity, .. } => {
-                layers.iter().flatten().count() * 2 * self.n_kv_heads * capacity * self.head_dim * self.kv_type.size()
+                [layers.iter().flatten().count(), 2, self.n_kv_heads, *capacity, self.head_dim, self.kv_type.size()]
+                    .iter()
+                    .fold(1usize, |acc, &n| acc.saturating_mul(n))
             }
         }
     }
@@ -245,19 +249,29 @@ impl KvCache {
 
     /// Checks that `n` more positions fit in the context.
     pub(crate) fn check_room(&self, n: usize) -> Result<()> {
-        if self.len + n > self.max_len {
-            return Err(EngineError::ContextOverflow { needed: self.len + n, context: self.max_len });
+        let needed = self.len.saturating_add(n);
+        if needed > self.max_len {
+            return Err(EngineError::ContextOverflow { needed, context: self.max_len });
         }
         Ok(())
+    }
+
+    /// Values in `positions` positions of one layer's keys (or values), if that can be counted.
+    fn values_for(&self, positions: usize) -> Result<usize> {
+        self.n_kv_heads.checked_mul(self.head_dim).and_then(|row| row.checked_mul(positions)).ok_or_else(|| {
+            EngineError::TooLarge(format!(
+                "a KV cache of {positions} positions of {} heads of {} values",
+                self.n_kv_heads, self.head_dim
+            ))
+        })
     }
 
     /// The host buffers of every layer, each grown to hold `len() + seq` positions (the CPU backend writes the
     /// new positions, then reads all of them). Call [`KvCache::advance`] once all layers are written.
     pub(crate) fn host_layers(&mut self, seq: usize) -> Result<&mut [HostLayer]> {
         self.check_room(seq)?;
-        let row = self.n_kv_heads * self.head_dim;
-        let (needed, limit) = ((self.len + seq) * row, self.max_len * row);
-        let initial = INITIAL_CAPACITY.min(self.max_len) * row;
+        let (needed, limit) = (self.values_for(self.len + seq)?, self.values_for(self.max_len)?);
+        let initial = self.values_for(INITIAL_CAPACITY.min(self.max_len))?;
         match &mut self.store {
             Store::Host(layers) => {
                 for l in layers.iter_mut() {
@@ -278,8 +292,8 @@ impl KvCache {
     /// `keys`/`values` are (n_kv_heads, seq, head_dim). Call [`KvCache::advance`] once all layers are written.
     pub fn append(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
         let seq = keys.dim(1)?;
-        let end = self.len + seq;
         self.check_room(seq)?;
+        let end = self.len + seq;
         let (n_kv_heads, head_dim, kv_type, len, max_len) =
             (self.n_kv_heads, self.head_dim, self.kv_type, self.len, self.max_len);
         let Store::Tensors { layers, capacity, device } = &mut self.store else {
@@ -291,8 +305,18 @@ impl KvCache {
         if end > *capacity {
             let mut new_capacity = (*capacity).max(INITIAL_CAPACITY.min(max_len));
             while new_capacity < end {
-                new_capacity = (new_capacity * 2).min(max_len);
+                new_capacity = new_capacity.saturating_mul(2).min(max_len);
             }
+            let too_large = || {
+                EngineError::TooLarge(format!(
+                    "a KV cache of {new_capacity} positions of {n_kv_heads} heads of {head_dim} values"
+                ))
+            };
+            n_kv_heads
+                .checked_mul(new_capacity)
+                .and_then(|n| n.checked_mul(head_dim))
+                .and_then(|n| n.checked_mul(kv_type.size()))
+                .ok_or_else(too_large)?;
             let shape = (n_kv_heads, new_capacity, head_dim);
             for buffers in layers.iter_mut().flatten() {
                 let keys = Tensor::zeros(shape, kv_type.dtype(), device)?;
@@ -436,6 +460,20 @@ mod tests {
         assert_eq!((cache.len(), cache.bytes()), (0, 0));
         let (k, _) = cache.append(0, &first, &first).unwrap();
         assert_eq!(k.dims(), &[2, 3, 4]);
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_errors() {
+        let mut host = KvCache::new_host(1, 1 << 40, 1 << 40, 1 << 40, KvType::F16);
+        let e = host.host_layers(1).unwrap_err();
+        assert!(matches!(e, EngineError::TooLarge(_)), "{e}");
+        let mut tensors = KvCache::new(1, 1 << 40, 1 << 40, 1 << 40, KvType::F16, &Device::Cpu);
+        let one = entries(1, 1, 2, 0.0);
+        let e = tensors.append(0, &one, &one).unwrap_err();
+        assert!(matches!(e, EngineError::TooLarge(_)), "{e}");
+        assert_eq!(tensors.bytes(), 0);
+        let e = KvCache::new_host(1, 1, 1, 4, KvType::F16).host_layers(usize::MAX).unwrap_err();
+        assert!(matches!(e, EngineError::ContextOverflow { needed: usize::MAX, context: 4 }), "{e}");
     }
 
     #[test]
