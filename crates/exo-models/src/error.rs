@@ -34,6 +34,10 @@ pub enum ModelsError {
     Gguf(#[from] exo_engine::gguf::GgufError),
     #[error("{what}: {message}")]
     Corrupt { what: String, message: String },
+    /// A commit, ETag or path from a hub, a peer or a `refs/` file that the cache layout does not allow: it would
+    /// name a file elsewhere.
+    #[error("the {what} {value} is not {expected}: refused, as it would name a file in the model cache")]
+    BadCacheName { what: &'static str, value: String, expected: &'static str },
 }
 
 impl ModelsError {

@@ -2,6 +2,12 @@
 //! sha256, commit) from a `HEAD`, and byte ranges of it from `GET`s with `Range`. Configured like
 //! `huggingface_hub`: `HF_ENDPOINT`, `HF_TOKEN` (or the token file `huggingface-cli login` writes),
 //! `HF_HUB_OFFLINE`.
+//!
+//! The token goes only to the endpoint's own origin (scheme, host and port): this client follows redirects itself
+//! and sends it to no other (a CDN, another host). reqwest's own redirects are not used: on each hop they restore
+//! the first request's headers and drop `Authorization` only if the host differs from the previous hop's, so a
+//! chain endpoint → CDN → CDN sent the token to the CDN's second hop. Names in URLs are percent-encoded segment by
+//! segment; error bodies are read up to [`MAX_ERROR_BODY`] only.
 
 use std::time::Duration;
 
@@ -10,10 +16,39 @@ use reqwest::{Client, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelsError, Result};
-use crate::hf_cache::hf_home;
+use crate::hf_cache::{check_commit, check_etag, hf_home};
 use crate::reference::FileKey;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// Bytes of an error answer's body read (for its message); the rest is not read.
+pub const MAX_ERROR_BODY: usize = 64 << 10;
+/// Redirects followed for one `GET` (the hub sends one, to its CDN).
+const MAX_REDIRECTS: usize = 10;
+
+/// `segment` percent-encoded for a URL path: everything but `A-Z a-z 0-9 - . _ ~` as `%XX` of its UTF-8 bytes
+/// (as `huggingface_hub` quotes file names), so `#`, `?`, `%`, spaces and `/` cannot change the URL's meaning.
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Each `/`-separated part of `path` percent-encoded, the `/`s kept.
+fn encode_path(path: &str) -> String {
+    path.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+}
+
+/// Scheme, host and port of `url`, which the token is tied to.
+fn origin(url: &str) -> Option<(String, String, Option<u16>)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((u.scheme().to_string(), u.host_str()?.to_string(), u.port_or_known_default()))
+}
 
 /// How to reach the hub.
 #[derive(Debug, Clone)]
@@ -80,26 +115,30 @@ impl RemoteFile {
 #[derive(Debug, Clone)]
 pub struct Hub {
     config: HubConfig,
-    /// For HEAD: redirects are read, not followed (the file's headers are on the redirect).
-    head: Client,
-    /// For GET: follows redirects to wherever the bytes are (a CDN), dropping the token when the host changes.
-    get: Client,
+    /// Follows no redirect: for a HEAD the file's headers are on the redirect, and every redirect is followed
+    /// here so that the token goes only where [`Hub::authorize`] says.
+    client: Client,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Result<Self> {
-        let build = |redirects: reqwest::redirect::Policy| {
-            Client::builder()
-                .redirect(redirects)
-                .connect_timeout(Duration::from_secs(15))
-                .read_timeout(Duration::from_secs(60))
-                .user_agent(concat!("exo/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| ModelsError::Network { url: config.endpoint.clone(), message: e.to_string() })
-        };
-        let head = build(reqwest::redirect::Policy::none())?;
-        let get = build(reqwest::redirect::Policy::limited(10))?;
-        Ok(Self { config, head, get })
+        let client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("exo/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ModelsError::Network { url: config.endpoint.clone(), message: e.to_string() })?;
+        Ok(Self { config, client })
+    }
+
+    /// Where a redirect from `url` points, resolved against it.
+    fn redirect_target(url: &str, location: &str) -> Result<String> {
+        match reqwest::Url::parse(url).and_then(|base| base.join(location)) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u.to_string()),
+            Ok(u) => Err(ModelsError::Network { url: url.into(), message: format!("a redirect to {u}") }),
+            Err(e) => Err(ModelsError::Network { url: url.into(), message: e.to_string() }),
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -110,16 +149,37 @@ impl Hub {
         self.config.offline
     }
 
-    /// `{endpoint}/{repo}/resolve/{revision}/{file}`.
+    /// `{endpoint}/{repo}/resolve/{revision}/{file}`, each part percent-encoded.
     pub fn url(&self, key: &FileKey) -> String {
-        format!("{}/{}/resolve/{}/{}", self.config.endpoint, key.repo, key.revision, key.file)
+        format!(
+            "{}/{}/resolve/{}/{}",
+            self.config.endpoint,
+            encode_path(&key.repo),
+            encode_segment(&key.revision),
+            encode_path(&key.file)
+        )
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// `request` to `url` with the token, if there is one and `url` is on the endpoint's origin.
+    fn authorize(&self, request: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
         match &self.config.token {
-            Some(t) => request.header(AUTHORIZATION, format!("Bearer {t}")),
-            None => request,
+            Some(t) if origin(url).is_some() && origin(url) == origin(&self.config.endpoint) => {
+                request.header(AUTHORIZATION, format!("Bearer {t}"))
+            }
+            _ => request,
         }
+    }
+
+    /// Up to [`MAX_ERROR_BODY`] bytes of an answer's body, as text.
+    async fn error_body(mut response: reqwest::Response) -> String {
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// The error with its causes (reqwest's own message repeats the URL, which the error already names).
@@ -159,7 +219,8 @@ impl Hub {
         let mut url = self.url(key);
         // Relative redirects (a renamed repository) are followed; one to another host carries the file's headers.
         for _ in 0..5 {
-            let response = self.authorize(self.head.head(&url)).send().await.map_err(|e| Self::network(&url, e))?;
+            let response =
+                self.authorize(self.client.head(&url), &url).send().await.map_err(|e| Self::network(&url, e))?;
             let status = response.status();
             let headers = response.headers();
             let text = |name: &str| {
@@ -172,16 +233,15 @@ impl Hub {
             let commit = text("x-repo-commit");
             if status.is_redirection() && linked_size.is_none() {
                 let Some(next) = text(LOCATION.as_str()) else { break };
-                url = match reqwest::Url::parse(&url).and_then(|base| base.join(&next)) {
-                    Ok(u) => u.to_string(),
-                    Err(e) => return Err(ModelsError::Network { url, message: e.to_string() }),
-                };
+                url = Self::redirect_target(&url, &next)?;
                 continue;
             }
             if !status.is_success() && !status.is_redirection() {
                 return Err(self.refusal(key, &url, status, headers, String::new()));
             }
-            let etag = text("x-linked-etag").or_else(|| text(ETAG.as_str()));
+            // Both become names in the cache: only the forms its layout defines are taken.
+            let etag = text("x-linked-etag").or_else(|| text(ETAG.as_str())).map(|e| check_etag(&e)).transpose()?;
+            let commit = commit.map(|c| check_commit(&c)).transpose()?;
             let size = linked_size.or_else(|| text(CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok()));
             let Some(size) = size else {
                 return Err(ModelsError::Http {
@@ -205,12 +265,31 @@ impl Hub {
         sink: &mut (dyn FnMut(u64, &[u8]) -> Result<()> + Send),
     ) -> Result<()> {
         let url = self.url(key);
-        let request = self.authorize(self.get.get(&url)).header(RANGE, format!("bytes={start}-{}", end - 1));
-        let mut response = request.send().await.map_err(|e| Self::network(&url, e))?;
+        let mut at_url = url.clone();
+        let mut hops = 0;
+        let mut response = loop {
+            let request =
+                self.authorize(self.client.get(&at_url), &at_url).header(RANGE, format!("bytes={start}-{}", end - 1));
+            let response = request.send().await.map_err(|e| Self::network(&at_url, e))?;
+            let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok());
+            match location {
+                Some(next) if response.status().is_redirection() => {
+                    if hops == MAX_REDIRECTS {
+                        return Err(ModelsError::Network {
+                            url,
+                            message: format!("more than {MAX_REDIRECTS} redirects"),
+                        });
+                    }
+                    hops += 1;
+                    at_url = Self::redirect_target(&at_url, next)?;
+                }
+                _ => break response,
+            }
+        };
         let status = response.status();
         if status != StatusCode::PARTIAL_CONTENT {
             let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
+            let body = Self::error_body(response).await;
             if status.is_success() {
                 return Err(ModelsError::Http {
                     url,
@@ -277,6 +356,37 @@ mod tests {
         assert!(config(&[("HF_HUB_OFFLINE", "TRUE")]).offline);
         let hub = Hub::new(config(&[("HF_ENDPOINT", "http://h")])).unwrap();
         assert_eq!(hub.url(&FileKey::new("o/r", "v1", "d/m.gguf")), "http://h/o/r/resolve/v1/d/m.gguf");
+    }
+
+    #[test]
+    fn names_in_urls_are_percent_encoded_segment_by_segment() {
+        let hub = Hub::new(HubConfig::from_vars(|v| (v == "HF_ENDPOINT").then(|| "http://h".to_string()))).unwrap();
+        let key = FileKey::new("o/r", "v 1", "my dir/a#b?c%d é.gguf");
+        assert_eq!(hub.url(&key), "http://h/o/r/resolve/v%201/my%20dir/a%23b%3Fc%25d%20%C3%A9.gguf");
+        assert_eq!(encode_segment("A-z_0.9~"), "A-z_0.9~");
+        assert_eq!(encode_segment("a/b"), "a%2Fb");
+    }
+
+    #[test]
+    fn the_token_goes_to_the_endpoints_origin_only() {
+        let config = HubConfig {
+            endpoint: "https://huggingface.co".into(),
+            token: Some("hf_secret".into()),
+            offline: false,
+            connections: 1,
+            retries: 0,
+        };
+        let hub = Hub::new(config).unwrap();
+        let sent = |url: &str| {
+            let request = hub.authorize(hub.client.head(url), url).build().unwrap();
+            request.headers().contains_key(AUTHORIZATION)
+        };
+        assert!(sent("https://huggingface.co/o/r/resolve/main/m.gguf"));
+        assert!(sent("https://huggingface.co:443/other"));
+        assert!(!sent("https://cdn-lfs.hf.co/o/r/m.gguf"));
+        assert!(!sent("http://huggingface.co/o/r/resolve/main/m.gguf"));
+        assert!(!sent("https://huggingface.co:8443/o/r/resolve/main/m.gguf"));
+        assert!(!sent("https://huggingface.co.evil.example/o/r/resolve/main/m.gguf"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use exo_engine::gguf::MAX_SPLIT_PARTS;
+
 use crate::catalog;
 use crate::error::{ModelsError, Result};
 
@@ -106,13 +108,23 @@ impl ModelRef {
             let key = FileKey::new(&format!("{owner}/{repo}"), revision, file);
             key.validate()?;
             let name = file.rsplit('/').next().unwrap_or(file);
-            // A reference to a first part of a split model loads every part.
-            let parts = name
-                .strip_suffix(".gguf")
-                .and_then(|s| s.rsplit_once("-of-"))
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-                .filter(|&n| exo_engine::gguf::split_part_names(name, n).is_some())
-                .unwrap_or(1);
+            // A reference to a first part of a split model loads every part; the count is capped before any
+            // part's name is made.
+            let split = name.strip_suffix(".gguf").and_then(|s| s.rsplit_once("-of-")).and_then(|(rest, n)| {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                let index = rest.rsplit_once('-').map_or("", |(_, i)| i);
+                (digits(index) && digits(n)).then_some(n)
+            });
+            let parts = match split.map(|n| n.parse::<usize>().ok().filter(|&n| n <= MAX_SPLIT_PARTS)) {
+                Some(None) => {
+                    return Err(invalid(&format!(
+                        "a split model has at most {MAX_SPLIT_PARTS} parts; this name says {}",
+                        split.unwrap_or_default()
+                    )))
+                }
+                Some(Some(n)) if exo_engine::gguf::split_part_names(name, n).is_some() => n,
+                _ => 1,
+            };
             return Ok(Some(ModelRef::Hub { key, parts, size: None, layers: None }));
         }
         let (name, quant) = match reference.split_once(':') {
@@ -179,6 +191,9 @@ mod tests {
             ("hf:o/r/../m.gguf", "expected hf:owner/repo"),
             ("hf:o/r/m.bin", "must be a .gguf"),
             ("hf:o/r/m.gguf@", "revision"),
+            ("hf:o/r/m-00001-of-99999999999.gguf", "at most 1024 parts"),
+            ("hf:o/r/m-00001-of-99999999999999999999999999.gguf", "at most 1024 parts"),
+            ("hf:o/r/m-0001-of-1025.gguf", "at most 1024 parts"),
         ] {
             let e = ModelRef::parse_remote(r).unwrap_err().to_string();
             assert!(e.contains(why), "{r}: {e}");
@@ -196,6 +211,11 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         assert!(FileKey::new("o/r", "v1.0", "d/m.gguf").validate().is_ok());
+        // At the cap, and names that only look like split parts.
+        assert_eq!(hub("hf:o/r/m-0001-of-1024.gguf").1, 1024);
+        assert_eq!(hub("hf:o/r/m-0002-of-1024.gguf").1, 1);
+        assert_eq!(hub("hf:o/r/story-of-99999999999.gguf").1, 1);
+        assert_eq!(FileKey::new("o/r", "main", "m-00001-of-99999999999.gguf").parts(99_999_999_999).len(), 1);
         assert!(ModelRef::parse_remote("hf:../r/m.gguf").is_err());
         let e = ModelRef::parse_remote("llama-3.1-8b:q3_xs").unwrap_err().to_string();
         assert!(e.contains("has no q3_xs file") && e.contains("Q4_K_M"), "{e}");

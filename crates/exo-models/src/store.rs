@@ -2,8 +2,13 @@
 //! Hugging Face cache; a node that needs only some layers gets only their byte ranges, from its peers first (any
 //! [`RangeSource`]) and from the hub for the rest, into a sparse [`PartialFile`] under `$EXO_HOME/downloads`,
 //! which is moved into the cache once every byte is there and its sha256 checks.
+//!
+//! References from the operator (`exo run`, `exo download`, `--model`) go through [`ModelStore::resolve`] and may
+//! be paths; references from the API or a peer go through [`ModelStore::resolve_untrusted`], which takes a path
+//! only if the operator allowed it ([`ModelStore::allow_path`]) and answers anything else without looking at the
+//! disk. What a peer is told or served ([`ModelStore::held_local`], [`ModelStore::read_local`]) is only GGUF files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,14 +16,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use exo_engine::gguf::GgufHeader;
+use exo_engine::gguf::{GgufHeader, MAX_HEADER_BYTES};
 use exo_engine::Shard;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use crate::catalog;
 use crate::error::{ModelsError, Result};
-use crate::hf_cache::HfCache;
+use crate::hf_cache::{check_commit, check_etag, contained, HfCache};
 use crate::hub::{Hub, HubConfig, RemoteFile};
 use crate::partial::PartialFile;
 use crate::progress::{Downloads, Tracker};
@@ -112,8 +117,11 @@ pub struct Listing {
 const PEER_PIECE: u64 = 2 << 20;
 /// Bytes asked of the hub per request; several run in parallel.
 const HUB_PIECE: u64 = 16 << 20;
-/// First guess of a header's length; grown fourfold until the tensor table parses.
+/// First guess of a header's length; grown fourfold until the tensor table parses (up to the longest header the
+/// parser reads).
 const HEADER_GUESS: u64 = 1 << 20;
+/// How every GGUF file starts.
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 #[derive(Debug, Clone)]
 pub struct ModelStore {
@@ -126,6 +134,8 @@ struct Inner {
     hub: Hub,
     downloads: Downloads,
     locks: std::sync::Mutex<HashMap<FileKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Paths the operator named (`--model`), which untrusted references may name too.
+    allowed: std::sync::RwLock<HashSet<PathBuf>>,
 }
 
 /// One file of a model while it is made local.
@@ -147,6 +157,7 @@ impl ModelStore {
                 hub,
                 downloads: Downloads::default(),
                 locks: std::sync::Mutex::new(HashMap::new()),
+                allowed: std::sync::RwLock::new(HashSet::new()),
             }),
         })
     }
@@ -165,16 +176,10 @@ impl ModelStore {
 
     /// What `reference` names: a file of the models folder (by name, with or without `.gguf`), an `hf:` file, a
     /// catalog name, or a path to a GGUF file.
+    /// For the operator's own commands; see [`ModelStore::resolve_untrusted`] for references from elsewhere.
     pub fn resolve(&self, reference: &str) -> Result<ModelRef> {
-        if !reference.starts_with("hf:") {
-            if let Some(dir) = &self.inner.config.models_dir {
-                let is_name = !reference.contains('/') && !reference.starts_with('.') && !reference.is_empty();
-                for candidate in [dir.join(reference), dir.join(format!("{reference}.gguf"))] {
-                    if is_name && candidate.is_file() {
-                        return Ok(ModelRef::Path(candidate));
-                    }
-                }
-            }
+        if let Some(path) = self.in_models_dir(reference, false) {
+            return Ok(ModelRef::Path(path));
         }
         if let Some(r) = ModelRef::parse_remote(reference)? {
             return Ok(r);
@@ -187,14 +192,53 @@ impl ModelStore {
         Err(ModelsError::Unknown(reference.into()))
     }
 
-    /// Where the partial download of `key` lives.
-    fn partial_path(&self, key: &FileKey) -> PathBuf {
-        self.inner
-            .config
-            .downloads_dir
-            .join(format!("models--{}", key.repo.replace('/', "--")))
-            .join(&key.revision)
-            .join(&key.file)
+    /// Lets untrusted references name `path` exactly as written (the operator's `--model /path/x.gguf`).
+    pub fn allow_path(&self, path: &Path) {
+        let mut allowed = self.inner.allowed.write().unwrap_or_else(|e| e.into_inner());
+        allowed.insert(path.to_path_buf());
+    }
+
+    /// What a reference from the API or a peer names: a GGUF file of the models folder by plain name (no `/`,
+    /// `\`, leading `.`), an `hf:` file, a catalog name, or a path equal to one given to
+    /// [`ModelStore::allow_path`] (as `Path`s compare: part by part, so `a//b` and `a/./b` are `a/b`, but `a/../b`
+    /// is not `b`). Anything else is [`ModelsError::Unknown`], decided without touching the file
+    /// system for it, so the answer says nothing of whether a path exists or what it holds.
+    pub fn resolve_untrusted(&self, reference: &str) -> Result<ModelRef> {
+        if let Some(path) = self.in_models_dir(reference, true) {
+            return Ok(ModelRef::Path(path));
+        }
+        if let Some(r) = ModelRef::parse_remote(reference)? {
+            return Ok(r);
+        }
+        let path = PathBuf::from(reference);
+        let allowed = self.inner.allowed.read().unwrap_or_else(|e| e.into_inner());
+        if !reference.is_empty() && allowed.contains(&path) {
+            return Ok(ModelRef::Path(path));
+        }
+        Err(ModelsError::Unknown(reference.into()))
+    }
+
+    /// The file of the models folder that `name` names (itself or with `.gguf` added), when it is a plain name;
+    /// `gguf_only` takes only names ending in `.gguf`.
+    fn in_models_dir(&self, name: &str, gguf_only: bool) -> Option<PathBuf> {
+        let dir = self.inner.config.models_dir.as_ref()?;
+        let plain =
+            !name.is_empty() && !name.starts_with("hf:") && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+        if !plain {
+            return None;
+        }
+        [dir.join(name), dir.join(format!("{name}.gguf"))]
+            .into_iter()
+            .filter(|c| !gguf_only || c.extension().is_some_and(|e| e == "gguf"))
+            .find(|c| c.is_file())
+    }
+
+    /// Where the partial download of `key` lives: inside the downloads folder, or an error.
+    fn partial_path(&self, key: &FileKey) -> Result<PathBuf> {
+        key.validate()?;
+        let dir = &self.inner.config.downloads_dir;
+        let path = dir.join(format!("models--{}", key.repo.replace('/', "--"))).join(&key.revision).join(&key.file);
+        contained(dir, path)
     }
 
     fn lock(&self, key: &FileKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -202,9 +246,31 @@ impl ModelStore {
         locks.entry(key.clone()).or_default().clone()
     }
 
-    /// Makes `reference` local enough for `need`, asking `peers` before the hub, and says where it is.
+    /// Makes `reference` local enough for `need`, asking `peers` before the hub, and says where it is. For the
+    /// operator's own commands; see [`ModelStore::fetch_untrusted`].
     pub async fn fetch(&self, reference: &str, need: Need, peers: &[Arc<dyn RangeSource>]) -> Result<LocalModel> {
-        let (key, parts) = match self.resolve(reference)? {
+        self.fetch_resolved(reference, self.resolve(reference)?, need, peers).await
+    }
+
+    /// [`ModelStore::fetch`] for a reference from the API or a peer, resolved by
+    /// [`ModelStore::resolve_untrusted`].
+    pub async fn fetch_untrusted(
+        &self,
+        reference: &str,
+        need: Need,
+        peers: &[Arc<dyn RangeSource>],
+    ) -> Result<LocalModel> {
+        self.fetch_resolved(reference, self.resolve_untrusted(reference)?, need, peers).await
+    }
+
+    async fn fetch_resolved(
+        &self,
+        reference: &str,
+        resolved: ModelRef,
+        need: Need,
+        peers: &[Arc<dyn RangeSource>],
+    ) -> Result<LocalModel> {
+        let (key, parts) = match resolved {
             ModelRef::Path(path) => return Ok(LocalModel { path, from_hub: 0, from_peers: 0 }),
             ModelRef::Hub { key, parts, .. } => (key, parts),
         };
@@ -250,17 +316,20 @@ impl ModelStore {
         let tied = !parts.iter().any(|p| p.header.tensors.contains_key("output.weight"));
         for part in &mut parts {
             let Some(partial) = part.partial.clone() else { continue };
-            let mut wanted = RangeSet::new();
-            wanted.insert(0, part.header.data_start.min(part.size));
+            // One sort and merge, whatever the order of the tensor table.
+            let mut wanted = vec![(0, part.header.data_start.min(part.size))];
             match need {
                 Need::Header => {}
-                Need::Whole => wanted.insert(0, part.size),
-                Need::Layers(shard) => {
-                    for t in part.header.tensors.values().filter(|t| shard.needs_tensor(&t.name, tied)) {
-                        wanted.insert(t.offset, t.offset + t.size);
-                    }
-                }
+                Need::Whole => wanted.push((0, part.size)),
+                Need::Layers(shard) => wanted.extend(
+                    part.header
+                        .tensors
+                        .values()
+                        .filter(|t| shard.needs_tensor(&t.name, tied))
+                        .map(|t| (t.offset, t.offset + t.size)),
+                ),
             }
+            let wanted = RangeSet::from_ranges(wanted);
             self.fill(reference, &need.to_string(), &part.key, &partial, &wanted, peers, from).await?;
             if partial.is_complete() {
                 part.complete = Some(self.promote(&part.key, &partial).await?);
@@ -269,12 +338,15 @@ impl ModelStore {
         }
         if parts.len() == 1 {
             let p = &parts[0];
-            return Ok(p.complete.clone().unwrap_or_else(|| self.partial_path(&p.key)));
+            return match &p.complete {
+                Some(path) => Ok(path.clone()),
+                None => self.partial_path(&p.key),
+            };
         }
         // A split model opens from one folder: complete parts are linked into the partial downloads' folder.
         for p in &parts {
             if let Some(complete) = &p.complete {
-                let link = self.partial_path(&p.key);
+                let link = self.partial_path(&p.key)?;
                 if let Some(dir) = link.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| ModelsError::io(dir, e))?;
                 }
@@ -284,13 +356,14 @@ impl ModelStore {
                 std::os::unix::fs::symlink(complete, &link).map_err(|e| ModelsError::io(&link, e))?;
             }
         }
-        Ok(self.partial_path(&parts[0].key))
+        self.partial_path(&parts[0].key)
     }
 
-    /// What the file is: the record of a partial download, else the hub, else a peer.
+    /// What the file is: the hub says, else a peer (one whose answer names a commit and an ETag the cache layout
+    /// allows).
     async fn remote_info(&self, key: &FileKey, peers: &[Arc<dyn RangeSource>]) -> Result<RemoteFile> {
         if !self.offline() {
-            match self.inner.hub.stat(key).await {
+            match self.inner.hub.stat(key).await.and_then(|info| checked_info(key, info)) {
                 Ok(info) => return Ok(info),
                 // Unreachable hub: a peer may still have it.
                 Err(e @ ModelsError::Network { .. }) if !peers.is_empty() => tracing::warn!("{e}; asking peers"),
@@ -299,7 +372,10 @@ impl ModelStore {
         }
         for peer in peers {
             if let Some((info, _)) = peer.held(key).await {
-                return Ok(info);
+                match checked_info(key, info) {
+                    Ok(info) => return Ok(info),
+                    Err(e) => tracing::warn!("{}: {key}: {e}; not used", peer.name()),
+                }
             }
         }
         Err(ModelsError::Offline {
@@ -323,7 +399,7 @@ impl ModelStore {
             let header = GgufHeader::parse(std::io::BufReader::with_capacity(1 << 20, file), size, &path)?;
             return Ok(Part { key: key.clone(), complete: Some(path), partial: None, header, size });
         }
-        let path = self.partial_path(key);
+        let path = self.partial_path(key)?;
         let partial = match PartialFile::open(&path) {
             Some(p) => p,
             None => PartialFile::open_or_create(&path, &self.remote_info(key, peers).await?)?,
@@ -339,7 +415,9 @@ impl ModelStore {
                 Ok(header) => {
                     return Ok(Part { key: key.clone(), complete: None, partial: Some(partial), header, size })
                 }
-                Err(e) if e.is_short_read() && prefix < size => prefix = (prefix * 4).min(size),
+                Err(e) if e.is_short_read() && prefix < size.min(MAX_HEADER_BYTES) => {
+                    prefix = (prefix * 4).min(size).min(MAX_HEADER_BYTES)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -394,6 +472,13 @@ impl ModelStore {
     ) -> Result<()> {
         for peer in peers {
             let Some((info, theirs)) = peer.held(key).await else { continue };
+            let info = match checked_info(key, info) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::warn!("{}: {key}: {e}; not used", peer.name());
+                    continue;
+                }
+            };
             if info.size != partial.info().size
                 || (info.etag.is_some() && partial.info().etag.is_some() && info.etag != partial.info().etag)
             {
@@ -494,42 +579,67 @@ impl ModelStore {
                 return Err(ModelsError::HashMismatch { file: key.to_string(), expected: expected.into(), actual });
             }
         }
-        partial.forget_record();
         let etag = info.etag.clone().unwrap_or(actual);
         let commit = info.commit.clone().unwrap_or_else(|| key.revision.clone());
+        // Checked before the record goes: a record that names no usable commit or ETag keeps the download.
+        let (commit, etag) = (check_commit(&commit)?, check_etag(&etag)?);
+        partial.forget_record();
         let cached = self.inner.config.cache.insert(key, &commit, &etag, &path)?;
         tracing::info!("{key}: complete, sha256 checked, in {}", cached.display());
         Ok(cached)
     }
 
     /// What this node can tell a peer of `key`: what the file is and which bytes of it are here (all of them when
-    /// it is complete in the cache).
+    /// it is complete in the cache). Only GGUF files are told of: the name ends in `.gguf` and the bytes start
+    /// with the GGUF magic (a partial download only once it holds them); other files of the cache (another tool's
+    /// downloads, private repositories) are `None`, as if absent.
     pub fn held_local(&self, key: &FileKey) -> Option<(RemoteFile, RangeSet)> {
-        key.validate().ok()?;
-        if let Some(path) = self.inner.config.cache.find(key) {
-            let size = std::fs::metadata(&path).ok()?.len();
-            let etag =
-                std::fs::read_link(&path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().to_string()));
-            let commit = self.inner.config.cache.commit(&key.repo, &key.revision);
-            return Some((RemoteFile { size, etag, commit }, RangeSet::from_ranges([(0, size)])));
+        match self.local_gguf(key)? {
+            Local::Complete(path, file) => {
+                let size = file.metadata().ok()?.len();
+                let etag = std::fs::read_link(&path)
+                    .ok()
+                    .and_then(|t| t.file_name().and_then(|n| check_etag(&n.to_string_lossy()).ok()));
+                let commit = self.inner.config.cache.commit(&key.repo, &key.revision);
+                Some((RemoteFile { size, etag, commit }, RangeSet::from_ranges([(0, size)])))
+            }
+            Local::Partial(p) => Some((p.info().clone(), p.held())),
         }
-        PartialFile::open(&self.partial_path(key)).map(|p| (p.info().clone(), p.held()))
     }
 
-    /// Bytes of `key` for a peer, if this node holds all of them.
+    /// Bytes of `key` for a peer, if this node holds all of them and the file is one [`ModelStore::held_local`]
+    /// tells of.
     pub fn read_local(&self, key: &FileKey, offset: u64, len: u64) -> Option<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        key.validate().ok()?;
-        if let Some(path) = self.inner.config.cache.find(key) {
-            let file = std::fs::File::open(path).ok()?;
-            if offset.checked_add(len)? > file.metadata().ok()?.len() {
-                return None;
+        match self.local_gguf(key)? {
+            Local::Complete(_, file) => {
+                if offset.checked_add(len)? > file.metadata().ok()?.len() {
+                    return None;
+                }
+                let mut buf = vec![0u8; usize::try_from(len).ok()?];
+                file.read_exact_at(&mut buf, offset).ok()?;
+                Some(buf)
             }
-            let mut buf = vec![0u8; usize::try_from(len).ok()?];
-            file.read_exact_at(&mut buf, offset).ok()?;
-            return Some(buf);
+            Local::Partial(p) => p.read_held(offset, len),
         }
-        PartialFile::open(&self.partial_path(key))?.read_held(offset, len)
+    }
+
+    /// The complete or partial GGUF file of `key` on this machine, if it is one.
+    fn local_gguf(&self, key: &FileKey) -> Option<Local> {
+        use std::os::unix::fs::FileExt;
+        key.validate().ok()?;
+        if !key.file.ends_with(".gguf") {
+            return None;
+        }
+        if let Some(path) = self.inner.config.cache.find(key) {
+            let file = std::fs::File::open(&path).ok()?;
+            let mut magic = [0u8; 4];
+            file.read_exact_at(&mut magic, 0).ok()?;
+            return (&magic == GGUF_MAGIC).then_some(Local::Complete(path, file));
+        }
+        let partial = PartialFile::open(&self.partial_path(key).ok()?)?;
+        let magic = partial.read_held(0, GGUF_MAGIC.len() as u64)?;
+        (magic == GGUF_MAGIC).then_some(Local::Partial(partial))
     }
 
     /// Every model this node can name: the catalog (with what of each is on this machine), the models folder, and
@@ -549,7 +659,11 @@ impl ModelStore {
                         cached += std::fs::metadata(p).map_or(0, |m| m.len());
                     } else {
                         complete = false;
-                        cached += PartialFile::open(&self.partial_path(&k)).map_or(0, |p| p.held().len());
+                        cached += self
+                            .partial_path(&k)
+                            .ok()
+                            .and_then(|path| PartialFile::open(&path))
+                            .map_or(0, |p| p.held().len());
                     }
                 }
                 let id = if quant == catalog::default_quantization() {
@@ -651,6 +765,26 @@ impl ModelStore {
     }
 }
 
+/// A GGUF file of this machine that a peer may be told of and served.
+enum Local {
+    Complete(PathBuf, std::fs::File),
+    Partial(PartialFile),
+}
+
+/// `info` with its ETag and commit in the forms the cache layout names files by, or an error: the commit is 40
+/// hex digits (the key's revision when that is a commit and `info` names none), the ETag a sha256 or git sha1.
+fn checked_info(key: &FileKey, info: RemoteFile) -> Result<RemoteFile> {
+    let etag = info.etag.as_deref().map(check_etag).transpose()?;
+    let commit = match info.commit.as_deref() {
+        Some(c) => check_commit(c)?,
+        None => check_commit(&key.revision).map_err(|_| ModelsError::Corrupt {
+            what: key.to_string(),
+            message: format!("the answer does not say which commit '{}' is (no X-Repo-Commit)", key.revision),
+        })?,
+    };
+    Ok(RemoteFile { size: info.size, etag, commit: Some(commit) })
+}
+
 /// Fetches `a..b` of `key` from the hub into `partial`, resuming where a dropped connection stopped (up to the
 /// configured retries); what arrived is recorded even when it fails.
 async fn fetch_piece(
@@ -701,4 +835,149 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("exo-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn offline_store(dir: &Path, models_dir: Option<PathBuf>) -> ModelStore {
+        ModelStore::new(StoreConfig {
+            models_dir,
+            cache: HfCache::new(dir.join("hf")),
+            downloads_dir: dir.join("downloads"),
+            hub: HubConfig {
+                endpoint: "http://127.0.0.1:9".into(),
+                token: None,
+                offline: true,
+                connections: 1,
+                retries: 0,
+            },
+        })
+        .unwrap()
+    }
+
+    /// The error's message with `reference` replaced, to compare the messages for two references.
+    fn message_without(e: ModelsError, reference: &str) -> String {
+        assert!(matches!(e, ModelsError::Unknown(_)), "{reference}: {e}");
+        e.to_string().replace(reference, "REFERENCE")
+    }
+
+    #[test]
+    fn untrusted_references_name_no_path_the_operator_did_not_allow() {
+        let dir = temp_dir("untrusted");
+        let models = dir.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join("local.gguf"), b"GGUF").unwrap();
+        std::fs::write(models.join("notes.txt"), b"private notes").unwrap();
+        let secret = dir.join("secret.gguf");
+        std::fs::write(&secret, b"SECRET BYTES").unwrap();
+        let s = offline_store(&dir, Some(models.clone()));
+
+        // A file that exists and one that does not get the same answer, which names neither its bytes nor its
+        // existence.
+        let existing = secret.to_str().unwrap();
+        let missing = dir.join("missing.gguf");
+        let missing = missing.to_str().unwrap();
+        let told = message_without(s.resolve_untrusted(existing).unwrap_err(), existing);
+        assert_eq!(told, message_without(s.resolve_untrusted(missing).unwrap_err(), missing));
+        assert!(!told.contains("SECRET") && !told.contains("exist"), "{told}");
+        for reference in ["/etc/passwd", "../secret.gguf", "./local.gguf", "models/local.gguf", "notes.txt", "notes"] {
+            assert!(matches!(s.resolve_untrusted(reference), Err(ModelsError::Unknown(_))), "{reference}");
+        }
+        // The operator's own commands still take paths.
+        assert_eq!(s.resolve(existing).unwrap(), ModelRef::Path(secret.clone()));
+
+        // A models-folder file by plain name, an hf: reference and a catalog name are accepted.
+        assert_eq!(s.resolve_untrusted("local").unwrap(), ModelRef::Path(models.join("local.gguf")));
+        assert_eq!(s.resolve_untrusted("local.gguf").unwrap(), ModelRef::Path(models.join("local.gguf")));
+        assert!(matches!(s.resolve_untrusted("hf:o/r/m.gguf").unwrap(), ModelRef::Hub { .. }));
+        assert!(matches!(s.resolve_untrusted("llama-3.1-8b").unwrap(), ModelRef::Hub { .. }));
+
+        // A path the operator allowed is accepted as allowed (compared part by part: `a//b` is `a/b`), and not
+        // when spelled through other folders.
+        s.allow_path(&secret);
+        assert_eq!(s.resolve_untrusted(existing).unwrap(), ModelRef::Path(secret.clone()));
+        let respelled = format!("{}/models/../secret.gguf", dir.display());
+        assert!(matches!(s.resolve_untrusted(&respelled), Err(ModelsError::Unknown(_))));
+        assert!(matches!(s.resolve_untrusted(missing), Err(ModelsError::Unknown(_))));
+    }
+
+    #[tokio::test]
+    async fn fetch_untrusted_refuses_paths_and_fetches_what_resolve_untrusted_accepts() {
+        let dir = temp_dir("fetch-untrusted");
+        let models = dir.join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join("local.gguf"), b"GGUF").unwrap();
+        let s = offline_store(&dir, Some(models.clone()));
+        let e = s.fetch_untrusted("/etc/passwd", Need::Header, &[]).await.unwrap_err();
+        assert!(matches!(e, ModelsError::Unknown(_)), "{e}");
+        let local = s.fetch_untrusted("local", Need::Header, &[]).await.unwrap();
+        assert_eq!(local.path, models.join("local.gguf"));
+        s.allow_path(Path::new("/operator/model.gguf"));
+        let local = s.fetch_untrusted("/operator/model.gguf", Need::Header, &[]).await.unwrap();
+        assert_eq!(local.path, PathBuf::from("/operator/model.gguf"));
+    }
+
+    #[test]
+    fn peers_are_told_of_and_served_only_gguf_files() {
+        let dir = temp_dir("only-gguf");
+        let s = offline_store(&dir, None);
+        let cache = HfCache::new(dir.join("hf"));
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let put = |file: &str, bytes: &[u8], etag: &str| {
+            let src = dir.join("src");
+            std::fs::write(&src, bytes).unwrap();
+            cache.insert(&FileKey::new("o/r", "main", file), commit, etag, &src).unwrap();
+        };
+        put("m.gguf", b"GGUF model bytes", &"a".repeat(64));
+        // Another tool's download of a private repository, and a GGUF file under another name.
+        put("secret.gguf", b"private key material", &"b".repeat(64));
+        put("model.bin", b"GGUF but not named so", &"c".repeat(64));
+        put("config.json", b"{}", &"d".repeat(40));
+        let key = |file: &str| FileKey::new("o/r", "main", file);
+
+        let (info, held) = s.held_local(&key("m.gguf")).unwrap();
+        assert_eq!((info.size, info.etag.as_deref(), held.len()), (16, Some("a".repeat(64).as_str()), 16));
+        assert_eq!(s.read_local(&key("m.gguf"), 0, 4).unwrap(), b"GGUF");
+        for file in ["secret.gguf", "model.bin", "config.json", "absent.gguf"] {
+            assert!(s.held_local(&key(file)).is_none(), "{file}");
+            assert!(s.read_local(&key(file), 0, 4).is_none(), "{file}");
+        }
+
+        // A partial download is told of once it holds the magic, and only if the magic is GGUF's.
+        let info = RemoteFile { size: 64, etag: Some("e".repeat(64)), commit: Some(commit.into()) };
+        let partial = PartialFile::open_or_create(&s.partial_path(&key("p.gguf")).unwrap(), &info).unwrap();
+        partial.write_at(8, b"tail").unwrap();
+        partial.mark(8, 12).unwrap();
+        assert!(s.held_local(&key("p.gguf")).is_none(), "its first bytes are not held");
+        assert!(s.read_local(&key("p.gguf"), 8, 4).is_none());
+        partial.write_at(0, b"GGUF").unwrap();
+        partial.mark(0, 4).unwrap();
+        assert_eq!(s.held_local(&key("p.gguf")).unwrap().1.iter().collect::<Vec<_>>(), [(0, 4), (8, 12)]);
+        assert_eq!(s.read_local(&key("p.gguf"), 8, 4).unwrap(), b"tail");
+        let other = PartialFile::open_or_create(&s.partial_path(&key("q.gguf")).unwrap(), &info).unwrap();
+        other.write_at(0, b"PK\x03\x04").unwrap();
+        other.mark(0, 4).unwrap();
+        assert!(s.held_local(&key("q.gguf")).is_none());
+        assert!(s.read_local(&key("q.gguf"), 0, 4).is_none());
+    }
+
+    #[test]
+    fn partial_downloads_stay_in_the_downloads_folder() {
+        let dir = temp_dir("partial-path");
+        let s = offline_store(&dir, None);
+        let path = s.partial_path(&FileKey::new("o/r", "main", "d/m.gguf")).unwrap();
+        assert_eq!(path, dir.join("downloads/models--o--r/main/d/m.gguf"));
+        for bad in [FileKey::new("o/r", "..", "m.gguf"), FileKey::new("o/r", "main", "../../../m.gguf")] {
+            assert!(s.partial_path(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

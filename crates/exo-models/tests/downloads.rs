@@ -1,6 +1,7 @@
 //! Downloads against a stand-in hub on 127.0.0.1: whole files, resumption, hash checks, the hub's refusals,
 //! offline mode, reuse of an existing Hugging Face cache, one shard's ranges only, split models, and ranges from a
-//! peer instead of the hub.
+//! peer instead of the hub; and what a hostile hub or peer cannot do: name paths outside the cache with a commit
+//! or ETag, get the token sent to another host, stall the client with an endless error body.
 
 #[path = "support/stand_in_hub.rs"]
 mod stand_in_hub;
@@ -16,6 +17,21 @@ use exo_models::ranges::RangeSet;
 use exo_models::store::BoxFuture;
 use exo_models::{FileKey, HfCache, HubConfig, ModelStore, ModelsError, Need, RangeSource, RemoteFile, StoreConfig};
 use stand_in_hub::{sha256_hex, StandInHub, COMMIT};
+
+/// Every path under `dir`, at any depth.
+fn tree(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
 
 const REPO: &str = "tester/tiny-GGUF";
 const FILE: &str = "tiny-Q8_0.gguf";
@@ -365,4 +381,116 @@ async fn a_full_disk_is_reported_with_what_the_download_needs() {
     // The file is 4.3 MB and at most 2 MiB of it fits: the rest is what it needs.
     assert!((2..=4).contains(&needed), "{message}");
     assert!(bytes.len() > 4 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hubs_commit_or_etag_that_is_not_a_hash_names_no_path() {
+    for (commit, etag) in [
+        // Each would land inside `dir` if it became a path (snapshots/../../escaped, blobs/../escaped).
+        (Some("../../escaped"), None),
+        (Some("5d1f5e8a0c3b4e2f9a7d6c5b4a3928170f1e2d3/"), None),
+        (None, Some("\"../escaped\"")),
+        (None, Some("abc-123")),
+    ] {
+        let dir = temp_dir("bad-commit");
+        let (hub, _) = hub_with_model();
+        if let Some(c) = commit {
+            hub.say_commit(c);
+        }
+        if let Some(e) = etag {
+            hub.say_etag(e);
+        }
+        let e = store(&dir, &hub).fetch(REF, Need::Whole, &[]).await.unwrap_err();
+        assert!(matches!(e, ModelsError::BadCacheName { .. }), "{commit:?} {etag:?}: {e}");
+        // Refused before any byte was fetched or any folder made.
+        assert_eq!(hub.bytes_sent(), 0);
+        assert!(tree(&dir).iter().all(|p| !p.to_string_lossy().contains("escaped")), "{:?}", tree(&dir));
+        assert!(!dir.join("hf").exists() && !dir.join("exo").exists(), "{:?}", tree(&dir));
+    }
+}
+
+/// A peer whose every answer is chosen by the test.
+struct LyingPeer {
+    info: RemoteFile,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl RangeSource for LyingPeer {
+    fn name(&self) -> String {
+        "lying peer".into()
+    }
+    fn held<'a>(&'a self, _: &'a FileKey) -> BoxFuture<'a, Option<(RemoteFile, RangeSet)>> {
+        Box::pin(async move { Some((self.info.clone(), RangeSet::from_ranges([(0, self.info.size)]))) })
+    }
+    fn read<'a>(&'a self, _: &'a FileKey, offset: u64, len: u64) -> BoxFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move { self.bytes.get(offset as usize..(offset + len) as usize).map(<[u8]>::to_vec) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peers_commit_or_etag_that_is_not_a_hash_is_not_used() {
+    let bytes = Arc::new(tiny_gguf::model());
+    let size = bytes.len() as u64;
+    let sha = sha256_hex(&bytes);
+    for (commit, etag) in
+        [("../../escaped", sha.clone()), (COMMIT, "../escaped".to_string()), (COMMIT, format!("{sha}/../../escaped"))]
+    {
+        let dir = temp_dir("lying-peer");
+        let info = RemoteFile { size, etag: Some(etag.clone()), commit: Some(commit.into()) };
+        let peers: Vec<Arc<dyn RangeSource>> = vec![Arc::new(LyingPeer { info, bytes: bytes.clone() })];
+        let e = store_with(&dir, None, |_| {}).fetch(REF, Need::Whole, &peers).await.unwrap_err();
+        assert!(matches!(e, ModelsError::Offline { asked_peers: true, .. }), "{commit} {etag}: {e}");
+        assert!(tree(&dir).iter().all(|p| !p.to_string_lossy().contains("escaped")), "{:?}", tree(&dir));
+    }
+    // The same peer with a true commit and ETag is used.
+    let dir = temp_dir("honest-peer");
+    let info = RemoteFile { size, etag: Some(format!("\"{}\"", sha.to_uppercase())), commit: Some(COMMIT.into()) };
+    let peers: Vec<Arc<dyn RangeSource>> = vec![Arc::new(LyingPeer { info, bytes: bytes.clone() })];
+    let local = store_with(&dir, None, |_| {}).fetch(REF, Need::Whole, &peers).await.unwrap();
+    assert_eq!(local.path, dir.join("hf/models--tester--tiny-GGUF/snapshots").join(COMMIT).join(FILE));
+    assert_eq!(std::fs::read_link(&local.path).unwrap(), PathBuf::from("../../blobs").join(&sha));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_not_sent_to_another_host() {
+    // The endpoint sends every request on to a second stand-in on another port, as a renamed repository or a CDN
+    // on another host would: the file comes from there, the token stays with the endpoint.
+    let dir = temp_dir("token-redirect");
+    let endpoint = StandInHub::start();
+    let (other, bytes) = hub_with_model();
+    endpoint.forward_to(&other);
+    let s = store_with(&dir, Some(&endpoint), |c| c.token = Some("hf_secret".into()));
+    let local = s.fetch(REF, Need::Whole, &[]).await.unwrap();
+    assert_eq!(std::fs::read(&local.path).unwrap(), *bytes);
+    assert!(endpoint.authorized_requests() >= 2, "the endpoint gets the token on HEAD and GET");
+    assert!(other.requests() >= 2);
+    assert_eq!(other.authorized_requests(), 0, "the other host saw Authorization: {:?}", other.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_names_are_requested_percent_encoded() {
+    let dir = temp_dir("encoded");
+    let hub = StandInHub::start();
+    let bytes = Arc::new(tiny_gguf::model());
+    let name = "dir with space/m #1?x=2%.gguf";
+    hub.add(REPO, name, bytes.clone());
+    let local = store(&dir, &hub).fetch(&format!("hf:{REPO}/{name}"), Need::Whole, &[]).await.unwrap();
+    assert_eq!(std::fs::read(&local.path).unwrap(), *bytes);
+    assert!(local.path.ends_with(name), "{}", local.path.display());
+    let resolve = "/tester/tiny-GGUF/resolve/main/dir%20with%20space/m%20%231%3Fx%3D2%25.gguf";
+    assert!(hub.paths().iter().any(|p| p == resolve), "{:?}", hub.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_body_is_read_only_up_to_a_limit() {
+    let dir = temp_dir("endless-error");
+    let (hub, _) = hub_with_model();
+    hub.fail_with_endless_body();
+    let s = store_with(&dir, Some(&hub), |c| c.retries = 0);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(30), s.fetch(REF, Need::Whole, &[]))
+        .await
+        .expect("an endless error body is not read to its end")
+        .unwrap_err();
+    assert!(matches!(e, ModelsError::Http { status: 500, .. }), "{e}");
+    assert!(e.to_string().len() < 1000, "{e}");
 }

@@ -2,6 +2,9 @@
 //! `/{owner}/{repo}/resolve/{revision}/{path}` answer like the hub does for LFS files (a 302 to a content URL,
 //! with `X-Linked-Size`, `X-Linked-Etag` and `X-Repo-Commit`); the content URL serves `Range` requests. It counts
 //! the body bytes it sends, and can drop a connection once halfway, advertise a wrong sha256, or require a token.
+//! For the security tests it also records the paths asked for and which requests carried `Authorization`, can
+//! send any commit or ETag, send every `resolve` to another stand-in (another host: another port), and answer the
+//! content URL with an error whose body never ends.
 
 #![allow(dead_code)]
 
@@ -12,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
@@ -36,6 +39,17 @@ struct Hub {
     drop_after: Mutex<Option<u64>>,
     dropped: AtomicBool,
     requests: AtomicU64,
+    /// Requests that carried an `Authorization` header.
+    authorized: AtomicU64,
+    /// Every request's path, as it arrived (percent-encoded).
+    paths: Mutex<Vec<String>>,
+    /// Overrides of what `X-Repo-Commit` and the ETags say.
+    commit: Mutex<Option<String>>,
+    etag: Mutex<Option<String>>,
+    /// Another stand-in's endpoint that every `resolve` redirects to.
+    forward_to: Mutex<Option<String>>,
+    /// The content URL answers 500 with a body that never ends.
+    endless_error: AtomicBool,
 }
 
 /// A running stand-in hub; it stops when the test process ends.
@@ -43,6 +57,24 @@ struct Hub {
 pub struct StandInHub {
     pub addr: SocketAddr,
     hub: Arc<Hub>,
+}
+
+/// Percent-encodes each `/`-separated part of `path`, as the hub's clients do.
+pub fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            seg.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -104,6 +136,45 @@ impl StandInHub {
     pub fn requests(&self) -> u64 {
         self.hub.requests.load(Ordering::SeqCst)
     }
+
+    /// Requests so far that carried an `Authorization` header.
+    pub fn authorized_requests(&self) -> u64 {
+        self.hub.authorized.load(Ordering::SeqCst)
+    }
+
+    /// The path of every request so far, as it arrived.
+    pub fn paths(&self) -> Vec<String> {
+        self.hub.paths.lock().unwrap().clone()
+    }
+
+    /// Says `commit` in `X-Repo-Commit` from now on.
+    pub fn say_commit(&self, commit: &str) {
+        *self.hub.commit.lock().unwrap() = Some(commit.into());
+    }
+
+    /// Says `etag` in `X-Linked-Etag` and `ETag` from now on.
+    pub fn say_etag(&self, etag: &str) {
+        *self.hub.etag.lock().unwrap() = Some(etag.into());
+    }
+
+    /// Redirects every `resolve` request to the same path on `other` (a temporary redirect, no file headers).
+    pub fn forward_to(&self, other: &StandInHub) {
+        *self.hub.forward_to.lock().unwrap() = Some(other.endpoint());
+    }
+
+    /// Answers the content URL with HTTP 500 and a body that never ends.
+    pub fn fail_with_endless_body(&self) {
+        self.hub.endless_error.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Counts the request and notes its path and whether it carried a token.
+fn note(hub: &Hub, uri: &Uri, headers: &HeaderMap) {
+    hub.requests.fetch_add(1, Ordering::SeqCst);
+    if headers.contains_key("authorization") {
+        hub.authorized.fetch_add(1, Ordering::SeqCst);
+    }
+    hub.paths.lock().unwrap().push(uri.path().to_string());
 }
 
 fn answer(status: StatusCode, headers: &[(&str, String)], body: Body) -> Response {
@@ -131,10 +202,15 @@ fn refused(hub: &Hub, repo: &str, headers: &HeaderMap) -> Option<Response> {
 
 async fn resolve(
     State(hub): State<Arc<Hub>>,
-    Path((owner, repo, _revision, file)): Path<(String, String, String, String)>,
+    Path((owner, repo, revision, file)): Path<(String, String, String, String)>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    hub.requests.fetch_add(1, Ordering::SeqCst);
+    note(&hub, &uri, &headers);
+    if let Some(other) = hub.forward_to.lock().unwrap().clone() {
+        let location = format!("{other}/{owner}/{repo}/resolve/{}/{}", encode_path(&revision), encode_path(&file));
+        return answer(StatusCode::TEMPORARY_REDIRECT, &[("location", location)], Body::empty());
+    }
     let repo = format!("{owner}/{repo}");
     if let Some(r) = refused(&hub, &repo, &headers) {
         return r;
@@ -154,14 +230,16 @@ async fn resolve(
             Body::from("Entry not found"),
         );
     };
+    let etag = hub.etag.lock().unwrap().clone().unwrap_or_else(|| format!("\"{}\"", f.sha256));
+    let commit = hub.commit.lock().unwrap().clone().unwrap_or_else(|| COMMIT.into());
     answer(
         StatusCode::FOUND,
         &[
-            ("location", format!("/cdn/{repo}/{file}")),
+            ("location", format!("/cdn/{repo}/{}", encode_path(&file))),
             ("x-linked-size", f.bytes.len().to_string()),
-            ("x-linked-etag", format!("\"{}\"", f.sha256)),
-            ("etag", format!("\"{}\"", f.sha256)),
-            ("x-repo-commit", COMMIT.into()),
+            ("x-linked-etag", etag.clone()),
+            ("etag", etag),
+            ("x-repo-commit", commit),
         ],
         Body::empty(),
     )
@@ -170,9 +248,16 @@ async fn resolve(
 async fn content(
     State(hub): State<Arc<Hub>>,
     Path((owner, repo, file)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    hub.requests.fetch_add(1, Ordering::SeqCst);
+    note(&hub, &uri, &headers);
+    if hub.endless_error.load(Ordering::SeqCst) && method == Method::GET {
+        let endless =
+            tokio_stream::iter(std::iter::repeat_with(|| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 64 << 10]))));
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, &[], Body::from_stream(endless));
+    }
     let repo = format!("{owner}/{repo}");
     let Some(f) = hub.files.lock().unwrap().get(&(repo, file)).cloned() else {
         return answer(StatusCode::NOT_FOUND, &[], Body::empty());
