@@ -1,7 +1,8 @@
 """Browser tests of the web chat page (crates/exo-api/web) against a running node.
 
 Drives Debian's chromium through Playwright (never a downloaded browser). Fixtures from conftest.py: `node`
-(.base_url, .model: a node serving the page and the API) and `output_dir` (where the screenshot goes).
+(.base_url, .model: a node serving the page and the API), `keyed_node` (the same, needing conftest.API_KEY) and
+`output_dir` (where the screenshot goes).
 The model's words are not checked beyond being non-empty: it is a tiny model.
 """
 import json

@@ -192,7 +192,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, request: Request, next: Ne
     response
 }
 
-/// The answer to a listed origin's preflight: the methods and the headers it asked for may be used.
+/// The answer to a listed origin's preflight: the methods, and the headers it asked for, may be used.
 fn preflight(origin: &HeaderValue, request: &HeaderMap) -> Response {
     let asked = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -204,6 +204,11 @@ fn preflight(origin: &HeaderValue, request: &HeaderMap) -> Response {
         asked.unwrap_or(HeaderValue::from_static("authorization, content-type, x-api-key")),
     );
     headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    // Chrome asks before a public site's page may reach a private address (Private Network Access); the operator
+    // listed this origin, so it may.
+    if request.get("access-control-request-private-network").is_some_and(|v| v == "true") {
+        headers.insert("access-control-allow-private-network", HeaderValue::from_static("true"));
+    }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     response
 }

@@ -181,12 +181,14 @@ fn a_listed_origin_is_served_with_cors_headers() {
         evil,
         ("Access-Control-Request-Method", "POST"),
         ("Access-Control-Request-Headers", "authorization,content-type"),
+        ("Access-Control-Request-Private-Network", "true"),
     ];
     let r = send(&node, "OPTIONS", "/v1/chat/completions", &asks, "");
     assert_eq!(r.status, 204, "{}", r.body);
     assert_eq!(r.header("access-control-allow-origin"), Some("http://evil.example"));
     assert!(r.header("access-control-allow-methods").is_some_and(|m| m.contains("POST")), "{:?}", r.headers);
     assert_eq!(r.header("access-control-allow-headers"), Some("authorization,content-type"));
+    assert_eq!(r.header("access-control-allow-private-network"), Some("true"));
 
     let chat = chat_body(2, false).to_string();
     let r = send(&node, "POST", "/v1/chat/completions", &[evil, JSON, BEARER], &chat);
