@@ -28,6 +28,9 @@
 #   MEMORY         --memory-limit of every node (default: 4G)
 #   STAT           max or median of the runs (default: max)
 #   LLAMA_CPP      set to 0 to skip llama.cpp (default: 1)
+#   KEYED          "0": open clusters; "1": clusters with a cluster key (TLS between nodes); "0 1" (the default):
+#                  both, one after the other for each size, and a table of what the key costs (llama.cpp runs
+#                  once per size, next to the open cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-"1 2 3"}
@@ -35,6 +38,7 @@ REPS=${REPS:-3}
 MEMORY=${MEMORY:-4G}
 LLAMA_CPP=${LLAMA_CPP:-1}
 STAT=${STAT:-max}
+KEYED=${KEYED:-"0 1"}
 case $STAT in max|median) ;; *) echo "error: STAT must be max or median" >&2; exit 1 ;; esac
 PP=128
 TG=64
@@ -261,6 +265,7 @@ start_node() {
   local args=(--discovery none --api-host 127.0.0.1 --api-port 0 --listen-port 0 --node-id "n$k"
     --models-dir "$dir" --threads 1 --memory-limit "$MEMORY")
   [ -n "$peers" ] && args+=(--peers "$peers")
+  [ "$KEY" != "" ] && args+=(--cluster-key "$KEY")
   : >"$log"
   EXO_HOME=$TMP/home$k taskset -c "$(core $((k - 1)))" "$EXO_BIN" "${args[@]}" >"$log" 2>&1 &
   PIDS+=($!)
@@ -291,6 +296,9 @@ for m in "${models[@]}"; do
   dir=$(dirname "$m"); name=$(basename "$m" .gguf)
   prompt=$TMP/$name.prompt
   for n in $NODES; do
+   for keyed in $KEYED; do
+    KEY=""
+    [ "$keyed" = 1 ] && KEY=$("$EXO_BIN" cluster-key)
     keep=${#PIDS[@]}
     start_node 1 "$dir" ""
     api=$API; peer1=$PEER
@@ -313,7 +321,7 @@ for m in "${models[@]}"; do
     rm -rf "$TMP"/home* "$TMP"/node*.log
 
     ref='null'; ref_split='[]'
-    if [ "$LLAMA_CPP" != 0 ]; then
+    if [ "$LLAMA_CPP" != 0 ] && [ "$keyed" = "${KEYED%% *}" ]; then
       if [ "$n" = 1 ]; then
         llama_bench "$TMP/ref.json" -m "$m"
       else
@@ -348,9 +356,10 @@ print(json.dumps([[d, min(l), max(l)] for d, l in sorted(got.items())]))' "$TMP/
     python3 -c 'import json, sys
 r = json.loads(sys.argv[1]); r["model"] = sys.argv[2]; r["ref"] = json.loads(sys.argv[3])
 r["ref_split"] = json.loads(sys.argv[4]); r["log_layers"] = sys.argv[5].splitlines()
-r["cores"] = sys.argv[6].split()
+r["cores"] = sys.argv[6].split(); r["keyed"] = sys.argv[7] == "1"
 print(json.dumps(r))' "$res" "$name" "$ref" "$ref_split" "$loglines" \
-      "$(for ((k = 0; k < n; k++)); do core "$k"; done)" >>"$RESULTS"
+      "$(for ((k = 0; k < n; k++)); do core "$k"; done)" "$keyed" >>"$RESULTS"
+   done
   done
 done
 
@@ -367,13 +376,25 @@ def ref_rates(r):
     return pp, tg
 f = lambda x: "–" if x is None else f"{x:.1f}"
 ratio = lambda a, b: "–" if b is None else f"{a / b:.2f}"
-print(f"| model | nodes | exo pp{128} t/s | exo tg{64} t/s | llama.cpp pp128 | llama.cpp tg64 | ratio pp | ratio tg |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"| model | nodes | cluster | exo pp{128} t/s | exo tg{64} t/s | llama.cpp pp128 | llama.cpp tg64 | ratio pp | ratio tg |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     pp, tg = pick(r["pp"]), pick(r["tg"])
     rpp, rtg = ref_rates(r)
-    print(f"| {r['model']} | {r['nodes']} | {pp:.1f} | {tg:.1f} | {f(rpp)} | {f(rtg)} | {ratio(pp, rpp)} | {ratio(tg, rtg)} |")
+    kind = "keyed (TLS)" if r.get("keyed") else "open"
+    print(f"| {r['model']} | {r['nodes']} | {kind} | {pp:.1f} | {tg:.1f} | {f(rpp)} | {f(rtg)} | {ratio(pp, rpp)} | {ratio(tg, rtg)} |")
 print()
+pairs = [(o, k) for o in rows for k in rows
+         if not o.get("keyed") and k.get("keyed") and (o["model"], o["nodes"]) == (k["model"], k["nodes"])]
+if pairs:
+    print("What the cluster key costs (keyed ÷ open, same model and nodes, measured one after the other):")
+    print()
+    print("| model | nodes | open pp128 | keyed pp128 | ratio | open tg64 | keyed tg64 | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for o, k in pairs:
+        opp, kpp, otg, ktg = pick(o["pp"]), pick(k["pp"]), pick(o["tg"]), pick(k["tg"])
+        print(f"| {o['model']} | {o['nodes']} | {opp:.1f} | {kpp:.1f} | {kpp / opp:.3f} | {otg:.1f} | {ktg:.1f} | {ktg / otg:.3f} |")
+    print()
 print(f"{'Best' if stat == 'max' else 'Medians'} of {reps} runs after a warm-up; one thread per node (and per llama.cpp RPC server), node k pinned to "
       f"core (k-1) mod {ncpu}; --memory-limit {memory} on every node."
       + (" llama.cpp: 1 node is llama-bench -t 1 alone; n nodes is llama-bench -ngl 99 -ts (exo's split) over n "
@@ -385,6 +406,8 @@ if shared:
                       and r is next(x for x in rows if x["nodes"] == r["nodes"])) + ").")
 print()
 for r in rows:
+    if r.get("keyed") and any(not o.get("keyed") and (o["model"], o["nodes"]) == (r["model"], r["nodes"]) for o in rows):
+        continue
     sp = ", ".join(f"{i} {b}-{e}" for i, b, e in r["split"])
     line = f"- {r['model']}, {r['nodes']} node(s): exo split {sp} of {r['n_layers']}"
     if r["ref_split"]:
@@ -417,6 +440,8 @@ for r in rows:
 print()
 by = {}
 for r in rows:
+    if r.get("keyed") and any(not o.get("keyed") for o in rows):
+        continue
     by.setdefault(r["model"], {})[r["nodes"]] = r
 for model, rs in by.items():
     if 1 not in rs:

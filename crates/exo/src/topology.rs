@@ -14,16 +14,19 @@ pub struct TopologyArgs {
     /// The node's API, host:port.
     #[arg(long, env = "EXO_API", default_value = "127.0.0.1:52415")]
     pub api: String,
+    /// The node's API key, if it has one (`--api-key` on the node).
+    #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 pub fn topology(args: TopologyArgs) -> Result<()> {
-    let doc = fetch(&args.api)?;
+    let doc = fetch(&args.api, args.api_key.as_deref())?;
     print!("{}", render(&doc)?);
     Ok(())
 }
 
 /// GET /v1/topology over HTTP/1.1.
-fn fetch(api: &str) -> Result<Value> {
+fn fetch(api: &str, key: Option<&str>) -> Result<Value> {
     let addr = api
         .to_socket_addrs()
         .with_context(|| format!("--api: '{api}' is not host:port"))?
@@ -32,10 +35,17 @@ fn fetch(api: &str) -> Result<Value> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("cannot reach a node at {api}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /v1/topology HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n")?;
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(s, "GET /v1/topology HTTP/1.1\r\nHost: {api}\r\n{auth}Connection: close\r\n\r\n")?;
     let mut response = String::new();
     s.read_to_string(&mut response).with_context(|| format!("reading the answer of {api}"))?;
     let (head, body) = response.split_once("\r\n\r\n").context("the node's answer is not HTTP")?;
+    if head.starts_with("HTTP/1.1 401") {
+        bail!(
+            "{api} {} (give the node's key with --api-key or EXO_API_KEY)",
+            if key.is_some() { "refused the API key" } else { "needs an API key" }
+        );
+    }
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{api} answered {}", head.lines().next().unwrap_or(""));
     }

@@ -339,3 +339,26 @@ fn an_absurd_split_part_count_is_refused_and_the_node_serves_on() {
     let r = send(&node, "POST", "/v1/chat/completions", &[JSON], &chat_body(2, false).to_string());
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn exo_topology_reads_a_keyed_node_with_its_key_and_says_when_one_is_needed() {
+    let node = keyed_node("key-topology");
+    let api = format!("127.0.0.1:{}", node.port);
+    let topology = |key: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_exo"));
+        c.args(["topology", "--api", &api]).env_remove("EXO_API_KEY");
+        if let Some(k) = key {
+            c.args(["--api-key", k]);
+        }
+        c.output().unwrap()
+    };
+    let out = topology(Some(KEY));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&node.id), "{out:?}");
+    for (key, says) in [(None, "needs an API key"), (Some("wrong"), "refused the API key")] {
+        let out = topology(key);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says) && stderr.contains("--api-key"), "{stderr}");
+    }
+}

@@ -60,15 +60,15 @@ fn keyed_nodes_join_and_answer_as_one_and_nodes_without_the_key_are_refused() {
     let a = node("a", &homes[0], "1G", &[], Some(&key));
     let alone = answer(&a, &chat_body(16, false));
     assert!(!a.logged("the cluster is open"), "{:?}", a.log);
-    let b = node("b", &homes[1], "2G", &[a.peer.clone()], Some(&key));
+    let b = node("b", &homes[1], "2G", std::slice::from_ref(&a.peer), Some(&key));
     a.wait_for_nodes(2);
     b.wait_for_nodes(2);
     assert_eq!(answer(&a, &chat_body(16, false)), alone);
     assert_eq!(stages(&a.get("/v1/topology")).len(), 2);
 
     // Another key, no key, and a raw TCP client that speaks HTTP/2's preface and a gRPC-looking frame.
-    let c = node("c", &homes[2], "4G", &[a.peer.clone()], Some(&new_key()));
-    let d = node("d", &homes[3], "4G", &[a.peer.clone()], None);
+    let c = node("c", &homes[2], "4G", std::slice::from_ref(&a.peer), Some(&new_key()));
+    let d = node("d", &homes[3], "4G", std::slice::from_ref(&a.peer), None);
     assert!(d.logged("the cluster is open"), "{:?}", d.log);
     let mut raw = TcpStream::connect(&a.peer).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -149,7 +149,7 @@ fn through_relay(name: &str, key: Option<&str>) -> (bool, bool, usize, usize) {
     let homes = [Home::new(&format!("{name}-a")), Home::new(&format!("{name}-b"))];
     let a = node("a", &homes[0], "2G", &[], key);
     let relay = Relay::start(a.peer.clone());
-    let b = node("b", &homes[1], "1G", &[relay.address.clone()], key);
+    let b = node("b", &homes[1], "1G", std::slice::from_ref(&relay.address), key);
     a.wait_for_nodes(2);
     b.wait_for_nodes(2);
     let prompt = "The secret password of the relay test is swordfish, and the capital of France is";
@@ -160,7 +160,7 @@ fn through_relay(name: &str, key: Option<&str>) -> (bool, bool, usize, usize) {
     assert_eq!(stages(&t)[0].0, "a", "{t}");
     let text = r["choices"][0]["text"].as_str().unwrap().to_string();
 
-    let gguf = exo_engine::Gguf::open(&common::model_path()).unwrap();
+    let gguf = exo_engine::Gguf::open(common::model_path()).unwrap();
     let tokenizer = exo_engine::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
     let mut packed = Vec::new();
     for id in tokenizer.encode(prompt, true, false).unwrap() {
