@@ -489,6 +489,10 @@ impl Worker {
         if let Err(e) = self.step(a) {
             self.fail(id, e.to_string());
         }
+        // Idle is counted from the end of its last step: a long prefill is not idleness.
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.touched = Instant::now();
+        }
         self.publish_kv();
     }
 
