@@ -3,7 +3,8 @@
 # (scripts/fetch-models.sh), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
 # drive a node (the `openai` client, pytest, playwright), Debian's chromium for the web chat's browser test and
 # its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64 and aarch64), runs the Rust tests and then the Python tests against
-# the node the Rust tests built. The browser test's screenshot goes to target/test-output/web-chat.png.
+# the node the Rust tests built, and last runs each fuzz target for 30 s (scripts/fuzz.sh). The browser test's
+# screenshot goes to target/test-output/web-chat.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
@@ -28,6 +29,9 @@ apt_install() { # command package
 }
 apt_install chromium chromium
 apt_install aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+# The fuzz targets (scripts/fuzz.sh) build with nightly Rust and run under cargo-fuzz, each installed when missing.
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 # The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build.
@@ -36,4 +40,5 @@ cargo clippy --workspace --all-targets -q --target aarch64-unknown-linux-gnu -- 
 cargo test --workspace
 cargo build -q -p exo
 python3 -m pytest -q -p no:cacheprovider tests/python
+./scripts/fuzz.sh 30
 echo "browser screenshot: $PWD/target/test-output/web-chat.png"
