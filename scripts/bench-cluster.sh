@@ -43,7 +43,7 @@ case $STAT in max|median) ;; *) echo "error: STAT must be max or median" >&2; ex
 PP=128
 TG=64
 
-if [ -z "${LLAMA_CPP_BIN:-}" ]; then
+if [ -z "${LLAMA_CPP_BIN:-}" ] && [ "$LLAMA_CPP" != 0 ]; then
   LLAMA_CPP_BIN=$HOME/.cache/llama.cpp-ref/llama.cpp/build/bin
   if [ ! -x "$LLAMA_CPP_BIN/llama-bench" ] || [ ! -x "$LLAMA_CPP_BIN/ggml-rpc-server" ]; then
     for cand in ../shared/tools/build_llama_cpp.sh /work/shared/tools/build_llama_cpp.sh; do

@@ -256,8 +256,9 @@ impl Fields<'_> {
     fn number(&self, name: &str, min: f64, max: f64, min_inclusive: bool) -> Result<Option<f32>, ApiError> {
         let Some(v) = self.get(name) else { return Ok(None) };
         let ok = |x: f64| (x > min || (min_inclusive && x == min)) && x <= max;
+        // Checked as the f32 the engine gets: 1e-46 is above 0 as f64 but 0 as f32.
         match v.as_f64() {
-            Some(x) if ok(x) => Ok(Some(x as f32)),
+            Some(x) if ok(x) && ok(x as f32 as f64) => Ok(Some(x as f32)),
             _ => {
                 let open = if min_inclusive { "[" } else { "(" };
                 Err(ApiError::field(name, format!("{name} must be a number in {open}{min}, {max}], got {v}")))
@@ -369,6 +370,9 @@ mod tests {
         rejects(with(r#""presence_penalty": 3"#), "presence_penalty", "[-2, 2]");
         rejects(with(r#""frequency_penalty": -3"#), "frequency_penalty", "[-2, 2]");
         rejects(with(r#""repetition_penalty": 0"#), "repetition_penalty", "(0, 10]");
+        // Above 0, but 0 as the f32 the sampler takes (found by the api_request fuzz target).
+        rejects(with(r#""top_p": 1e-46"#), "top_p", "(0, 1]");
+        rejects(with(r#""repetition_penalty": 1e-46"#), "repetition_penalty", "(0, 10]");
         rejects(with(r#""seed": 1.5"#), "seed", "integer");
         rejects(with(r#""max_tokens": 0"#), "max_tokens", ">= 1");
         rejects(with(r#""max_completion_tokens": "ten""#), "max_completion_tokens", ">= 1");
