@@ -383,7 +383,8 @@ impl Worker {
             });
         }
         let shard_range = Shard::new(stage.start, stage.end, plan.n_layers)?;
-        let fetched = self.config.runtime.block_on(store.fetch_untrusted(&plan.model, Need::Layers(shard_range), &peers))?;
+        let fetched =
+            self.config.runtime.block_on(store.fetch_untrusted(&plan.model, Need::Layers(shard_range), &peers))?;
         if fetched.from_hub + fetched.from_peers > 0 {
             eprintln!(
                 "node {me}: fetched {} bytes for layers {}-{} of {} ({} from the hub, {} from peers)",
