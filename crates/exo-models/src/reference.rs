@@ -63,8 +63,8 @@ impl FileKey {
 impl std::fmt::Display for FileKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "hf:{}/{}", self.repo, self.file)?;
-        // A file name with an `@` needs its revision shown, or the shown reference would end at that `@`.
-        if self.revision != "main" || self.file.contains('@') {
+        // A name with an `@` needs its revision shown, or the shown reference would end at that `@`.
+        if self.revision != "main" || self.file.contains('@') || self.repo.contains('@') {
             write!(f, "@{}", self.revision)?;
         }
         Ok(())
@@ -214,7 +214,11 @@ mod tests {
         assert!(FileKey::new("o/r", "v1.0", "d/m.gguf").validate().is_ok());
         // A key is shown as a reference that names it again, an `@` in its file name included (found by the
         // model_reference fuzz target: "hf:o/r/a@b.gguf" parsed back as file "a" at revision "b.gguf").
-        for key in [FileKey::new("o/r", "main", "a@b.gguf"), FileKey::new("o/r", "v1", "a@b.gguf")] {
+        for key in [
+            FileKey::new("o/r", "main", "a@b.gguf"),
+            FileKey::new("o/r", "v1", "a@b.gguf"),
+            FileKey::new("o@x/r", "main", "m.gguf"),
+        ] {
             assert_eq!(hub(&key.to_string()).0, key, "{key}");
         }
         // At the cap, and names that only look like split parts.
