@@ -1,7 +1,8 @@
 //! Bytes from a peer, decoded as the message the peer service receives (the first byte says which), and what a
 //! node does with each that needs no network and no loaded layers: a Begin's plan, stage and sampler (run on the
 //! peer's history), the origin's handling of a token event (routing, text, log-probabilities), a Hello's effect on
-//! the topology, on planning and on `/v1/topology`, file keys, a FileHeld reply's ranges, and reads of the store.
+//! the topology, on planning and on `/v1/topology`, file keys, a FileHeld reply's ranges and cache names, and reads
+//! of the store.
 #![no_main]
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use exo_engine::generation::{Generation, GenerationParams};
 use exo_engine::sampler::{log_softmax, Sampler, SamplingParams};
 use exo_engine::Shard;
 use exo_fuzz::{stays_inside, store, tokenizer};
+use exo_models::hf_cache::{check_commit, check_etag};
 use exo_models::ranges::RangeSet;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -191,11 +193,21 @@ fn held_reply(r: FileHeldReply) {
     }
     let info = exo_models::RemoteFile {
         size: r.size,
-        etag: Some(r.etag).filter(|e| !e.is_empty()),
-        commit: Some(r.commit).filter(|c| !c.is_empty()),
+        etag: Some(r.etag.clone()).filter(|e| !e.is_empty()),
+        commit: Some(r.commit.clone()).filter(|c| !c.is_empty()),
     };
     if let Some(sha) = info.sha256() {
         assert!(stays_inside(std::path::Path::new(sha)));
+    }
+    // The commit and ETag become folder and file names of the cache once the file is downloaded.
+    let cache = exo_models::HfCache::new(&store().root);
+    if let Ok(commit) = check_commit(&r.commit) {
+        assert!(stays_inside(std::path::Path::new(&commit)), "the checked commit {commit:?} leaves its folder");
+    }
+    if let Ok(etag) = check_etag(&r.etag) {
+        assert!(stays_inside(std::path::Path::new(&etag)), "the checked ETag {etag:?} leaves its folder");
+        let blob = cache.blob("exo-fuzz/cached", &r.etag);
+        assert!(blob.is_ok_and(|b| b.starts_with(&store().root)), "the blob of a checked ETag {:?}", r.etag);
     }
 }
 
