@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 /// Tokens of the prompt fed back as if generated.
 const FED_BACK: usize = 64;
 
-fuzz_target!(init: { (chat_template(), store()); }, |body: &[u8]| {
+fuzz_target!(init: { chat_template(); store(); }, |body: &[u8]| {
     match chat_request(body) {
         Ok(r) => {
             if let Ok(rendered) = chat_template().render(&r.messages, true) {

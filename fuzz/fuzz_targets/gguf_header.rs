@@ -22,7 +22,7 @@ use libfuzzer_sys::fuzz_target;
 /// The largest tensor read whole from a file that opened.
 const MAX_TENSOR_READ: u64 = 1 << 20;
 
-fuzz_target!(init: { (exo_fuzz::tokenizer(), exo_fuzz::store()); }, |data: &[u8]| {
+fuzz_target!(init: { exo_fuzz::tokenizer(); exo_fuzz::store(); }, |data: &[u8]| {
     let mut input = Input(data);
     let claim = input.u64();
     let bytes = input.rest();

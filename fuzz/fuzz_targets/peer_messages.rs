@@ -25,7 +25,7 @@ use prost::Message;
 /// The node the messages arrive at.
 const ME: &str = "fuzz-node";
 
-fuzz_target!(init: { (tokenizer(), store()); }, |data: &[u8]| {
+fuzz_target!(init: { tokenizer(); store(); }, |data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else { return };
     match which % 8 {
         0 => BeginRequest::decode(bytes).map(begin),
@@ -173,7 +173,7 @@ fn file_held(k: FileKey) {
 /// A FileHeld reply, as `PeerFiles::held` reads it, and what a download does with its ranges. (Inputs are shorter
 /// than the cap on the ranges a reply may list.)
 fn held_reply(r: FileHeldReply) {
-    if !r.present || r.ranges.len() % 2 != 0 {
+    if !r.present || !r.ranges.len().is_multiple_of(2) {
         return;
     }
     let claimed: Vec<(u64, u64)> = r.ranges.chunks(2).map(|p| (p[0], p[1].min(r.size))).collect();
