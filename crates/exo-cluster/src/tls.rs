@@ -109,7 +109,7 @@ impl PeerTls {
         let local = tcp.local_addr().ok();
         let Some(keyed) = &self.keyed else { return Some(PeerStream { io: Io::Plain(tcp), local, remote }) };
         let refusal = match tokio::time::timeout(HANDSHAKE_TIMEOUT, keyed.server.accept(tcp)).await {
-            Ok(Ok(tls)) => return Some(PeerStream { io: Io::Server(Box::new(tls)), local, remote }),
+            Ok(Ok(tls)) => return Some(PeerStream { io: Io::Tls(Box::new(tls.into())), local, remote }),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
         };
@@ -144,7 +144,7 @@ impl PeerTls {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time"))?
             .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake with {address} failed: {e}")))?;
-        Ok(PeerStream { io: Io::Client(Box::new(tls)), local, remote })
+        Ok(PeerStream { io: Io::Tls(Box::new(tls.into())), local, remote })
     }
 }
 
@@ -294,8 +294,7 @@ pub struct PeerStream {
 
 enum Io {
     Plain(TcpStream),
-    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Connected for PeerStream {
@@ -310,8 +309,7 @@ impl AsyncRead for PeerStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Io::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -320,8 +318,7 @@ impl AsyncWrite for PeerStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Io::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -332,32 +329,28 @@ impl AsyncWrite for PeerStream {
     ) -> Poll<std::io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Server(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Io::Client(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
-            Io::Server(s) => s.is_write_vectored(),
-            Io::Client(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Io::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Io::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
