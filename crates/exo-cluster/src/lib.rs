@@ -185,6 +185,7 @@ impl Cluster {
             host: host.clone(),
             shared: shared.clone(),
             router: router.clone(),
+            forward_wait: transport::FORWARD_WAIT,
         };
         let server = PeerServer::new(service)
             .max_decoding_message_size(transport::MAX_MESSAGE)
