@@ -1,5 +1,5 @@
 //! `/v1/topology`: every node of the cluster (this one first) with its identity, addresses, ports, memory, CPU,
-//! the layers it holds and the link to it; this node's work in progress; and the current plan per model.
+//! the devices it computes on, the layers it holds and the link to it; this node's work in progress; and the current plan per model.
 
 use exo_cluster::{NodeView, Plan};
 use serde_json::{json, Value};
@@ -26,6 +26,10 @@ pub fn topology(nodes: &[NodeView], plans: &[Plan], status: &Status, kv_cache_by
                     "limit_bytes": d.memory_limit, "usable_bytes": d.memory_usable},
                 "threads": d.threads,
                 "cpu": {"arch": d.arch, "features": d.features, "kernels": d.kernels},
+                "devices": d.devices.iter().map(|v| json!({"name": v.name, "description": v.description,
+                    "memory_total_bytes": v.memory_total, "memory_free_bytes": v.memory_free,
+                    "compute_capability": (!v.compute_capability.is_empty()).then_some(&v.compute_capability)}))
+                    .collect::<Vec<_>>(),
                 "model": model,
                 "link": if n.is_self { Value::Null } else {
                     json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3)})

@@ -141,6 +141,8 @@ pub struct HostConfig {
     pub topology: Arc<crate::topology::Topology>,
     /// How connections to those peers are made.
     pub tls: crate::tls::PeerTls,
+    /// Where the layers compute (None: the CPU).
+    pub device: Option<exo_engine::FoundDevice>,
 }
 
 /// Starts the host thread on `jobs`.
@@ -420,9 +422,13 @@ impl Worker {
         self.held = None;
         self.publish_held();
         let started = Instant::now();
-        let shard = ModelShard::load_with(gguf, shard_range, &Device::Cpu, Backend::Auto)?;
+        let (device, on) = match &self.config.device {
+            Some(d) if !d.info.is_cpu() => (d.device.clone(), format!(" {}", d.info)),
+            _ => (Device::Cpu, String::new()),
+        };
+        let shard = ModelShard::load_with(gguf, shard_range, &device, Backend::Auto)?;
         eprintln!(
-            "node {me}: layers {}-{} of {} ({} MiB)",
+            "node {me}{on}: layers {}-{} of {} ({} MiB)",
             stage.start,
             stage.end,
             plan.n_layers,

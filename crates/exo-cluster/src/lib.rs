@@ -92,6 +92,8 @@ pub struct ClusterConfig {
     pub discovery: Discovery,
     /// With a key, peer connections are TLS between holders of the same key; without one the cluster is open.
     pub cluster_key: Option<ClusterKey>,
+    /// What the node's layers compute on (`--devices`); the first device takes them. Empty: the CPU.
+    pub devices: Vec<exo_engine::FoundDevice>,
 }
 
 /// A node of the cluster, as the rest of the program uses it. Cheap to clone.
@@ -141,6 +143,7 @@ impl Cluster {
             peer_port: local.port(),
             threads: config.threads,
             memory_limit: config.memory_limit,
+            devices: config.devices.iter().map(|d| d.info.clone()).collect(),
         });
         let topology = Arc::new(Topology::default());
         for p in &config.peers {
@@ -173,6 +176,7 @@ impl Cluster {
                 runtime: runtime.clone(),
                 topology: topology.clone(),
                 tls: tls.clone(),
+                device: config.devices.first().cloned(),
             },
             jobs,
             outbox.clone(),

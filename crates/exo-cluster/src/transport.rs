@@ -595,6 +595,7 @@ mod tests {
             peer_port: 0,
             threads: 1,
             memory_limit: None,
+            devices: vec![],
         };
         let shared = Arc::new(HostShared::with_queue(queue_kib));
         if let Ok(mut r) = shared.requests.lock() {

@@ -14,6 +14,8 @@
 //! | [`cpu`] | the CPU backend: forward pass on the kernels, thread pool |
 //! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
+//! | [`devices`] | the devices a shard runs on: `--devices` lists, this machine's GPUs, their memory |
+//! | `cuda_libs` | loading the CUDA driver and libraries at run time (`cuda` feature) |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
 //! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
 //!
@@ -24,6 +26,9 @@ pub mod chain;
 pub mod chat_template;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda_libs;
+pub mod devices;
 pub mod error;
 pub mod generation;
 pub mod gguf;
@@ -38,6 +43,7 @@ pub mod weights;
 pub use candle_core::{Device, Tensor};
 pub use chain::ShardChain;
 pub use config::{Architecture, ModelConfig};
+pub use devices::{DeviceInfo, DeviceSelection, FoundDevice};
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
 pub use kv_cache::{KvCache, KvType};

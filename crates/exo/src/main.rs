@@ -62,6 +62,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The devices `--devices` names, or an error naming what is missing; with more than one GPU, says that only the
+/// first computes (each GPU as a stage of its own is not built yet).
+fn find_devices(selection: &exo_engine::DeviceSelection) -> anyhow::Result<Vec<exo_engine::FoundDevice>> {
+    let found = exo_engine::devices::find(selection).map_err(|e| anyhow::anyhow!("--devices {selection}: {e}"))?;
+    if found.len() > 1 {
+        tracing::warn!(
+            "{} GPUs found; this version computes on the first one only ({}): name one with --devices",
+            found.len(),
+            found[0].info
+        );
+    }
+    Ok(found)
+}
+
 /// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: the
 /// engine's pool starts on first use, and rayon (candle's backend) reads `RAYON_NUM_THREADS` when it starts.
 fn set_threads(threads: Option<usize>) -> anyhow::Result<usize> {

@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "EXO_THREADS")]
     pub threads: Option<usize>,
+    /// What the layers compute on: auto (every GPU found, else the CPU), cpu, cuda:0[,cuda:1...] or metal.
+    #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
+    pub devices: exo_engine::DeviceSelection,
     /// Most memory the node offers for layers, their KV cache and buffers, e.g. 8G or 512M (default: what the
     /// machine has available). Layers are split over nodes in proportion to it; a model that does not fit in the
     /// cluster is refused with 503.
@@ -100,6 +103,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     }
     let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
     let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
+    let devices = crate::find_devices(&args.devices)?;
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
@@ -122,6 +126,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
             peers: args.peers.clone(),
             discovery: args.discovery,
             cluster_key,
+            devices,
         })
         .await?;
         let config = InferenceConfig { queue: args.queue, context };

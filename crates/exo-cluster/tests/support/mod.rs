@@ -45,6 +45,7 @@ pub async fn start_node(
         peers,
         discovery: Discovery::None,
         cluster_key,
+        devices: vec![],
     })
     .await
     .unwrap()
