@@ -21,6 +21,9 @@
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
+#[cfg(all(feature = "metal", not(target_os = "macos")))]
+compile_error!("the `metal` feature builds on macOS only (candle's Metal backend needs Apple's frameworks)");
+
 pub mod candle_backend;
 pub mod chain;
 pub mod chat_template;

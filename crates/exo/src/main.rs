@@ -6,6 +6,7 @@ mod cluster_key;
 mod models;
 mod node;
 mod run;
+mod score;
 mod topology;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure prompt-processing and decode speed (like llama.cpp's llama-bench).
     Bench(bench::BenchArgs),
+    /// Write a text's teacher-forced log-probabilities under a model (to compare devices and backends).
+    Score(score::ScoreArgs),
     /// Print a running node's view of the cluster: nodes, memory, layers, links and plans.
     Topology(topology::TopologyArgs),
     /// Download a model ahead of time (whole, or only what some layers need) into the Hugging Face cache.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Bench(args)) => bench::bench(args),
+        Some(Command::Score(args)) => score::score(args),
         Some(Command::Topology(args)) => topology::topology(args),
         Some(Command::Download(args)) => models::download(args),
         Some(Command::Models(args)) => models::models(args),
