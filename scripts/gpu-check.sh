@@ -14,7 +14,7 @@
 #   GPU machine from it, with scripts/make-tiny-models.py and synth_gguf.py), and the gguf wheel into .gpu-check/
 #   (ignored by git), under 64 MiB.
 # There (the device tool, carrying .gpu-check): scripts/gpu-check.sh
-#   EXO_BIN  the binary (default: .gpu-check/exo)
+#   EXO_BIN  the binary (default: .gpu-check/exo.xz, unpacked)
 # A dry run of the script's own logic on a machine without a GPU: GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 (every
 # check on the CPU, the speed check on the 1B shape with short runs).
 set -euo pipefail
@@ -26,7 +26,9 @@ if [ "${1:-}" = --prepare ]; then
   readelf -d "$bin" >/dev/null || { echo "error: no binary at $bin (run scripts/build-cuda.sh)" >&2; exit 1; }
   mkdir -p "$DIR"
   grep -qx "/$DIR/" .git/info/exclude 2>/dev/null || echo "/$DIR/" >>.git/info/exclude
+  # Stripped, a CUDA build is about 64 MB, all that may travel: compressed, about a quarter.
   strip -o "$DIR/exo" "$bin"
+  xz -T2 -6 -f "$DIR/exo"
   synth=""
   for cand in ../shared/tools/synth_gguf.py /work/shared/tools/synth_gguf.py; do [ -f "$cand" ] && synth=$cand && break; done
   [ -n "$synth" ] || { echo "error: synth_gguf.py not found (../shared/tools)" >&2; exit 1; }
@@ -48,10 +50,9 @@ PY
   exit 0
 fi
 
-EXO=${EXO_BIN:-$DIR/exo}
+EXO=${EXO_BIN:-}
 DEVICE=${GPU_CHECK_DEVICE:-cuda:0}
 QUICK=${GPU_CHECK_QUICK:-0}
-[ -x "$EXO" ] || { echo "error: no binary at $EXO (run scripts/gpu-check.sh --prepare here first)" >&2; exit 1; }
 RESULTS=${OUT:-/tmp}/gpu-check.txt
 : >"$RESULTS"
 say() { echo "$*" | tee -a "$RESULTS"; }
@@ -59,6 +60,14 @@ FAILED=0
 WORK=$(mktemp -d)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
+if [ -z "$EXO" ]; then
+  [ -f "$DIR/exo.xz" ] || { echo "error: no $DIR/exo.xz (run scripts/gpu-check.sh --prepare here first)" >&2; exit 1; }
+  EXO=$WORK/exo
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    "$DIR/exo.xz" "$EXO"
+  chmod +x "$EXO"
+fi
+[ -x "$EXO" ] || { echo "error: no binary at $EXO" >&2; exit 1; }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$DIR"/gguf-*.whl
 export PYTHONPATH=$WORK/site
