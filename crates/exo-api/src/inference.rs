@@ -212,6 +212,8 @@ impl From<ClusterError> for ApiError {
         match e {
             ClusterError::ModelNotFound(m) => ApiError::ModelNotFound(m),
             ClusterError::ModelTooLarge { .. } => ApiError::ModelTooLarge(e.to_string()),
+            // The same answer as a model that does not fit: 503, insufficient_memory, naming the device.
+            ClusterError::DeviceMemory(m) => ApiError::ModelTooLarge(m),
             ClusterError::NodeFailed { .. } => ApiError::NodeFailed(e.to_string()),
             ClusterError::ShuttingDown => ApiError::ShuttingDown,
             ClusterError::ModelUnavailable(m) => ApiError::ModelUnavailable(m),

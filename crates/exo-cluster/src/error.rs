@@ -26,6 +26,9 @@ pub enum ClusterError {
     /// A cluster key that cannot be read, parsed or kept, or TLS credentials that cannot be made from it.
     #[error("{0}")]
     Key(String),
+    /// A GPU ran out of memory loading layers or running a request (the message names it and what it has free).
+    #[error("{0}")]
+    DeviceMemory(String),
     /// A peer asked for more than this node gives any one peer (requests, KV cache memory, queued bytes).
     #[error("{0}")]
     Busy(String),
@@ -44,7 +47,10 @@ impl From<exo_models::ModelsError> for ClusterError {
 
 impl From<exo_engine::EngineError> for ClusterError {
     fn from(e: exo_engine::EngineError) -> Self {
-        ClusterError::Engine(e.to_string())
+        match e {
+            exo_engine::EngineError::DeviceMemory(m) => ClusterError::DeviceMemory(m),
+            other => ClusterError::Engine(other.to_string()),
+        }
     }
 }
 

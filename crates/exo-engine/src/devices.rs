@@ -129,15 +129,16 @@ impl FoundDevice {
     fn cpu() -> Self {
         Self { info: DeviceInfo::cpu(), device: Device::Cpu }
     }
+}
 
-    /// Free memory now (it changes as shards load); the CPU's is the node's business, so 0.
-    pub fn memory_free(&self) -> u64 {
-        #[cfg(feature = "cuda")]
-        if let Device::Cuda(d) = &self.device {
-            return d.cuda_stream().context().mem_get_info().map_or(0, |(free, _)| free as u64);
-        }
-        0
+/// A GPU's free memory now, if `device` is one that says.
+pub fn free_memory(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().mem_get_info().ok().map(|(free, _)| free as u64);
     }
+    let _ = device;
+    None
 }
 
 /// The devices `selection` names on this machine, in order; an error says what is missing and what there is.

@@ -32,6 +32,9 @@ pub enum EngineError {
     /// A device named that this machine or build does not have, or one that fails.
     #[error("{0}")]
     Device(String),
+    /// A GPU without the memory a load or a forward pass needed (the message names the device and what it has).
+    #[error("{0}")]
+    DeviceMemory(String),
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

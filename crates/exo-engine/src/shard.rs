@@ -189,7 +189,9 @@ impl ModelShard {
             if let (Some(why), true) = (&unsupported, device.is_cpu()) {
                 tracing::info!("using candle's CPU kernels: {why}, a type our kernels do not handle");
             }
-            Engine::Candle(Box::new(CandleModel::load(&mut reader, &config, shard, inv_freq, device)?))
+            let model = CandleModel::load(&mut reader, &config, shard, inv_freq, device)
+                .map_err(|e| out_of_memory(e, device, &format!("loading {shard}")))?;
+            Engine::Candle(Box::new(model))
         };
         Ok(Self { shard, config, engine, device: device.clone(), bytes_loaded: reader.bytes_read() })
     }
@@ -315,10 +317,33 @@ impl ModelShard {
                         Tensor::from_iter(values, &self.device)?.reshape((seq, h))?
                     }
                 };
-                model.forward(x, cache)
+                model.forward(x, cache).map_err(|e| out_of_memory(e, &self.device, &format!("on {seq} positions")))
             }
         }
     }
+}
+
+/// A device that ran out of memory says so, with what it was doing and what it has free, instead of the driver's
+/// code alone; other errors pass through.
+fn out_of_memory(e: EngineError, device: &Device, doing: &str) -> EngineError {
+    let name = match device.location() {
+        candle_core::DeviceLocation::Cpu => return e,
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    };
+    match describe_out_of_memory(&e.to_string(), &name, doing, crate::devices::free_memory(device)) {
+        Some(message) => EngineError::DeviceMemory(message),
+        None => e,
+    }
+}
+
+/// The message for a device error `text` that is the driver running out of memory; None for any other.
+fn describe_out_of_memory(text: &str, device: &str, doing: &str, free: Option<u64>) -> Option<String> {
+    if !(text.contains("OUT_OF_MEMORY") || text.contains("out of memory")) {
+        return None;
+    }
+    let free = free.map(|b| format!(", {} MiB free now", b >> 20)).unwrap_or_default();
+    Some(format!("{device} ran out of memory {doing}{free} ({text})"))
 }
 
 /// Calls `f` with the values of `t` as f32: borrowed from its storage when it is a contiguous f32 tensor in host
@@ -331,4 +356,22 @@ fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         }
     }
     Ok(f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_out_of_memory_is_named_with_what_it_has_and_other_errors_are_not() {
+        let text = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert_eq!(
+            describe_out_of_memory(text, "cuda:1", "on 4096 positions", Some(300 << 20)).unwrap(),
+            format!("cuda:1 ran out of memory on 4096 positions, 300 MiB free now ({text})")
+        );
+        assert_eq!(describe_out_of_memory("shape mismatch", "cuda:0", "x", None), None);
+        // The CPU's errors are never taken for a device's.
+        let e = EngineError::Tensor(candle_core::Error::Msg(text.into()));
+        assert!(matches!(out_of_memory(e, &Device::Cpu, "x"), EngineError::Tensor(_)));
+    }
 }
