@@ -12,6 +12,7 @@
 //! | [`shard`] | `Shard` (a layer range) and `ModelShard` (its weights and forward pass on a backend) |
 //! | [`kernels`] | the CPU matrix kernels: quantized dot products, SIMD variants chosen at run time |
 //! | [`cpu`] | the CPU backend: forward pass on the kernels, thread pool |
+//! | [`calibration`] | this machine's measured speed: a quantized matrix-vector product and memory reads |
 //! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
@@ -19,6 +20,7 @@
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
+pub mod calibration;
 pub mod candle_backend;
 pub mod chain;
 pub mod chat_template;
