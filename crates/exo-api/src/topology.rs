@@ -74,8 +74,13 @@ mod tests {
             is_self,
         };
         let status = Status { busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
-        let plan = Plan::new("m", 30, 1 << 20, &[Candidate { id: "a".into(), address: "a:1".into(), usable: 1 << 30 }])
-            .unwrap();
+        let plan = Plan::new(
+            "m",
+            30,
+            1 << 20,
+            &[Candidate { id: "a".into(), address: "a:1".into(), usable: 1 << 30, ..Default::default() }],
+        )
+        .unwrap();
         let t = topology(&[node("a", true), node("b", false)], &[plan], &status, 1024);
         assert_eq!(t["self"], "a");
         assert_eq!(t["nodes"][0]["inference"]["kv_cache_bytes"], 1024);

@@ -52,9 +52,9 @@ pub fn measure(threads: usize) -> Speed {
     let memory = best_rate(weights.len(), || {
         pool.run(&|i, n| {
             let part = share(weights.len() / 8, 64, i, n);
-            let sum = weights[part.start * 8..part.end * 8]
-                .chunks_exact(8)
-                .fold(0u64, |acc, c| acc.wrapping_add(u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])));
+            let sum = weights[part.start * 8..part.end * 8].chunks_exact(8).fold(0u64, |acc, c| {
+                acc.wrapping_add(u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            });
             std::hint::black_box(sum);
         })
     });

@@ -45,6 +45,7 @@ pub async fn start_node(
         peers,
         discovery: Discovery::None,
         cluster_key,
+        speed: Default::default(),
     })
     .await
     .unwrap()
