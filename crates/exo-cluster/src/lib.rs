@@ -315,7 +315,7 @@ impl Cluster {
         if let Ok(mut plans) = self.inner.plans.lock() {
             let changed = plans.get(model).is_none_or(|(old, _)| old.id != plan.id);
             if changed {
-                tracing::info!("{}", placement.summary());
+                eprintln!("node {}: {}", self.id(), placement.summary());
             }
             plans.insert(model.to_string(), (plan.clone(), placement));
         }

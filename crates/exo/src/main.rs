@@ -6,6 +6,7 @@ mod cluster_key;
 mod models;
 mod node;
 mod run;
+mod speed;
 mod topology;
 
 use std::process::ExitCode;
