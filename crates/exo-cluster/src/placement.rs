@@ -127,9 +127,12 @@ pub fn hop_ns(a: Option<Duration>, b: Option<Duration>) -> Option<u64> {
     Some((a?.max(b?).as_nanos() / 2).min(u64::MAX as u128) as u64)
 }
 
-/// The predicted cost of a split: compute per token, then the distance to `target` (the memory split) as the
-/// tie-break. Compared as a pair, first element first.
-fn cost(layers: &[usize], ns_per_layer: &[u64], target: &[usize]) -> (u128, u64) {
+/// A split's cost: predicted compute per token in nanoseconds, then the distance to the memory split as the
+/// tie-break; compared as a pair, first element first.
+type Cost = (u128, u64);
+
+/// The [`Cost`] of a split with `target` the memory split.
+fn cost(layers: &[usize], ns_per_layer: &[u64], target: &[usize]) -> Cost {
     let time = layers.iter().zip(ns_per_layer).map(|(&n, &t)| n as u128 * t as u128).sum();
     let distance = layers.iter().zip(target).map(|(&n, &m)| n.abs_diff(m) as u64).sum();
     (time, distance)
@@ -145,7 +148,7 @@ pub fn split(n_layers: usize, caps: &[usize], ns_per_layer: &[u64], target: &[us
         return None;
     }
     // best[j][s]: the least cost of stages 0..j holding s layers, and the count stage j-1 holds in it.
-    let mut best: Vec<Vec<Option<((u128, u64), usize)>>> = vec![vec![None; n_layers + 1]; k + 1];
+    let mut best: Vec<Vec<Option<(Cost, usize)>>> = vec![vec![None; n_layers + 1]; k + 1];
     best[0][0] = Some(((0, 0), 0));
     for j in 0..k {
         for s in 0..=n_layers {
@@ -178,7 +181,7 @@ mod tests {
     use crate::plan::{Candidate, Plan};
 
     /// Every split by enumeration: the optimum's cost, or `None` if none fits.
-    fn brute_force(n_layers: usize, caps: &[usize], t: &[u64], target: &[usize]) -> Option<(u128, u64)> {
+    fn brute_force(n_layers: usize, caps: &[usize], t: &[u64], target: &[usize]) -> Option<Cost> {
         fn go(j: usize, left: usize, caps: &[usize], layers: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
             if j == caps.len() {
                 if left == 0 {
