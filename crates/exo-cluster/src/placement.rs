@@ -19,7 +19,7 @@ pub struct StageCost {
     pub memory_layers: usize,
     /// What it said it streams through a matrix-vector product, bytes per second (0: not measured).
     pub measured_bytes_per_s: u64,
-    /// The speed the solver used: the measured one in its speed class (0: no node of the ring measured).
+    /// The speed the solver used: its group's fastest ([`speed_groups`]; 0: no node of the ring measured).
     pub speed_bytes_per_s: u64,
     /// Predicted time of one layer for one token.
     pub ns_per_layer: u64,
@@ -105,12 +105,23 @@ pub fn max_layers(n_layers: usize, needs: u64, usable: u64) -> usize {
     fit.min(n_layers as u128) as usize
 }
 
-/// A speed in its class: the top four bits kept. Speeds within one class (6 to 12 %, about a calibration's noise
-/// between two like machines) count as equal, so like nodes get the memory split rather than a split that swings
-/// on the noise.
-pub fn speed_class(bytes_per_s: u64) -> u64 {
-    let shift = (63 - bytes_per_s.leading_zeros().min(63)).saturating_sub(3);
-    (bytes_per_s >> shift) << shift
+/// The speeds the solver plans with: from the fastest down, each speed within 1/8 of the fastest of its group
+/// counts as that one; the first speed further below starts the next group. Like machines measure a few per cent
+/// apart, and since the optimum fills the faster node first, taking such noise at its word would swing the split
+/// from the memory split to all-on-one. Integer and in a fixed order (ties by position), so deterministic.
+pub fn speed_groups(bytes_per_s: &[u64]) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..bytes_per_s.len()).collect();
+    order.sort_by(|&a, &b| bytes_per_s[b].cmp(&bytes_per_s[a]).then(a.cmp(&b)));
+    let mut planned = vec![0; bytes_per_s.len()];
+    let mut leader = 0u64;
+    for i in order {
+        let s = bytes_per_s[i];
+        if (s as u128) * 8 < (leader as u128) * 7 || leader == 0 {
+            leader = s;
+        }
+        planned[i] = leader;
+    }
+    planned
 }
 
 /// Nanoseconds one layer of `layer_bytes` takes at `bytes_per_s` (0: unknown, taken as 0).
@@ -300,7 +311,7 @@ mod tests {
         let (_, p) = Plan::placed("m", 12, 12 << 30, &nodes).unwrap();
         assert_eq!(p.stages.iter().map(|s| s.memory_layers).collect::<Vec<_>>(), [10, 2]);
         assert_eq!(placed(12, 12, &nodes), counts(&[("slow", 4), ("fast", 8)]));
-        assert!(p.stages[1].ns_per_layer * 4 <= p.stages[0].ns_per_layer, "{p:?}");
+        assert!((p.stages[0].ns_per_layer as f64 / p.stages[1].ns_per_layer as f64 - 4.0).abs() < 1e-6, "{p:?}");
         assert_eq!(p.hops_ns(), Some(400_000));
         // An unmeasured node counts as the slowest measured one: here the only measured one, so both are equal
         // and memory decides.
@@ -334,10 +345,12 @@ mod tests {
 
     #[test]
     fn speeds_within_a_class_are_equal_and_times_are_integers() {
-        assert_eq!(speed_class(0), 0);
-        assert_eq!(speed_class(0b1011_0111), 0b1011_0000);
-        assert_eq!(speed_class(10_000_000_000), speed_class(10_300_000_000));
-        assert!(speed_class(10_000_000_000) < speed_class(12_000_000_000));
+        // Within an eighth of the group's fastest: equal. The group is led by its fastest, so a chain of small
+        // steps does not drift: 100, 90, 88 are one group, 80 starts another.
+        assert_eq!(speed_groups(&[90, 100, 80, 88]), [100, 100, 80, 100]);
+        assert_eq!(speed_groups(&[10_000_000_000, 10_400_000_000]), [10_400_000_000; 2]);
+        assert_eq!(speed_groups(&[0, 0]), [0, 0]);
+        assert_eq!(speed_groups(&[]), Vec::<u64>::new());
         assert_eq!(ns_per_layer(1 << 20, 1 << 30), 976_563);
         assert_eq!(ns_per_layer(1 << 20, 0), 0);
         assert_eq!(ns_per_layer(u64::MAX, 1), u64::MAX);

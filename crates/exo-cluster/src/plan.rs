@@ -83,8 +83,8 @@ impl Plan {
         // Unmeasured nodes count as the slowest measured one; with none measured every node is equal and the
         // split is the memory split.
         let slowest = members.iter().map(|(_, c)| c.speed).filter(|&s| s > 0).min().unwrap_or(0);
-        let speeds: Vec<u64> =
-            members.iter().map(|(_, c)| placement::speed_class(if c.speed > 0 { c.speed } else { slowest })).collect();
+        let measured: Vec<u64> = members.iter().map(|(_, c)| if c.speed > 0 { c.speed } else { slowest }).collect();
+        let speeds = placement::speed_groups(&measured);
         let layer_bytes = needs.div_ceil(n_layers as u64);
         let ns: Vec<u64> = speeds.iter().map(|&s| placement::ns_per_layer(layer_bytes, s)).collect();
         let layers = placement::split(n_layers, &caps, &ns, &target).ok_or_else(too_large)?;
