@@ -156,7 +156,7 @@ for m in "${models[@]}"; do
     row=$(python3 -c 'import json, sys
 r = json.loads(sys.argv[1]); base = float(sys.argv[3]) if sys.argv[3] else None
 threads = {"n1": 2, "n2": 1}
-split = ", ".join("%s (%d threads): %d" % (n, threads.get(n, 0), l) for n, l in r["split"])
+split = ", ".join("%s (--threads %d): %d" % (n, threads.get(n, 0), l) for n, l in r["split"])
 pred = "–" if r["predicted_ms"] is None or r["by"] == "memory" else "%.2f" % r["predicted_ms"]
 ratio = "1.00" if base is None else "%.2f" % (r["tg"] / base)
 print("| %s | %s | %s | %s | %.1f | %s |" % (sys.argv[2], r["by"], split, pred, r["tg"], ratio))

@@ -29,7 +29,7 @@ pub fn speed(home: &Path, threads: usize) -> Speed {
     let started = Instant::now();
     let s = calibration::measure(threads);
     eprintln!(
-        "measured this machine at {threads} threads in {} ms: Q8_0 matrix-vector {:.1} GB/s, memory reads {:.1} GB/s \
+        "measured this machine at --threads {threads} in {} ms: Q8_0 matrix-vector {:.1} GB/s, memory reads {:.1} GB/s \
          (kept in {})",
         started.elapsed().as_millis(),
         s.matvec_bytes_per_s as f64 / 1e9,
