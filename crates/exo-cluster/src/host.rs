@@ -74,8 +74,9 @@ pub(crate) struct HostShared {
     pub kv_bytes: AtomicU64,
     /// Requests whose End is on its way: a long prefill stops between chunks instead of running to its end.
     pub ending: Mutex<std::collections::HashSet<u64>>,
-    /// The budget of activations from peers queued for the host thread, in KiB.
+    /// The budget of activations from peers queued for the host thread, in KiB ([`MAX_QUEUED_KIB`]), and its size.
     pub queue: Arc<tokio::sync::Semaphore>,
+    pub queue_kib: usize,
     /// Bumped whenever the host thread finishes a job: peers waiting on this node see that it is working.
     pub progress: AtomicU64,
     /// Begins received and not yet answered.
@@ -84,20 +85,26 @@ pub(crate) struct HostShared {
 
 impl Default for HostShared {
     fn default() -> Self {
+        Self::with_queue(MAX_QUEUED_KIB)
+    }
+}
+
+impl HostShared {
+    /// With a queue budget of `kib` KiB.
+    pub fn with_queue(kib: usize) -> Self {
         Self {
             requests: Mutex::default(),
             held: Mutex::default(),
             held_bytes: AtomicU64::new(0),
             kv_bytes: AtomicU64::new(0),
             ending: Mutex::default(),
-            queue: Arc::new(tokio::sync::Semaphore::new(MAX_QUEUED_KIB)),
+            queue: Arc::new(tokio::sync::Semaphore::new(kib)),
+            queue_kib: kib,
             progress: AtomicU64::new(0),
             begins: AtomicU64::new(0),
         }
     }
-}
 
-impl HostShared {
     /// Marks `request` as ending (its End job follows).
     pub fn ending(&self, request: u64) {
         if let Ok(mut e) = self.ending.lock() {
@@ -134,6 +141,8 @@ pub struct HostConfig {
     pub topology: Arc<crate::topology::Topology>,
     /// How connections to those peers are made.
     pub tls: crate::tls::PeerTls,
+    /// Where the layers compute (None: the CPU).
+    pub device: Option<exo_engine::FoundDevice>,
 }
 
 /// Starts the host thread on `jobs`.
@@ -413,9 +422,13 @@ impl Worker {
         self.held = None;
         self.publish_held();
         let started = Instant::now();
-        let shard = ModelShard::load_with(gguf, shard_range, &Device::Cpu, Backend::Auto)?;
+        let (device, on) = match &self.config.device {
+            Some(d) if !d.info.is_cpu() => (d.device.clone(), format!(" {}", d.info)),
+            _ => (Device::Cpu, String::new()),
+        };
+        let shard = ModelShard::load_with(gguf, shard_range, &device, Backend::Auto)?;
         eprintln!(
-            "node {me}: layers {}-{} of {} ({} MiB)",
+            "node {me}{on}: layers {}-{} of {} ({} MiB)",
             stage.start,
             stage.end,
             plan.n_layers,

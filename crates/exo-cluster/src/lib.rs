@@ -98,6 +98,8 @@ pub struct ClusterConfig {
     /// This machine's speed at `threads` threads, as [`exo_engine::calibration::measure`] gives it (the binary keeps
     /// it in EXO_HOME); zeros: not measured, and the plan splits by memory alone.
     pub speed: exo_engine::calibration::Speed,
+    /// What the node's layers compute on (`--devices`); the first device takes them. Empty: the CPU.
+    pub devices: Vec<exo_engine::FoundDevice>,
 }
 
 /// A node of the cluster, as the rest of the program uses it. Cheap to clone.
@@ -148,6 +150,7 @@ impl Cluster {
             threads: config.threads,
             memory_limit: config.memory_limit,
             speed: config.speed,
+            devices: config.devices.iter().map(|d| d.info.clone()).collect(),
         });
         let topology = Arc::new(Topology::default());
         for p in &config.peers {
@@ -180,6 +183,7 @@ impl Cluster {
                 runtime: runtime.clone(),
                 topology: topology.clone(),
                 tls: tls.clone(),
+                device: config.devices.first().cloned(),
             },
             jobs,
             outbox.clone(),
@@ -192,6 +196,7 @@ impl Cluster {
             host: host.clone(),
             shared: shared.clone(),
             router: router.clone(),
+            forward_wait: transport::FORWARD_WAIT,
         };
         let server = PeerServer::new(service)
             .max_decoding_message_size(transport::MAX_MESSAGE)

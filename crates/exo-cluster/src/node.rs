@@ -23,14 +23,23 @@ pub struct NodeInfo {
     pub memory_limit: Option<u64>,
     /// This machine's measured speed at `threads` threads (zeros: not measured).
     pub speed: Speed,
+    /// The devices it computes on (`--devices`): the CPU, or GPUs.
+    pub devices: Vec<exo_engine::DeviceInfo>,
 }
 
 impl NodeInfo {
     /// The description peers get: this, with the machine's memory now, the layers held, and known peers.
     pub fn describe(&self, held: &[proto::LoadedShard], held_bytes: u64, peers: Vec<String>) -> proto::NodeDescription {
         let memory = Memory::now(self.memory_limit);
-        // Memory the loaded layers hold is offered too: a new plan replaces them.
-        let offered = memory.available + held_bytes;
+        // Memory the loaded layers hold is offered too: a new plan replaces them. On GPUs, the layers go to device
+        // memory: what was free there when the node started (loaded layers came out of it), less a reserve for
+        // the CUDA context and scratch buffers.
+        let gpus: Vec<_> = self.devices.iter().filter(|d| !d.is_cpu()).collect();
+        let offered = if gpus.is_empty() {
+            memory.available + held_bytes
+        } else {
+            gpus.iter().map(|d| d.memory_free.saturating_sub(GPU_RESERVE)).sum()
+        };
         let usable = self.memory_limit.map_or(offered, |l| l.min(offered));
         let (arch, features, kernels) = cpu();
         proto::NodeDescription {
@@ -53,7 +62,21 @@ impl NodeInfo {
             begins: 0,
             matvec_bytes_per_s: self.speed.matvec_bytes_per_s,
             memory_bytes_per_s: self.speed.memory_bytes_per_s,
+            devices: self.devices.iter().map(device_to_wire).collect(),
         }
+    }
+}
+
+/// Device memory a GPU keeps beyond the plan's figures (its CUDA context, cuBLAS's workspace, scratch tensors).
+const GPU_RESERVE: u64 = 512 << 20;
+
+fn device_to_wire(d: &exo_engine::DeviceInfo) -> proto::Device {
+    proto::Device {
+        name: d.name.clone(),
+        description: d.description.clone(),
+        memory_total: d.memory_total,
+        memory_free: d.memory_free,
+        compute_capability: d.compute_capability.clone().unwrap_or_default(),
     }
 }
 
@@ -132,6 +155,7 @@ mod tests {
             threads: 2,
             memory_limit: Some(1 << 20),
             speed: Speed { matvec_bytes_per_s: 5 << 30, memory_bytes_per_s: 9 << 30 },
+            devices: vec![],
         };
         let d = info.describe(&[], 0, vec!["10.0.0.2:52416".into()]);
         assert_eq!((d.memory_usable, d.memory_limit), (1 << 20, Some(1 << 20)));
@@ -141,5 +165,32 @@ mod tests {
         let unlimited = NodeInfo { memory_limit: None, ..info };
         let d = unlimited.describe(&[], 5 << 30, vec![]);
         assert!(d.memory_usable >= d.memory_available + (5 << 30) - (64 << 20), "{d:?}");
+    }
+
+    #[test]
+    fn a_node_on_gpus_offers_their_free_memory_less_a_reserve_and_lists_them() {
+        let gpu = |i: usize, free_gib: u64| exo_engine::DeviceInfo {
+            name: format!("cuda:{i}"),
+            description: "NVIDIA GeForce RTX 3090".into(),
+            memory_total: 24 << 30,
+            memory_free: free_gib << 30,
+            compute_capability: Some("8.6".into()),
+        };
+        let info = NodeInfo {
+            id: "n".into(),
+            addresses: vec![],
+            api_port: 1,
+            peer_port: 2,
+            threads: 2,
+            memory_limit: None,
+            devices: vec![gpu(0, 23), gpu(1, 20)],
+            speed: Speed::default(),
+        };
+        let d = info.describe(&[], 7 << 30, vec![]);
+        assert_eq!(d.memory_usable, (43 << 30) - 2 * GPU_RESERVE);
+        assert_eq!(d.devices.len(), 2);
+        assert_eq!((d.devices[1].name.as_str(), d.devices[1].compute_capability.as_str()), ("cuda:1", "8.6"));
+        let limited = NodeInfo { memory_limit: Some(8 << 30), ..info };
+        assert_eq!(limited.describe(&[], 0, vec![]).memory_usable, 8 << 30);
     }
 }

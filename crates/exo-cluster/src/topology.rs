@@ -12,6 +12,8 @@ use crate::proto::NodeDescription;
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most peers a node keeps, and most addresses to try.
 pub const MAX_PEERS: usize = 256;
+/// Most devices a peer's description lists.
+pub const MAX_DEVICES: usize = 16;
 /// Most memory a peer may say it has (1 PiB): claims above it are taken as this.
 pub const MAX_MEMORY_CLAIM: u64 = 1 << 50;
 /// Most bytes per second a peer may say it computes or reads at (64 TiB/s, over ten times the fastest memory made
@@ -65,7 +67,20 @@ impl Topology {
         let d = &mut description;
         d.memory_total = d.memory_total.min(MAX_MEMORY_CLAIM);
         d.memory_available = d.memory_available.min(d.memory_total);
-        d.memory_usable = d.memory_usable.min(d.memory_total).min(d.memory_limit.unwrap_or(u64::MAX));
+        d.devices.truncate(MAX_DEVICES);
+        for dev in &mut d.devices {
+            dev.memory_total = dev.memory_total.min(MAX_MEMORY_CLAIM);
+            dev.memory_free = dev.memory_free.min(dev.memory_total);
+            for text in [&mut dev.name, &mut dev.description, &mut dev.compute_capability] {
+                if text.len() > 128 || text.chars().any(char::is_control) {
+                    *text = text.chars().filter(|c| !c.is_control()).take(128).collect();
+                }
+            }
+        }
+        // Layers go to device memory on GPU nodes: that may be more than the machine's own.
+        let gpu_total = d.devices.iter().fold(0u64, |sum, dev| sum.saturating_add(dev.memory_total));
+        let bound = d.memory_total.max(gpu_total.min(MAX_MEMORY_CLAIM));
+        d.memory_usable = d.memory_usable.min(bound).min(d.memory_limit.unwrap_or(u64::MAX));
         d.peers.truncate(MAX_PEERS);
         // A speed claim cannot be checked against anything the peer said, only against what a machine can do: an
         // absurd one is dropped, not capped, so lying high earns no more than saying nothing. A matrix-vector
@@ -238,6 +253,36 @@ mod tests {
         assert_eq!(speed("s1"), (0, 0));
         assert_eq!(speed("s2"), (0, 10 << 30));
         assert_eq!(speed("s3"), (8 << 30, 10 << 30));
+        // A GPU node may offer more than its own memory, but no more than its devices hold; its device list is
+        // capped and its strings cleaned.
+        let gpu = |total: u64, free: u64| crate::proto::Device {
+            name: "cuda:0\u{1b}[2J".into(),
+            description: "x".repeat(1000),
+            memory_total: total,
+            memory_free: free,
+            compute_capability: "9.0".into(),
+        };
+        let gpus = NodeDescription {
+            id: "gpus".into(),
+            memory_total: 16 << 30,
+            memory_usable: 200 << 30,
+            devices: vec![gpu(80 << 30, 90 << 30); 40],
+            ..Default::default()
+        };
+        t.seen(gpus, "10.0.0.6:1".into(), None);
+        let g = t.get("gpus").unwrap().description;
+        assert_eq!((g.devices.len(), g.memory_usable), (MAX_DEVICES, 200 << 30));
+        assert_eq!((g.devices[0].memory_free, g.devices[0].name.as_str()), (80 << 30, "cuda:0[2J"));
+        assert_eq!(g.devices[0].description.len(), 128);
+        let one = NodeDescription {
+            id: "one".into(),
+            memory_total: 16 << 30,
+            memory_usable: 200 << 30,
+            devices: vec![gpu(24 << 30, 20 << 30)],
+            ..Default::default()
+        };
+        t.seen(one, "10.0.0.7:1".into(), None);
+        assert_eq!(t.get("one").unwrap().description.memory_usable, 24 << 30);
         // Gossip that is not host:port is not tried.
         t.add_candidate("nonsense".into(), Source::Found);
         t.add_candidate("h:99999".into(), Source::Found);

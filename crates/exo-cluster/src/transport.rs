@@ -284,6 +284,8 @@ pub(crate) struct PeerService {
     pub host: mpsc::Sender<Job>,
     pub shared: Arc<HostShared>,
     pub router: Router,
+    /// How long an activation may wait for room in the queue ([`FORWARD_WAIT`]).
+    pub forward_wait: Duration,
 }
 
 impl PeerService {
@@ -362,14 +364,13 @@ impl Peer for PeerService {
         self.shared.check(a.request_id, a.plan_id, &self.info.id).map_err(status)?;
         // Its share of the queue's budget: a peer that sends faster than this node computes waits here (and its
         // Outbox lane behind it) rather than growing the queue without bound.
-        let kib = (a.hidden.len() + 4 * a.tokens.len()).div_ceil(1024).clamp(1, crate::host::MAX_QUEUED_KIB) as u32;
-        let permit = tokio::time::timeout(FORWARD_WAIT, self.shared.queue.clone().acquire_many_owned(kib))
+        let kib = (a.hidden.len() + 4 * a.tokens.len()).div_ceil(1024).clamp(1, self.shared.queue_kib) as u32;
+        let permit = tokio::time::timeout(self.forward_wait, self.shared.queue.clone().acquire_many_owned(kib))
             .await
             .map_err(|_| {
                 Status::resource_exhausted(format!(
-                    "node {}: its queue of activations stayed full for {} s",
-                    self.info.id,
-                    FORWARD_WAIT.as_secs()
+                    "node {}: its queue of activations stayed full for {:?}",
+                    self.info.id, self.forward_wait
                 ))
             })?
             .map_err(|_| Status::unavailable("the host thread stopped"))?;
@@ -574,5 +575,89 @@ mod tests {
         let sampling = SamplingParams { temperature: 0.7, top_k: 5, seed: None, ..SamplingParams::default() };
         let back = sampling_from_wire(sampling_to_wire(&sampling, 42));
         assert_eq!(back, SamplingParams { seed: Some(42), ..sampling });
+    }
+
+    /// A service over a host thread that never runs its jobs, with a queue of `queue_kib` KiB.
+    fn stalled_service(queue_kib: usize, forward_wait: Duration) -> (PeerService, mpsc::Receiver<Job>) {
+        let dir = std::env::temp_dir().join(format!("exo-queue-test-{}", std::process::id()));
+        let mut hub = exo_models::HubConfig::from_vars(|_| None);
+        hub.offline = true;
+        let store = exo_models::StoreConfig {
+            models_dir: None,
+            cache: exo_models::HfCache::new(dir.join("hub")),
+            downloads_dir: dir.join("downloads"),
+            hub,
+        };
+        let info = NodeInfo {
+            id: "n".into(),
+            addresses: vec!["127.0.0.1".into()],
+            api_port: 0,
+            peer_port: 0,
+            threads: 1,
+            memory_limit: None,
+            devices: vec![],
+            speed: Default::default(),
+        };
+        let shared = Arc::new(HostShared::with_queue(queue_kib));
+        if let Ok(mut r) = shared.requests.lock() {
+            r.insert(7, 9);
+        }
+        let (host, jobs) = mpsc::channel();
+        let service = PeerService {
+            store: exo_models::ModelStore::new(store).unwrap(),
+            info: Arc::new(info),
+            topology: Arc::new(Topology::default()),
+            host,
+            shared,
+            router: Router::default(),
+            forward_wait,
+        };
+        (service, jobs)
+    }
+
+    fn activation(hidden_kib: usize) -> Activation {
+        Activation {
+            request_id: 7,
+            plan_id: 9,
+            hidden: vec![0u8; hidden_kib << 10].into(),
+            seq: 1,
+            ..Activation::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_a_peer_back_then_refuses_it_and_frees_as_jobs_run() {
+        let (service, jobs) = stalled_service(8, Duration::from_millis(500));
+        // 5 KiB fits the 8 KiB budget; another 5 KiB does not while the first is queued: it waits, then is refused.
+        service.forward(Request::new(activation(5))).await.unwrap();
+        let refused = service.forward(Request::new(activation(5))).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("queue of activations stayed full"), "{}", refused.message());
+        // Smaller messages still fit the room left, and one larger than the whole budget takes all of it.
+        service.forward(Request::new(activation(3))).await.unwrap();
+        assert_eq!(service.shared.queue.available_permits(), 0);
+
+        // A peer waiting for room goes on as soon as the host runs (drops) a queued job.
+        let waiting = tokio::spawn(async move {
+            let r = service.forward(Request::new(activation(100))).await.map(|_| ());
+            (r, service)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "a message larger than the room left was queued at once");
+        for _ in 0..2 {
+            match jobs.recv_timeout(Duration::from_secs(1)) {
+                Ok(Job::Forward(_, permit)) => drop(permit),
+                _ => panic!("a forwarded activation did not reach the host"),
+            }
+        }
+        let (r, service) = waiting.await.unwrap();
+        r.unwrap();
+        assert_eq!(service.shared.queue.available_permits(), 0, "a message over the budget holds all of it");
+        drop(jobs.recv_timeout(Duration::from_secs(1)));
+        assert_eq!(service.shared.queue.available_permits(), 8, "the budget comes back once the host runs the job");
+
+        // A message for a request this node does not hold is refused before it is queued.
+        let stranger = Activation { request_id: 8, ..activation(1) };
+        assert_eq!(service.forward(Request::new(stranger)).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -29,6 +29,9 @@ pub enum EngineError {
     /// A size from a model file or a request that no machine could hold, or that overflows when computed.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A device named that this machine or build does not have, or one that fails.
+    #[error("{0}")]
+    Device(String),
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

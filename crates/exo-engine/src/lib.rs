@@ -15,17 +15,25 @@
 //! | [`calibration`] | this machine's measured speed: a quantized matrix-vector product and memory reads |
 //! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
+//! | [`devices`] | the devices a shard runs on: `--devices` lists, this machine's GPUs, their memory |
+//! | `cuda_libs` | loading the CUDA driver and libraries at run time (`cuda` feature) |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
 //! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
 pub mod calibration;
+#[cfg(all(feature = "metal", not(target_os = "macos")))]
+compile_error!("the `metal` feature builds on macOS only (candle's Metal backend needs Apple's frameworks)");
+
 pub mod candle_backend;
 pub mod chain;
 pub mod chat_template;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda_libs;
+pub mod devices;
 pub mod error;
 pub mod generation;
 pub mod gguf;
@@ -40,6 +48,7 @@ pub mod weights;
 pub use candle_core::{Device, Tensor};
 pub use chain::ShardChain;
 pub use config::{Architecture, ModelConfig};
+pub use devices::{DeviceInfo, DeviceSelection, FoundDevice};
 pub use error::{EngineError, Result};
 pub use gguf::Gguf;
 pub use kv_cache::{KvCache, KvType};

@@ -125,7 +125,7 @@ impl std::str::FromStr for Backend {
 
 enum Engine {
     Cpu(Box<CpuModel>),
-    Candle(CandleModel),
+    Candle(Box<CandleModel>),
 }
 
 /// One shard's weights, ready to run. Immutable: each sequence brings its own [`KvCache`].
@@ -189,7 +189,7 @@ impl ModelShard {
             if let (Some(why), true) = (&unsupported, device.is_cpu()) {
                 tracing::info!("using candle's CPU kernels: {why}, a type our kernels do not handle");
             }
-            Engine::Candle(CandleModel::load(&mut reader, &config, shard, inv_freq, device)?)
+            Engine::Candle(Box::new(CandleModel::load(&mut reader, &config, shard, inv_freq, device)?))
         };
         Ok(Self { shard, config, engine, device: device.clone(), bytes_loaded: reader.bytes_read() })
     }
@@ -308,7 +308,8 @@ impl ModelShard {
                     ShardInput::Tokens(ids) => model.embed(ids)?.ok_or_else(|| {
                         EngineError::InvalidShard(format!("{} does not hold the token embeddings", self.shard))
                     })?,
-                    ShardInput::Hidden(hidden) => hidden.to_dtype(DType::F32)?,
+                    // From a shard on another device (a chain over a GPU and the CPU): one copy across.
+                    ShardInput::Hidden(hidden) => hidden.to_device(&self.device)?.to_dtype(DType::F32)?,
                     ShardInput::HiddenBytes(bytes) => {
                         let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                         Tensor::from_iter(values, &self.device)?.reshape((seq, h))?

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use exo_engine::kernels::Kernels;
-use exo_engine::{Backend, Device, Gguf, KvType, ShardChain};
+use exo_engine::{Backend, Gguf, KvType, ShardChain};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// What the model computes on: auto (the first GPU found, else the CPU), cpu, cuda:N or metal.
+    #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
+    pub devices: exo_engine::DeviceSelection,
     /// How the KV cache stores keys and values: f16 or f32.
     #[arg(long, default_value = "f16")]
     pub kv_type: KvType,
@@ -45,7 +48,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let threads = crate::set_threads(args.threads)?;
     let gguf = Gguf::open(&args.model)?;
     let max_len = args.prompt_tokens.max(args.gen_tokens) + 1;
-    let mut chain = ShardChain::load_whole_with(&gguf, max_len, &Device::Cpu, args.kv_type, args.backend)?;
+    let found = crate::find_devices(&args.devices)?.swap_remove(0);
+    let mut chain = ShardChain::load_whole_with(&gguf, max_len, &found.device, args.kv_type, args.backend)?;
     let backend = chain.shards()[0].backend();
     let kernels =
         if backend == "cpu" { format!("{:?}", Kernels::best().isa()).to_lowercase() } else { "candle".into() };
@@ -81,8 +85,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let peak_rss = peak_rss_bytes();
     if args.json {
         println!(
-            "{{\"model\":{:?},\"threads\":{threads},\"backend\":\"{backend}\",\"kernels\":\"{kernels}\",\"kv_type\":\"{}\",\"pp_tokens\":{},\"tg_tokens\":{},\"pp_tps\":{pp:.2},\"tg_tps\":{tg:.2},\"tensor_bytes\":{tensor_bytes},\"kv_bytes\":{kv_bytes},\"peak_rss_bytes\":{}}}",
+            "{{\"model\":{:?},\"threads\":{threads},\"device\":{:?},\"backend\":\"{backend}\",\"kernels\":\"{kernels}\",\"kv_type\":\"{}\",\"pp_tokens\":{},\"tg_tokens\":{},\"pp_tps\":{pp:.2},\"tg_tps\":{tg:.2},\"tensor_bytes\":{tensor_bytes},\"kv_bytes\":{kv_bytes},\"peak_rss_bytes\":{}}}",
             args.model.display().to_string(),
+            found.info.name,
             args.kv_type,
             args.prompt_tokens,
             args.gen_tokens,
@@ -91,8 +96,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
-            "{}: threads {threads}, {kernels} kernels, pp{} {pp:.1} tokens/s, tg{} {tg:.1} tokens/s",
+            "{}: {}, threads {threads}, {kernels} kernels, pp{} {pp:.1} tokens/s, tg{} {tg:.1} tokens/s",
             args.model.display(),
+            found.info,
             args.prompt_tokens,
             args.gen_tokens
         );

@@ -6,6 +6,7 @@ mod cluster_key;
 mod models;
 mod node;
 mod run;
+mod score;
 mod speed;
 mod topology;
 
@@ -29,6 +30,8 @@ enum Command {
     Run(run::RunArgs),
     /// Measure prompt-processing and decode speed (like llama.cpp's llama-bench).
     Bench(bench::BenchArgs),
+    /// Write a text's teacher-forced log-probabilities under a model (to compare devices and backends).
+    Score(score::ScoreArgs),
     /// Print a running node's view of the cluster: nodes, memory, layers, links and plans.
     Topology(topology::TopologyArgs),
     /// Download a model ahead of time (whole, or only what some layers need) into the Hugging Face cache.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Run(args)) => run::run(args),
         Some(Command::Bench(args)) => bench::bench(args),
+        Some(Command::Score(args)) => score::score(args),
         Some(Command::Topology(args)) => topology::topology(args),
         Some(Command::Download(args)) => models::download(args),
         Some(Command::Models(args)) => models::models(args),
@@ -61,6 +65,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The devices `--devices` names, or an error naming what is missing; with more than one GPU, says that only the
+/// first computes (each GPU as a stage of its own is not built yet).
+fn find_devices(selection: &exo_engine::DeviceSelection) -> anyhow::Result<Vec<exo_engine::FoundDevice>> {
+    let found = exo_engine::devices::find(selection).map_err(|e| anyhow::anyhow!("--devices {selection}: {e}"))?;
+    if found.len() > 1 {
+        tracing::warn!(
+            "{} GPUs found; this version computes on the first one only ({}): name one with --devices",
+            found.len(),
+            found[0].info
+        );
+    }
+    Ok(found)
 }
 
 /// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: the

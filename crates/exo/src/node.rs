@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long, env = "EXO_THREADS")]
     pub threads: Option<usize>,
+    /// What the layers compute on: auto (every GPU found, else the CPU), cpu, cuda:0[,cuda:1...] or metal.
+    #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
+    pub devices: exo_engine::DeviceSelection,
     /// Most memory the node offers for layers, their KV cache and buffers, e.g. 8G or 512M (default: what the
     /// machine has available). No node is given more layers than this holds; a model that does not fit in the
     /// cluster is refused with 503.
@@ -107,6 +110,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
     // Before the node announces itself: peers plan with the figure from its first hello on.
     let speed = if args.calibrate { crate::speed::speed(&home, threads) } else { Default::default() };
+    let devices = crate::find_devices(&args.devices)?;
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
@@ -130,6 +134,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
             discovery: args.discovery,
             cluster_key,
             speed,
+            devices,
         })
         .await?;
         let config = InferenceConfig { queue: args.queue, context };

@@ -8,7 +8,7 @@ use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::generation::{generate, GenerationParams};
 use exo_engine::sampler::SamplingParams;
 use exo_engine::tokenizer::Tokenizer;
-use exo_engine::{Backend, Device, Gguf, KvType, ShardChain};
+use exo_engine::{Backend, Gguf, KvType, ShardChain};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    /// What the model computes on: auto (the first GPU found, else the CPU), cpu, cuda:N or metal.
+    #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
+    pub devices: exo_engine::DeviceSelection,
     /// Keep generating past end-of-generation tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -120,7 +123,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let rendered = template.render(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
         tokenizer.encode_chat(&rendered)?
     };
-    let mut chain = ShardChain::load_whole_with(&gguf, usize::MAX, &Device::Cpu, args.kv_type, Backend::Auto)?;
+    let device = crate::find_devices(&args.devices)?.swap_remove(0).device;
+    let mut chain = ShardChain::load_whole_with(&gguf, usize::MAX, &device, args.kv_type, Backend::Auto)?;
 
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

@@ -1,6 +1,7 @@
 //! `exo topology`: asks a node's API for `/v1/topology` and prints the cluster as a table: every node, its
-//! memory, CPU, the layers it holds and the link to it, then the current plan per model; with `--explain`, why each
-//! stage of a plan holds its layers (memory bound, speed, predicted milliseconds per token).
+//! memory, what it computes on (GPUs, or CPU threads), the layers it holds and the link to it, then the current plan
+//! per model; with `--explain`, why each stage of a plan holds its layers (memory bound, speed, predicted
+//! milliseconds per token).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -63,7 +64,8 @@ fn fetch(api: &str, key: Option<&str>) -> Result<Value> {
 fn render(doc: &Value) -> Result<String> {
     let nodes = doc["nodes"].as_array().context("the topology lists no nodes")?;
     let gib = |v: &Value| v.as_u64().map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 30) as f64));
-    let mut rows = vec![["node", "address", "memory GiB (usable/total)", "cpu", "layers", "link"].map(String::from)];
+    let mut rows =
+        vec![["node", "address", "memory GiB (usable/total)", "computes on", "layers", "link"].map(String::from)];
     for n in nodes {
         let me = n["id"] == doc["self"];
         let layers = match &n["model"] {
@@ -89,7 +91,7 @@ fn render(doc: &Value) -> Result<String> {
             n["id"].as_str().unwrap_or("?").to_string(),
             address,
             format!("{}/{}", gib(&n["memory"]["usable_bytes"]), gib(&n["memory"]["total_bytes"])),
-            format!("{} threads, {}", n["threads"], n["cpu"]["kernels"].as_str().unwrap_or("?")),
+            computes_on(n),
             layers,
             link,
         ]);
@@ -169,6 +171,30 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// The node's GPUs (name, what it is, memory, compute capability), or its CPU threads and kernels.
+fn computes_on(n: &Value) -> String {
+    let gpus: Vec<String> = n["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["name"] != "cpu")
+        .map(|d| {
+            let gib = d["memory_total_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+            let cc = d["compute_capability"].as_str().map(|c| format!(", {c}")).unwrap_or_default();
+            format!(
+                "{} {} ({gib:.0} GiB{cc})",
+                d["name"].as_str().unwrap_or("?"),
+                d["description"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    if gpus.is_empty() {
+        format!("{} threads, {}", n["threads"], n["cpu"]["kernels"].as_str().unwrap_or("?"))
+    } else {
+        gpus.join("; ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +207,8 @@ mod tests {
              "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 2u64 << 30}, "link": null,
              "model": {"id": "m", "layers": {"start": 0, "end": 14}, "n_layers": 30}},
             {"id": "b", "addresses": ["10.0.0.2"], "listen_port": 52416, "threads": 2, "cpu": {"kernels": "neon"},
+             "devices": [{"name": "cuda:0", "description": "NVIDIA GeForce RTX 3090", "memory_total_bytes": 24u64 << 30,
+                          "compute_capability": "8.6"}],
              "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 1u64 << 30}, "link": {"address": "10.0.0.2:52416", "rtt_ms": 0.4},
              "model": null}],
             "plans": [{"id": "00ff", "model": "m", "stages": [{"node_id": "a", "start": 0, "end": 14}, {"node_id": "b", "start": 15, "end": 29}]}]});
@@ -188,11 +216,17 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
         assert!(
-            lines[1].starts_with("a ") && lines[1].contains("0-14 of 30 (m)") && lines[1].contains("this node"),
+            lines[1].starts_with("a ")
+                && lines[1].contains("0-14 of 30 (m)")
+                && lines[1].contains("this node")
+                && lines[1].contains("4 threads, avx2"),
             "{table}"
         );
         assert!(
-            lines[2].contains("10.0.0.2:52416") && lines[2].contains("0.40 ms") && lines[2].contains("1.0/1.0"),
+            lines[2].contains("10.0.0.2:52416")
+                && lines[2].contains("0.40 ms")
+                && lines[2].contains("1.0/1.0")
+                && lines[2].contains("cuda:0 NVIDIA GeForce RTX 3090 (24 GiB, 8.6)"),
             "{table}"
         );
         assert_eq!(lines[3], "plan 00ff for m: a 0-14, b 15-29");

@@ -254,6 +254,10 @@ fn kv_type_and_backend_values_are_checked() {
     let out = exo(&["bench", model.to_str().unwrap(), "--backend", "gpu"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected auto, cpu or candle"));
+    let out = exo(&["bench", model.to_str().unwrap(), "--devices", "gpu"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device 'gpu' (expected auto, cpu, metal"));
+    assert_clear_error(&run_model(&model, &["--devices", "cuda:0,cuda:7"]), "--devices cuda:0,cuda:7: no ");
 }
 
 #[test]
@@ -287,8 +291,8 @@ fn bench_reports_speed_and_memory() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        (r["backend"].as_str(), r["kv_type"].as_str(), r["threads"].as_u64()),
-        (Some("cpu"), Some("f16"), Some(2))
+        (r["backend"].as_str(), r["kv_type"].as_str(), r["threads"].as_u64(), r["device"].as_str()),
+        (Some("cpu"), Some("f16"), Some(2), Some("cpu"))
     );
     assert!(r["pp_tps"].as_f64().unwrap() > 0.0 && r["tg_tps"].as_f64().unwrap() > 0.0);
     // The whole file's tensor data, and a cache of max(8, 4) + 1 positions x 30 layers x 3 KV heads x 64 x 2
@@ -313,6 +317,11 @@ fn node_settings_are_checked_before_it_listens() {
         exo(&args, None)
     };
     assert_clear_error(&node(&["--node-id", "no spaces"]), "not a node ID");
+    // A device this machine does not have: one line naming it, before the node listens.
+    let missing = node(&["--devices", "cuda:7"]);
+    assert_clear_error(&missing, "--devices cuda:7: no ");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no CUDA device found (") || stderr.contains("no device cuda:7: this machine has"));
     assert_clear_error(&exo(&["--api-port", "5000", "--listen-port", "5000"], None), "must differ");
     assert_clear_error(&node(&["--model", "no-such-model"]), "--model: the model 'no-such-model' does not exist");
     // A model that does not fit under the limit is refused at start, with what it needs and what there is.
@@ -324,4 +333,43 @@ fn node_settings_are_checked_before_it_listens() {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("'{bad}'")), "{out:?}");
     }
+}
+
+#[test]
+fn score_writes_teacher_forced_log_probabilities_that_two_backends_agree_on() {
+    let model = model_path();
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let score = |backend: &str| {
+        let out_file = Scratch::new(&format!("score-{backend}.f32"));
+        let args =
+            ["score", model.to_str().unwrap(), "-p", text, "-o", out_file.to_str().unwrap(), "--backend", backend];
+        let out = exo(&args, None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let bytes = std::fs::read(&out_file).unwrap();
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        (report, values)
+    };
+    let (ours, a) = score("cpu");
+    let (candle, b) = score("candle");
+    let (positions, vocab) = (ours["positions"].as_u64().unwrap() as usize, ours["vocab"].as_u64().unwrap() as usize);
+    assert_eq!((ours["backend"].as_str(), candle["backend"].as_str()), (Some("cpu"), Some("candle")));
+    assert!(positions >= 8 && vocab == 49152, "{ours}");
+    assert_eq!((a.len(), b.len()), (positions * vocab, positions * vocab));
+    // Each row is a distribution: its probabilities sum to 1.
+    for row in a.chunks(vocab) {
+        let total: f64 = row.iter().map(|&l| (l as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-3, "row sums to {total}");
+    }
+    // The two backends compute the same model: the log-probability of each next token agrees closely.
+    let tokens: Vec<usize> = ours["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
+    let mean: f64 =
+        (0..positions).map(|p| (a[p * vocab + tokens[p + 1]] - b[p * vocab + tokens[p + 1]]).abs() as f64).sum::<f64>()
+            / positions as f64;
+    assert!(mean < 0.2, "mean |Δ| of next-token log-probabilities {mean}");
+    let one = Scratch::new("score-one.f32");
+    assert_clear_error(
+        &exo(&["score", model.to_str().unwrap(), "-p", "", "-o", one.to_str().unwrap()], None),
+        "scoring needs at least 2",
+    );
 }

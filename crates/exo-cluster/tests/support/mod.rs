@@ -59,6 +59,7 @@ pub async fn start_measured(
         discovery: Discovery::None,
         cluster_key,
         speed,
+        devices: vec![],
     })
     .await
     .unwrap()
