@@ -108,9 +108,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
     }
     let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
     let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
-    // Before the node announces itself: peers plan with the figure from its first hello on.
-    let speed = if args.calibrate { crate::speed::speed(&home, threads) } else { Default::default() };
     let devices = crate::find_devices(&args.devices)?;
+    // Once every setting is checked, and before the node announces itself: peers plan with the figure from its
+    // first hello on.
+    let speed = if args.calibrate { crate::speed::speed(&home, threads) } else { Default::default() };
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
