@@ -344,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn speeds_within_a_class_are_equal_and_times_are_integers() {
+    fn speeds_within_a_group_are_equal_and_times_are_integers() {
         // Within an eighth of the group's fastest: equal. The group is led by its fastest, so a chain of small
         // steps does not drift: 100, 90, 88 are one group, 80 starts another.
         assert_eq!(speed_groups(&[90, 100, 80, 88]), [100, 100, 80, 100]);
