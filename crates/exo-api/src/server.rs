@@ -133,7 +133,7 @@ async fn topology_document(State(state): State<AppState>) -> Json<Value> {
     // Reading the machine's memory is a blocking system call.
     let doc = tokio::task::spawn_blocking(move || {
         let cluster = state.inference.cluster();
-        topology::topology(&cluster.nodes(), &cluster.plans(), &status, cluster.kv_cache_bytes())
+        topology::topology(&cluster.nodes(), &cluster.placed_plans(), &status, cluster.kv_cache_bytes())
     })
     .await;
     Json(doc.unwrap_or_else(|e| ApiError::Internal(e.to_string()).body()))

@@ -1,13 +1,15 @@
 //! `/v1/topology`: every node of the cluster (this one first) with its identity, addresses, ports, memory, CPU,
-//! the devices it computes on, the layers it holds and the link to it; this node's work in progress; and the current plan per model.
+//! measured speed, the devices it computes on, the layers it holds and the link to it; this node's work in
+//! progress; and the current plan per model with why each stage holds its layers (memory bound, speed, predicted
+//! milliseconds per token).
 
-use exo_cluster::{NodeView, Plan};
+use exo_cluster::{NodeView, Placement, Plan};
 use serde_json::{json, Value};
 
 use crate::inference::Status;
 
 /// The topology document.
-pub fn topology(nodes: &[NodeView], plans: &[Plan], status: &Status, kv_cache_bytes: u64) -> Value {
+pub fn topology(nodes: &[NodeView], plans: &[(Plan, Placement)], status: &Status, kv_cache_bytes: u64) -> Value {
     let me = nodes.iter().find(|n| n.is_self).map(|n| n.description.id.clone()).unwrap_or_default();
     let entries: Vec<Value> = nodes
         .iter()
@@ -26,6 +28,7 @@ pub fn topology(nodes: &[NodeView], plans: &[Plan], status: &Status, kv_cache_by
                     "limit_bytes": d.memory_limit, "usable_bytes": d.memory_usable},
                 "threads": d.threads,
                 "cpu": {"arch": d.arch, "features": d.features, "kernels": d.kernels},
+                "speed": {"matvec_bytes_per_s": d.matvec_bytes_per_s, "memory_bytes_per_s": d.memory_bytes_per_s},
                 "devices": d.devices.iter().map(|v| json!({"name": v.name, "description": v.description,
                     "memory_total_bytes": v.memory_total, "memory_free_bytes": v.memory_free,
                     "compute_capability": (!v.compute_capability.is_empty()).then_some(&v.compute_capability)}))
@@ -48,13 +51,33 @@ pub fn topology(nodes: &[NodeView], plans: &[Plan], status: &Status, kv_cache_by
         .collect();
     let plans: Vec<Value> = plans
         .iter()
-        .map(|p| {
+        .map(|(p, placement)| {
             json!({"id": format!("{:016x}", p.id), "model": p.model, "n_layers": p.n_layers,
                 "stages": p.stages.iter().map(|s| json!({"node_id": s.node_id, "start": s.start, "end": s.end}))
-                    .collect::<Vec<_>>()})
+                    .collect::<Vec<_>>(),
+                "placement": explain(placement)})
         })
         .collect();
     json!({"self": me, "nodes": entries, "plans": plans})
+}
+
+/// Why each stage holds its layers: its memory bound, the memory split's share, its speed and predicted times.
+fn explain(p: &Placement) -> Value {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let stages: Vec<Value> = p
+        .stages
+        .iter()
+        .map(|s| {
+            json!({"node_id": s.node_id, "layers": s.layers, "max_layers": s.max_layers,
+                "memory_split_layers": s.memory_layers, "measured_bytes_per_s": s.measured_bytes_per_s,
+                "planned_bytes_per_s": s.speed_bytes_per_s, "ms_per_layer": ms(s.ns_per_layer),
+                "compute_ms": ms(s.ns_per_layer.saturating_mul(s.layers as u64)), "hop_ms": s.hop_ns.map(ms)})
+        })
+        .collect();
+    let hops = p.hops_ns();
+    json!({"by": if p.speed_aware() { "speed" } else { "memory" }, "layer_bytes": p.layer_bytes,
+        "compute_ms_per_token": ms(p.compute_ns()), "hops_ms_per_token": hops.map(ms),
+        "predicted_ms_per_token": hops.map(|h| ms(p.compute_ns().saturating_add(h))), "stages": stages})
 }
 
 #[cfg(test)]
@@ -62,6 +85,7 @@ mod tests {
     use super::*;
     use exo_cluster::proto::{LoadedShard, NodeDescription};
     use exo_cluster::{Candidate, Plan};
+    use std::time::Duration;
 
     #[test]
     fn the_document_lists_every_node_and_the_plans() {
@@ -78,15 +102,40 @@ mod tests {
             is_self,
         };
         let status = Status { busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
-        let plan = Plan::new("m", 30, 1 << 20, &[Candidate { id: "a".into(), address: "a:1".into(), usable: 1 << 30 }])
-            .unwrap();
-        let t = topology(&[node("a", true), node("b", false)], &[plan], &status, 1024);
+        let nodes = [
+            Candidate {
+                id: "a".into(),
+                address: "a:1".into(),
+                usable: 1 << 30,
+                speed: 4_000_000_000,
+                rtt: Some(Duration::ZERO),
+            },
+            Candidate {
+                id: "b".into(),
+                address: "b:1".into(),
+                usable: 1 << 30,
+                speed: 1_000_000_000,
+                rtt: Some(Duration::from_millis(2)),
+            },
+        ];
+        let placed = Plan::placed("m", 30, 600 << 20, &nodes).unwrap();
+        let t = topology(&[node("a", true), node("b", false)], &[placed], &status, 1024);
         assert_eq!(t["self"], "a");
         assert_eq!(t["nodes"][0]["inference"]["kv_cache_bytes"], 1024);
         assert_eq!(t["nodes"][0]["link"], Value::Null);
         assert_eq!(t["nodes"][1]["link"]["rtt_ms"], 0.25);
         assert!(t["nodes"][1].get("inference").is_none());
         assert_eq!(t["nodes"][1]["model"]["layers"]["end"], 14);
-        assert_eq!(t["plans"][0]["stages"][0], json!({"node_id": "a", "start": 0, "end": 29}));
+        // a is four times as fast and its memory holds every layer: it takes all but b's one.
+        assert_eq!(t["plans"][0]["stages"][0], json!({"node_id": "a", "start": 0, "end": 28}));
+        let p = &t["plans"][0]["placement"];
+        assert_eq!(p["by"], "speed");
+        assert_eq!(p["stages"][0]["max_layers"], 30);
+        assert_eq!(p["stages"][0]["memory_split_layers"], 15);
+        assert_eq!(p["stages"][1]["layers"], 1);
+        assert_eq!(p["hops_ms_per_token"], 2.0);
+        let predicted = p["predicted_ms_per_token"].as_f64().unwrap();
+        let compute = p["compute_ms_per_token"].as_f64().unwrap();
+        assert!((predicted - compute - 2.0).abs() < 1e-9 && compute > 0.0, "{p}");
     }
 }

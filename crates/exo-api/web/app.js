@@ -324,9 +324,14 @@ function planCard(p) {
     ring.append(seg);
   }
   const stages = p.stages.map((s) => `${s.node_id.slice(0, 8)} ${s.start}–${s.end}`).join(" → ");
+  // How it was placed (docs/placement.md): by memory alone, or by speed with a predicted time per token.
+  const placed = p.placement;
+  const by = !placed ? "" : placed.by === "speed" && placed.predicted_ms_per_token != null
+    ? ` · by speed, ${placed.predicted_ms_per_token.toFixed(1)} ms/token predicted`
+    : ` · by ${placed.by}`;
   return el("div", { class: "plan", "data-plan-id": p.id },
     el("div", { class: "row model" }, p.model),
-    el("div", { class: "row muted" }, `plan ${p.id.slice(0, 8)} · ${p.n_layers} layers over ${p.stages.length} node${p.stages.length === 1 ? "" : "s"}`),
+    el("div", { class: "row muted" }, `plan ${p.id.slice(0, 8)} · ${p.n_layers} layers over ${p.stages.length} node${p.stages.length === 1 ? "" : "s"}${by}`),
     ring,
     el("div", { class: "row" }, stages));
 }

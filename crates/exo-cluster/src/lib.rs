@@ -8,7 +8,8 @@
 //! | [`memory`] | the machine's memory, the node's limit, what a model needs, sizes like `8G` |
 //! | [`topology`] | the peers this node knows, heartbeats' results, addresses to try |
 //! | [`discovery`] | mDNS: advertising this node and finding others on the LAN |
-//! | [`plan`] | `Plan`: the memory-weighted split of a model's layers over nodes |
+//! | [`plan`] | `Plan`: which node holds which layers, its id, and checking one a peer sent |
+//! | [`placement`] | how many layers each node holds: least predicted time per token within memory, explained |
 //! | [`transport`] | the gRPC peer service, clients, and the ordered `Outbox` |
 //! | [`host`] | this node's stage of requests: layers, KV caches, forward passes, sampling on the last stage |
 //! | [`ring`] | running a request from its origin: Begin, prompt, tokens, failures, End |
@@ -21,6 +22,7 @@ pub mod error;
 pub(crate) mod host;
 pub mod memory;
 pub mod node;
+pub mod placement;
 pub mod plan;
 pub mod ring;
 pub mod tls;
@@ -46,6 +48,7 @@ pub use cluster_key::ClusterKey;
 pub use error::{ClusterError, Result};
 pub use exo_models::ModelStore;
 pub use node::NodeInfo;
+pub use placement::{Placement, StageCost};
 pub use plan::{Candidate, Plan, Stage};
 pub use ring::RingRequest;
 pub use topology::{Peer, Seen, Topology, PEER_TIMEOUT};
@@ -92,6 +95,9 @@ pub struct ClusterConfig {
     pub discovery: Discovery,
     /// With a key, peer connections are TLS between holders of the same key; without one the cluster is open.
     pub cluster_key: Option<ClusterKey>,
+    /// This machine's speed at `threads` threads, as [`exo_engine::calibration::measure`] gives it (the binary keeps
+    /// it in EXO_HOME); zeros: not measured, and the plan splits by memory alone.
+    pub speed: exo_engine::calibration::Speed,
     /// What the node's layers compute on (`--devices`); the first device takes them. Empty: the CPU.
     pub devices: Vec<exo_engine::FoundDevice>,
 }
@@ -113,8 +119,8 @@ struct Inner {
     tls: tls::PeerTls,
     store: ModelStore,
     kv_type: KvType,
-    /// The last plan used per model.
-    plans: Mutex<HashMap<String, Plan>>,
+    /// The last plan used per model, with its placement.
+    plans: Mutex<HashMap<String, (Plan, Placement)>>,
     stopping: AtomicBool,
     _discovery: Option<discovery::Mdns>,
 }
@@ -143,6 +149,7 @@ impl Cluster {
             peer_port: local.port(),
             threads: config.threads,
             memory_limit: config.memory_limit,
+            speed: config.speed,
             devices: config.devices.iter().map(|d| d.info.clone()).collect(),
         });
         let topology = Arc::new(Topology::default());
@@ -289,33 +296,47 @@ impl Cluster {
     /// Whether a model of `n_layers` layers needing `needs` bytes could be planned over the nodes live now; the
     /// error is the refusal a plan would give. Nothing is kept.
     pub fn check_fits(&self, model: &str, n_layers: usize, needs: u64) -> Result<()> {
-        let candidates: Vec<Candidate> = self
-            .nodes()
+        Plan::new(model, n_layers, needs, &self.candidates()).map(|_| ())
+    }
+
+    /// The nodes live now as a plan sees them: memory, speed, and this node's round trip to each.
+    fn candidates(&self) -> Vec<Candidate> {
+        self.nodes()
             .into_iter()
-            .map(|n| Candidate { id: n.description.id, address: n.address, usable: n.description.memory_usable })
-            .collect();
-        Plan::new(model, n_layers, needs, &candidates).map(|_| ())
+            .map(|n| Candidate {
+                id: n.description.id,
+                address: n.address,
+                usable: n.description.memory_usable,
+                speed: n.description.matvec_bytes_per_s,
+                rtt: if n.is_self { Some(Duration::ZERO) } else { n.rtt },
+            })
+            .collect()
     }
 
     /// A plan for `model` (`n_layers` layers, `needs` bytes in all) over the nodes live now; kept as the model's
     /// current plan.
     pub fn plan(&self, model: &str, n_layers: usize, needs: u64) -> Result<Plan> {
-        let candidates: Vec<Candidate> = self
-            .nodes()
-            .into_iter()
-            .map(|n| Candidate { id: n.description.id, address: n.address, usable: n.description.memory_usable })
-            .collect();
-        let plan = Plan::new(model, n_layers, needs, &candidates)?;
+        let (plan, placement) = Plan::placed(model, n_layers, needs, &self.candidates())?;
         if let Ok(mut plans) = self.inner.plans.lock() {
-            plans.insert(model.to_string(), plan.clone());
+            let changed = plans.get(model).is_none_or(|(old, _)| old.id != plan.id);
+            if changed {
+                eprintln!("node {}: {}", self.id(), placement.summary());
+            }
+            plans.insert(model.to_string(), (plan.clone(), placement));
         }
         Ok(plan)
     }
 
     /// The last plan used for each model.
     pub fn plans(&self) -> Vec<Plan> {
-        let mut plans: Vec<Plan> = self.inner.plans.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
-        plans.sort_by(|a, b| a.model.cmp(&b.model));
+        self.placed_plans().into_iter().map(|(plan, _)| plan).collect()
+    }
+
+    /// The last plan used for each model, with how its layers were placed.
+    pub fn placed_plans(&self) -> Vec<(Plan, Placement)> {
+        let mut plans: Vec<(Plan, Placement)> =
+            self.inner.plans.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        plans.sort_by(|a, b| a.0.model.cmp(&b.0.model));
         plans
     }
 

@@ -1,8 +1,9 @@
-//! What a node knows about its own machine: CPU architecture and features, the addresses it is reachable at, and
-//! its description as peers see it.
+//! What a node knows about its own machine: CPU architecture and features, its measured speed (given to it, see
+//! [`exo_engine::calibration`]), the addresses it is reachable at, and its description as peers see it.
 
 use std::net::IpAddr;
 
+use exo_engine::calibration::Speed;
 use exo_engine::kernels::Kernels;
 
 use crate::memory::Memory;
@@ -20,6 +21,8 @@ pub struct NodeInfo {
     /// CPU threads for tensor work.
     pub threads: usize,
     pub memory_limit: Option<u64>,
+    /// This machine's measured speed at `threads` threads (zeros: not measured).
+    pub speed: Speed,
     /// The devices it computes on (`--devices`): the CPU, or GPUs.
     pub devices: Vec<exo_engine::DeviceInfo>,
 }
@@ -57,6 +60,8 @@ impl NodeInfo {
             // The host's counters, filled in by the transport.
             progress: 0,
             begins: 0,
+            matvec_bytes_per_s: self.speed.matvec_bytes_per_s,
+            memory_bytes_per_s: self.speed.memory_bytes_per_s,
             devices: self.devices.iter().map(device_to_wire).collect(),
         }
     }
@@ -149,12 +154,14 @@ mod tests {
             peer_port: 2,
             threads: 2,
             memory_limit: Some(1 << 20),
+            speed: Speed { matvec_bytes_per_s: 5 << 30, memory_bytes_per_s: 9 << 30 },
             devices: vec![],
         };
         let d = info.describe(&[], 0, vec!["10.0.0.2:52416".into()]);
         assert_eq!((d.memory_usable, d.memory_limit), (1 << 20, Some(1 << 20)));
         assert!(d.memory_total >= d.memory_available && d.memory_available > 0);
         assert_eq!(d.peers, vec!["10.0.0.2:52416"]);
+        assert_eq!((d.matvec_bytes_per_s, d.memory_bytes_per_s), (5 << 30, 9 << 30));
         let unlimited = NodeInfo { memory_limit: None, ..info };
         let d = unlimited.describe(&[], 5 << 30, vec![]);
         assert!(d.memory_usable >= d.memory_available + (5 << 30) - (64 << 20), "{d:?}");
@@ -177,6 +184,7 @@ mod tests {
             threads: 2,
             memory_limit: None,
             devices: vec![gpu(0, 23), gpu(1, 20)],
+            speed: Speed::default(),
         };
         let d = info.describe(&[], 7 << 30, vec![]);
         assert_eq!(d.memory_usable, (43 << 30) - 2 * GPU_RESERVE);

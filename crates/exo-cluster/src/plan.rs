@@ -1,9 +1,13 @@
-//! `Plan`: which node holds which layers of a model. Layers are split in proportion to the memory each node
-//! offers, by the largest-remainder method, over the nodes in ring order (memory descending, then node id). The
-//! same nodes and memory always give the same plan, and its id is a hash of its content, so a message can name
-//! the plan it belongs to and a stage can reject one from another plan.
+//! `Plan`: which node holds which layers of a model. The ring is the nodes in order of memory (descending, then
+//! node id) that a split in proportion to memory gives a layer; how many layers each holds is placement.rs's
+//! choice (fewest predicted milliseconds per token within each node's memory; the memory split when speeds are
+//! equal or unknown). The same nodes, memory and speeds always give the same plan, and its id is a hash of its
+//! content, so a message can name the plan it belongs to and a stage can reject one from another plan.
+
+use std::time::Duration;
 
 use crate::error::{ClusterError, Result};
+use crate::placement::{self, Placement, StageCost};
 
 /// A node's part of a plan: layers `start..=end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,18 +34,29 @@ pub struct Plan {
     pub stages: Vec<Stage>,
 }
 
-/// A node a plan may use, with the memory it offers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node a plan may use, with the memory it offers and its speed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Candidate {
     pub id: String,
     pub address: String,
     pub usable: u64,
+    /// Weight bytes per second its matrix-vector product streams (0: not measured).
+    pub speed: u64,
+    /// Round trip of this node's link to it (zero for itself; `None`: not measured yet).
+    pub rtt: Option<Duration>,
 }
 
 impl Plan {
     /// Splits `n_layers` layers of `model`, which needs `needs` bytes in all (weights, KV cache, buffers), over
     /// `nodes`. Nodes that would get no layer are left out.
     pub fn new(model: &str, n_layers: usize, needs: u64, nodes: &[Candidate]) -> Result<Plan> {
+        Self::placed(model, n_layers, needs, nodes).map(|(plan, _)| plan)
+    }
+
+    /// [`Plan::new`], with how its layers were placed. The ring is the nodes the memory split gives a layer, in
+    /// ring order; each holds at least one layer and at most what its memory holds, and the counts minimize the
+    /// predicted compute per token (ties: the counts closest to the memory split). See docs/placement.md.
+    pub fn placed(model: &str, n_layers: usize, needs: u64, nodes: &[Candidate]) -> Result<(Plan, Placement)> {
         let mut ring: Vec<&Candidate> = nodes.iter().filter(|c| c.usable > 0).collect();
         ring.sort_by(|a, b| b.usable.cmp(&a.usable).then_with(|| a.id.cmp(&b.id)));
         let total: u128 = ring.iter().map(|c| c.usable as u128).sum();
@@ -54,31 +69,46 @@ impl Plan {
         if n_layers == 0 || ring.is_empty() || needs as u128 > total {
             return Err(too_large());
         }
-        // Largest remainder: each node gets the whole part of its quota, and the layers left over go to the
-        // largest fractional parts (ties in ring order).
-        let quota = |c: &Candidate| n_layers as u128 * c.usable as u128;
-        let mut layers: Vec<usize> = ring.iter().map(|c| (quota(c) / total) as usize).collect();
-        let mut by_remainder: Vec<usize> = (0..ring.len()).collect();
-        by_remainder.sort_by(|&a, &b| (quota(ring[b]) % total).cmp(&(quota(ring[a]) % total)).then(a.cmp(&b)));
-        let left = n_layers - layers.iter().sum::<usize>();
-        for &i in by_remainder.iter().take(left) {
-            layers[i] += 1;
-        }
+        let usable: Vec<u64> = ring.iter().map(|c| c.usable).collect();
+        let by_memory = placement::memory_split(n_layers, &usable);
+        // The ring: nodes the memory split gives a layer and whose memory holds one.
+        let members: Vec<(usize, &Candidate)> = ring
+            .iter()
+            .zip(&by_memory)
+            .filter(|(c, &m)| m > 0 && placement::max_layers(n_layers, needs, c.usable) > 0)
+            .map(|(c, &m)| (m, *c))
+            .collect();
+        let caps: Vec<usize> = members.iter().map(|(_, c)| placement::max_layers(n_layers, needs, c.usable)).collect();
+        let target: Vec<usize> = members.iter().map(|(m, _)| *m).collect();
+        // Unmeasured nodes count as the slowest measured one; with none measured every node is equal and the
+        // split is the memory split.
+        let slowest = members.iter().map(|(_, c)| c.speed).filter(|&s| s > 0).min().unwrap_or(0);
+        let measured: Vec<u64> = members.iter().map(|(_, c)| if c.speed > 0 { c.speed } else { slowest }).collect();
+        let speeds = placement::speed_groups(&measured);
+        let layer_bytes = needs.div_ceil(n_layers as u64);
+        let ns: Vec<u64> = speeds.iter().map(|&s| placement::ns_per_layer(layer_bytes, s)).collect();
+        let layers = placement::split(n_layers, &caps, &ns, &target).ok_or_else(too_large)?;
         let mut stages = Vec::new();
+        let mut costs = Vec::new();
         let mut next = 0;
-        for (c, n) in ring.iter().zip(layers) {
-            if n == 0 {
-                continue;
-            }
-            // Rounding may give a node one layer more than its share: it must still fit.
-            if needs as u128 * n as u128 > c.usable as u128 * n_layers as u128 {
-                return Err(too_large());
-            }
+        for (j, ((m, c), n)) in members.iter().zip(&layers).enumerate() {
             stages.push(Stage { node_id: c.id.clone(), address: c.address.clone(), start: next, end: next + n - 1 });
+            let after = members[(j + 1) % members.len()].1;
+            costs.push(StageCost {
+                node_id: c.id.clone(),
+                layers: *n,
+                max_layers: caps[j],
+                memory_layers: *m,
+                measured_bytes_per_s: c.speed,
+                speed_bytes_per_s: speeds[j],
+                ns_per_layer: ns[j],
+                hop_ns: if members.len() == 1 { Some(0) } else { placement::hop_ns(c.rtt, after.rtt) },
+            });
             next += n;
         }
         let id = fingerprint(model, n_layers, &stages);
-        Ok(Plan { id, model: model.to_string(), n_layers, stages })
+        let placement = Placement { model: model.to_string(), plan_id: id, layer_bytes, stages: costs };
+        Ok((Plan { id, model: model.to_string(), n_layers, stages }, placement))
     }
 
     /// The stage `node_id` holds, if any.
@@ -131,7 +161,12 @@ mod tests {
     fn nodes(memory: &[(&str, u64)]) -> Vec<Candidate> {
         memory
             .iter()
-            .map(|(id, m)| Candidate { id: id.to_string(), address: format!("{id}:1"), usable: m << 30 })
+            .map(|(id, m)| Candidate {
+                id: id.to_string(),
+                address: format!("{id}:1"),
+                usable: m << 30,
+                ..Default::default()
+            })
             .collect()
     }
 
@@ -166,7 +201,7 @@ mod tests {
     #[test]
     fn a_node_with_no_memory_or_no_layer_is_left_out() {
         let mut n = nodes(&[("a", 100), ("b", 1)]);
-        n.push(Candidate { id: "z".into(), address: "z:1".into(), usable: 0 });
+        n.push(Candidate { id: "z".into(), address: "z:1".into(), ..Default::default() });
         let p = Plan::new("m", 4, 1 << 20, &n).unwrap();
         assert_eq!(ranges(&p), vec![("a", 0, 3)]);
     }

@@ -16,6 +16,9 @@ pub const MAX_PEERS: usize = 256;
 pub const MAX_DEVICES: usize = 16;
 /// Most memory a peer may say it has (1 PiB): claims above it are taken as this.
 pub const MAX_MEMORY_CLAIM: u64 = 1 << 50;
+/// Most bytes per second a peer may say it computes or reads at (64 TiB/s, over ten times the fastest memory made
+/// today): a claim above it is not believed, and the peer counts as not measured.
+pub const MAX_SPEED_CLAIM: u64 = 1 << 46;
 
 /// What [`Topology::seen`] made of a peer's description.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +82,15 @@ impl Topology {
         let bound = d.memory_total.max(gpu_total.min(MAX_MEMORY_CLAIM));
         d.memory_usable = d.memory_usable.min(bound).min(d.memory_limit.unwrap_or(u64::MAX));
         d.peers.truncate(MAX_PEERS);
+        // A speed claim cannot be checked against anything the peer said, only against what a machine can do: an
+        // absurd one is dropped, not capped, so lying high earns no more than saying nothing. A matrix-vector
+        // product reads its weights from memory and can be no faster than plain reads.
+        if d.matvec_bytes_per_s > MAX_SPEED_CLAIM || d.memory_bytes_per_s > MAX_SPEED_CLAIM {
+            (d.matvec_bytes_per_s, d.memory_bytes_per_s) = (0, 0);
+        }
+        if d.memory_bytes_per_s > 0 && d.matvec_bytes_per_s > d.memory_bytes_per_s.saturating_mul(2) {
+            d.matvec_bytes_per_s = 0;
+        }
         let Ok(mut peers) = self.peers.lock() else { return Seen::Refused("the topology is poisoned".into()) };
         match peers.get(&id) {
             Some(p) if p.address != address && p.last_seen.elapsed() <= PEER_TIMEOUT => {
@@ -200,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_cannot_take_another_live_peers_id_or_claim_more_memory_than_it_has() {
+    fn a_peer_cannot_take_another_live_peers_id_or_claim_more_memory_or_speed_than_it_has() {
         let t = Topology::default();
         assert_eq!(t.seen(description("a"), "10.0.0.1:1".into(), None), Seen::New);
         let Seen::Refused(why) = t.seen(description("a"), "10.0.0.9:1".into(), None) else { panic!("accepted") };
@@ -224,6 +236,23 @@ mod tests {
             NodeDescription { id: "h".into(), memory_total: u64::MAX, memory_usable: u64::MAX, ..Default::default() };
         t.seen(huge, "10.0.0.5:1".into(), None);
         assert_eq!(t.get("h").unwrap().description.memory_usable, MAX_MEMORY_CLAIM);
+        // Speeds: absurd claims count as not measured; plausible ones are kept.
+        let fast = |id: &str, matvec: u64, memory: u64| NodeDescription {
+            id: id.into(),
+            matvec_bytes_per_s: matvec,
+            memory_bytes_per_s: memory,
+            ..Default::default()
+        };
+        t.seen(fast("s1", u64::MAX, 10 << 30), "10.0.0.6:1".into(), None);
+        t.seen(fast("s2", 100 << 30, 10 << 30), "10.0.0.7:1".into(), None);
+        t.seen(fast("s3", 8 << 30, 10 << 30), "10.0.0.8:1".into(), None);
+        let speed = |id: &str| {
+            let d = t.get(id).unwrap().description;
+            (d.matvec_bytes_per_s, d.memory_bytes_per_s)
+        };
+        assert_eq!(speed("s1"), (0, 0));
+        assert_eq!(speed("s2"), (0, 10 << 30));
+        assert_eq!(speed("s3"), (8 << 30, 10 << 30));
         // A GPU node may offer more than its own memory, but no more than its devices hold; its device list is
         // capped and its strings cleaned.
         let gpu = |total: u64, free: u64| crate::proto::Device {

@@ -563,8 +563,8 @@ mod tests {
     #[test]
     fn plans_and_sampling_survive_the_wire() {
         let nodes = [
-            Candidate { id: "a".into(), address: "10.0.0.1:52416".into(), usable: 2 << 30 },
-            Candidate { id: "b".into(), address: "10.0.0.2:52416".into(), usable: 1 << 30 },
+            Candidate { id: "a".into(), address: "10.0.0.1:52416".into(), usable: 2 << 30, ..Default::default() },
+            Candidate { id: "b".into(), address: "10.0.0.2:52416".into(), usable: 1 << 30, ..Default::default() },
         ];
         let plan = Plan::new("m", 30, 1 << 30, &nodes).unwrap();
         assert_eq!(plan_from_wire(plan_to_wire(&plan)).unwrap(), plan);
@@ -596,6 +596,7 @@ mod tests {
             threads: 1,
             memory_limit: None,
             devices: vec![],
+            speed: Default::default(),
         };
         let shared = Arc::new(HostShared::with_queue(queue_kib));
         if let Ok(mut r) = shared.requests.lock() {

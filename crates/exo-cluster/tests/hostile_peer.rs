@@ -39,7 +39,7 @@ async fn a_peer_cannot_replace_requests_evict_layers_or_take_more_than_its_share
     // 300 MiB: the weights (98 MiB) and KV caches of 4 requests of 2,048 positions (47 MiB each), not 5.
     let cluster = start_node("solo", model_store("exo-hostile-test"), Vec::new(), None, Some(300 << 20)).await;
     let address = format!("127.0.0.1:{}", cluster.info().peer_port);
-    let me = Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40 };
+    let me = Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40, ..Default::default() };
     let whole = Plan::new(&model_name(), 30, 1 << 20, std::slice::from_ref(&me)).unwrap();
     let mut peer = client(&address);
     peer.begin(begin(1, &whole, 0, "solo", 64)).await.unwrap();
@@ -50,7 +50,7 @@ async fn a_peer_cannot_replace_requests_evict_layers_or_take_more_than_its_share
     assert!(again.message().contains("already running"), "{}", again.message());
 
     // A plan that would have this node load other layers, while request 1 runs on these: refused.
-    let other = Candidate { id: "other".into(), address: "127.0.0.1:1".into(), usable: 1 << 40 };
+    let other = Candidate { id: "other".into(), address: "127.0.0.1:1".into(), usable: 1 << 40, ..Default::default() };
     let split = Plan::new(&model_name(), 30, 1 << 20, &[me.clone(), other]).unwrap();
     let stage = split.stage_of("solo").unwrap();
     let evict = peer.begin(begin(2, &split, stage, "solo", 64)).await.unwrap_err();

@@ -19,7 +19,7 @@ fn client(address: &str) -> exo_cluster::proto::peer_client::PeerClient<tonic::t
 async fn forwards_for_a_stale_plan_or_an_unknown_request_are_rejected_over_the_wire() {
     let cluster = start("solo", model_store("exo-transport-test")).await;
     let address = format!("127.0.0.1:{}", cluster.info().peer_port);
-    let me = [Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40 }];
+    let me = [Candidate { id: "solo".into(), address: address.clone(), usable: 1 << 40, ..Default::default() }];
     let plan = Plan::new(&model_name(), 30, 1 << 20, &me).unwrap();
     let mut peer = client(&address);
     let begin = |plan: &Plan| BeginRequest {

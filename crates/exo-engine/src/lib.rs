@@ -12,6 +12,7 @@
 //! | [`shard`] | `Shard` (a layer range) and `ModelShard` (its weights and forward pass on a backend) |
 //! | [`kernels`] | the CPU matrix kernels: quantized dot products, SIMD variants chosen at run time |
 //! | [`cpu`] | the CPU backend: forward pass on the kernels, thread pool |
+//! | [`calibration`] | this machine's measured speed: a quantized matrix-vector product and memory reads |
 //! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
 //! | [`devices`] | the devices a shard runs on: `--devices` lists, this machine's GPUs, their memory |
@@ -21,6 +22,7 @@
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
+pub mod calibration;
 #[cfg(all(feature = "metal", not(target_os = "macos")))]
 compile_error!("the `metal` feature builds on macOS only (candle's Metal backend needs Apple's frameworks)");
 

@@ -7,6 +7,7 @@ mod models;
 mod node;
 mod run;
 mod score;
+mod speed;
 mod topology;
 
 use std::process::ExitCode;

@@ -54,10 +54,14 @@ pub struct NodeArgs {
     #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
     pub devices: exo_engine::DeviceSelection,
     /// Most memory the node offers for layers, their KV cache and buffers, e.g. 8G or 512M (default: what the
-    /// machine has available). Layers are split over nodes in proportion to it; a model that does not fit in the
+    /// machine has available). No node is given more layers than this holds; a model that does not fit in the
     /// cluster is refused with 503.
     #[arg(long, env = "EXO_MEMORY_LIMIT", value_parser = exo_cluster::memory::parse_size)]
     pub memory_limit: Option<u64>,
+    /// Measure this machine's speed at --threads (once per CPU and thread count, kept in EXO_HOME/speed.json) and
+    /// advertise it, so plans give faster nodes more layers; false: advertise none, and plans split by memory.
+    #[arg(long, env = "EXO_CALIBRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub calibrate: bool,
     /// Most tokens of a sequence, prompt and answer (0: the model's full context).
     #[arg(short = 'c', long, env = "EXO_CTX_SIZE", default_value_t = 8192)]
     pub ctx_size: usize,
@@ -92,9 +96,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
     if args.api_port != 0 && args.api_port == args.listen_port {
         bail!("--api-port and --listen-port must differ (both are {})", args.api_port);
     }
+    let home = home_dir("EXO_HOME", ".exo")?;
     let id = match args.node_id {
         Some(id) => check_node_id(&id).map(|_| id).context("--node-id")?,
-        None => stored_node_id(&home_dir("EXO_HOME", ".exo")?)?,
+        None => stored_node_id(&home)?,
     };
     for p in &args.peers {
         if p.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
@@ -104,6 +109,9 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
     let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
     let devices = crate::find_devices(&args.devices)?;
+    // Once every setting is checked, and before the node announces itself: peers plan with the figure from its
+    // first hello on.
+    let speed = if args.calibrate { crate::speed::speed(&home, threads) } else { Default::default() };
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
@@ -126,6 +134,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
             peers: args.peers.clone(),
             discovery: args.discovery,
             cluster_key,
+            speed,
             devices,
         })
         .await?;

@@ -1,5 +1,7 @@
 //! `exo topology`: asks a node's API for `/v1/topology` and prints the cluster as a table: every node, its
-//! memory, what it computes on (GPUs, or CPU threads), the layers it holds and the link to it, then the current plan per model.
+//! memory, what it computes on (GPUs, or CPU threads), the layers it holds and the link to it, then the current plan
+//! per model; with `--explain`, why each stage of a plan holds its layers (memory bound, speed, predicted
+//! milliseconds per token).
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -17,11 +19,18 @@ pub struct TopologyArgs {
     /// The node's API key, if it has one (`--api-key` on the node).
     #[arg(long, env = "EXO_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Also show why each stage of a plan holds its layers: what its memory holds, its speed, and the plan's
+    /// predicted milliseconds per token.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 pub fn topology(args: TopologyArgs) -> Result<()> {
     let doc = fetch(&args.api, args.api_key.as_deref())?;
     print!("{}", render(&doc)?);
+    if args.explain {
+        print!("{}", explain(&doc));
+    }
     Ok(())
 }
 
@@ -87,13 +96,7 @@ fn render(doc: &Value) -> Result<String> {
             link,
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = table(&rows);
     for p in doc["plans"].as_array().into_iter().flatten() {
         let stages: Vec<String> = p["stages"]
             .as_array()
@@ -109,6 +112,63 @@ fn render(doc: &Value) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// Per plan: a row per stage (layers, what its memory holds, the memory split's share, speed, predicted times),
+/// then the plan's predicted time per token.
+fn explain(doc: &Value) -> String {
+    let mut out = String::new();
+    for p in doc["plans"].as_array().into_iter().flatten() {
+        let x = &p["placement"];
+        let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |v| format!("{v:.3}"));
+        let gbs = |v: &Value| match v.as_u64() {
+            Some(0) | None => "not measured".to_string(),
+            Some(b) => format!("{:.1} GB/s", b as f64 / 1e9),
+        };
+        out.push_str(&format!(
+            "\nplan {} for {}: split by {}, {} MiB per layer\n",
+            p["id"].as_str().unwrap_or("?"),
+            p["model"].as_str().unwrap_or("?"),
+            x["by"].as_str().unwrap_or("?"),
+            x["layer_bytes"].as_u64().map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)),
+        ));
+        let mut rows =
+            vec![["stage", "node", "layers", "memory holds", "by memory", "speed", "ms/layer", "compute ms", "hop ms"]
+                .map(String::from)];
+        for (i, s) in x["stages"].as_array().into_iter().flatten().enumerate() {
+            rows.push([
+                i.to_string(),
+                s["node_id"].as_str().unwrap_or("?").to_string(),
+                s["layers"].to_string(),
+                s["max_layers"].to_string(),
+                s["memory_split_layers"].to_string(),
+                gbs(&s["measured_bytes_per_s"]),
+                ms(&s["ms_per_layer"]),
+                ms(&s["compute_ms"]),
+                ms(&s["hop_ms"]),
+            ]);
+        }
+        out.push_str(&table(&rows));
+        out.push_str(&format!(
+            "predicted {} ms per token: {} compute + {} hops\n",
+            ms(&x["predicted_ms_per_token"]),
+            ms(&x["compute_ms_per_token"]),
+            ms(&x["hops_ms_per_token"])
+        ));
+    }
+    out
+}
+
+/// Rows as left-aligned columns two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The node's GPUs (name, what it is, memory, compute capability), or its CPU threads and kernels.
@@ -171,5 +231,21 @@ mod tests {
         );
         assert_eq!(lines[3], "plan 00ff for m: a 0-14, b 15-29");
         assert!(render(&json!({})).is_err());
+    }
+
+    #[test]
+    fn the_explanation_shows_each_stages_bound_speed_and_the_predicted_time() {
+        let doc = json!({"plans": [{"id": "00ff", "model": "m", "placement": {"by": "speed", "layer_bytes": 1u64 << 20,
+            "compute_ms_per_token": 3.0, "hops_ms_per_token": 0.5, "predicted_ms_per_token": 3.5, "stages": [
+            {"node_id": "a", "layers": 20, "max_layers": 20, "memory_split_layers": 15,
+             "measured_bytes_per_s": 8_000_000_000u64, "ms_per_layer": 0.1, "compute_ms": 2.0, "hop_ms": 0.25},
+            {"node_id": "b", "layers": 10, "max_layers": 30, "memory_split_layers": 15,
+             "measured_bytes_per_s": 0, "ms_per_layer": 0.1, "compute_ms": 1.0, "hop_ms": null}]}}]});
+        let text = explain(&doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "plan 00ff for m: split by speed, 1.0 MiB per layer", "{text}");
+        assert!(lines[3].starts_with("0      a     20      20            15         8.0 GB/s"), "{text}");
+        assert!(lines[4].contains("not measured") && lines[4].trim_end().ends_with('-'), "{text}");
+        assert_eq!(lines[5], "predicted 3.500 ms per token: 3.000 compute + 0.500 hops", "{text}");
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use exo_cluster::{Cluster, ClusterConfig, ClusterKey, Discovery, ModelStore};
+use exo_engine::calibration::Speed;
 use exo_engine::KvType;
 
 /// SmolLM2-135M-Instruct Q4_1, where `scripts/fetch-models.sh` puts it (or `EXO_TEST_MODEL`).
@@ -34,6 +35,18 @@ pub async fn start_node(
     cluster_key: Option<ClusterKey>,
     memory_limit: Option<u64>,
 ) -> Cluster {
+    start_measured(id, store, peers, cluster_key, memory_limit, Speed::default()).await
+}
+
+/// [`start_node`], advertising `speed` as its measured speed.
+pub async fn start_measured(
+    id: &str,
+    store: exo_models::StoreConfig,
+    peers: Vec<String>,
+    cluster_key: Option<ClusterKey>,
+    memory_limit: Option<u64>,
+    speed: Speed,
+) -> Cluster {
     Cluster::start(ClusterConfig {
         id: id.into(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -45,6 +58,7 @@ pub async fn start_node(
         peers,
         discovery: Discovery::None,
         cluster_key,
+        speed,
         devices: vec![],
     })
     .await

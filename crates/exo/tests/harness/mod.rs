@@ -74,6 +74,9 @@ impl Node {
             .args(&args)
             .env("RUST_LOG", "warn")
             .env("EXO_HOME", &home.0)
+            // No speed figures: the tests check the memory split, which measured speeds (noisy on a shared
+            // machine) could move; a test may set EXO_CALIBRATE itself.
+            .env("EXO_CALIBRATE", "false")
             .env("HF_HOME", home.0.join("hf"))
             .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .env_remove("HF_HUB_CACHE")

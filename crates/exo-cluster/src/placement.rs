@@ -1,0 +1,363 @@
+//! Placement: how many of a model's layers each node of a ring holds, so that the predicted time per token is
+//! smallest within every node's memory, and the figures that explain the choice. `Plan` (plan.rs) turns the
+//! counts into layer ranges; docs/placement.md states the objective and the algorithm.
+//!
+//! Everything the split depends on is integer and comes from what every node says of itself (memory, speed), so
+//! every node computes the same split from the same descriptions. Round-trip times are each node's own
+//! measurement of its own links: they enter the predicted time shown, never the split.
+
+use std::time::Duration;
+
+/// One stage of a placement, and why it holds what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageCost {
+    pub node_id: String,
+    pub layers: usize,
+    /// Most layers its memory holds.
+    pub max_layers: usize,
+    /// Layers the memory-only split gives it.
+    pub memory_layers: usize,
+    /// What it said it streams through a matrix-vector product, bytes per second (0: not measured).
+    pub measured_bytes_per_s: u64,
+    /// The speed the solver used: its group's fastest ([`speed_groups`]; 0: no node of the ring measured).
+    pub speed_bytes_per_s: u64,
+    /// Predicted time of one layer for one token.
+    pub ns_per_layer: u64,
+    /// Predicted time of the hop to the next stage (the last stage's to the first); `None`: no round trip known.
+    pub hop_ns: Option<u64>,
+}
+
+/// How a plan's layers were placed: bytes per layer, and each stage's bounds, speed and predicted times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub model: String,
+    pub plan_id: u64,
+    /// Bytes of one layer as the cost model counts them (what the model needs over its layer count).
+    pub layer_bytes: u64,
+    pub stages: Vec<StageCost>,
+}
+
+impl Placement {
+    /// Predicted compute per token: each stage's layers times its time per layer.
+    pub fn compute_ns(&self) -> u64 {
+        self.stages.iter().map(|s| s.ns_per_layer.saturating_mul(s.layers as u64)).fold(0, u64::saturating_add)
+    }
+
+    /// Predicted time of the ring's hops per token; `None` if a link's round trip is unknown.
+    pub fn hops_ns(&self) -> Option<u64> {
+        self.stages.iter().map(|s| s.hop_ns).sum()
+    }
+
+    /// Whether the split used measured speeds (otherwise it is the memory-only split).
+    pub fn speed_aware(&self) -> bool {
+        self.stages.iter().any(|s| s.speed_bytes_per_s > 0)
+    }
+
+    /// One line for the log: each stage's layers, bound and speed, and the predicted time per token.
+    pub fn summary(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let speed = if s.speed_bytes_per_s > 0 {
+                    format!("{:.1} GB/s", s.speed_bytes_per_s as f64 / 1e9)
+                } else {
+                    "speed not measured".into()
+                };
+                format!("{} {} layers (memory holds {}, {speed})", s.node_id, s.layers, s.max_layers)
+            })
+            .collect();
+        let predicted = match (self.speed_aware(), self.hops_ns()) {
+            (false, _) => "split by memory (no speeds measured)".to_string(),
+            (true, Some(h)) => format!(
+                "predicted {:.2} ms per token ({:.2} compute, {:.2} hops)",
+                ms(self.compute_ns() + h),
+                ms(self.compute_ns()),
+                ms(h)
+            ),
+            (true, None) => {
+                format!("predicted {:.2} ms per token of compute (hops not yet measured)", ms(self.compute_ns()))
+            }
+        };
+        format!("plan {:016x} for {}: {}; {predicted}", self.plan_id, self.model, stages.join(", "))
+    }
+}
+
+/// Layers per node in proportion to `usable` (largest remainder; leftover layers to the largest fractional parts,
+/// ties in the given order): the split when speeds are unknown or equal. `usable` must not all be zero.
+pub fn memory_split(n_layers: usize, usable: &[u64]) -> Vec<usize> {
+    let total: u128 = usable.iter().map(|&u| u as u128).sum::<u128>().max(1);
+    let quota = |u: u64| n_layers as u128 * u as u128;
+    let mut layers: Vec<usize> = usable.iter().map(|&u| (quota(u) / total) as usize).collect();
+    let mut by_remainder: Vec<usize> = (0..usable.len()).collect();
+    by_remainder.sort_by(|&a, &b| (quota(usable[b]) % total).cmp(&(quota(usable[a]) % total)).then(a.cmp(&b)));
+    let left = n_layers - layers.iter().sum::<usize>();
+    for &i in by_remainder.iter().take(left) {
+        layers[i] += 1;
+    }
+    layers
+}
+
+/// Most layers of a model needing `needs` bytes for `n_layers` layers that `usable` bytes hold.
+pub fn max_layers(n_layers: usize, needs: u64, usable: u64) -> usize {
+    let fit = usable as u128 * n_layers as u128 / (needs as u128).max(1);
+    fit.min(n_layers as u128) as usize
+}
+
+/// The speeds the solver plans with: from the fastest down, each speed within 1/8 of the fastest of its group
+/// counts as that one; the first speed further below starts the next group. Like machines measure a few per cent
+/// apart, and since the optimum fills the faster node first, taking such noise at its word would swing the split
+/// from the memory split to all-on-one. Integer and in a fixed order (ties by position), so deterministic.
+pub fn speed_groups(bytes_per_s: &[u64]) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..bytes_per_s.len()).collect();
+    order.sort_by(|&a, &b| bytes_per_s[b].cmp(&bytes_per_s[a]).then(a.cmp(&b)));
+    let mut planned = vec![0; bytes_per_s.len()];
+    let mut leader = 0u64;
+    for i in order {
+        let s = bytes_per_s[i];
+        if (s as u128) * 8 < (leader as u128) * 7 || leader == 0 {
+            leader = s;
+        }
+        planned[i] = leader;
+    }
+    planned
+}
+
+/// Nanoseconds one layer of `layer_bytes` takes at `bytes_per_s` (0: unknown, taken as 0).
+pub fn ns_per_layer(layer_bytes: u64, bytes_per_s: u64) -> u64 {
+    if bytes_per_s == 0 {
+        return 0;
+    }
+    (layer_bytes as u128 * 1_000_000_000).div_ceil(bytes_per_s as u128).min(u64::MAX as u128) as u64
+}
+
+/// One-way time of the hop between two nodes this node reaches in `a` and `b` (itself in zero): half the longer
+/// round trip. Only this node's own links are measured, so a hop between two peers is estimated through it.
+pub fn hop_ns(a: Option<Duration>, b: Option<Duration>) -> Option<u64> {
+    Some((a?.max(b?).as_nanos() / 2).min(u64::MAX as u128) as u64)
+}
+
+/// A split's cost: predicted compute per token in nanoseconds, then the distance to the memory split as the
+/// tie-break; compared as a pair, first element first.
+type Cost = (u128, u64);
+
+/// The [`Cost`] of a split with `target` the memory split.
+fn cost(layers: &[usize], ns_per_layer: &[u64], target: &[usize]) -> Cost {
+    let time = layers.iter().zip(ns_per_layer).map(|(&n, &t)| n as u128 * t as u128).sum();
+    let distance = layers.iter().zip(target).map(|(&n, &m)| n.abs_diff(m) as u64).sum();
+    (time, distance)
+}
+
+/// The split of `n_layers` over stages in order (each holds 1 to `caps[i]` layers) with the smallest predicted
+/// compute per token `Σ layers[i] × ns_per_layer[i]`, and among those the closest to `target` (sum of absolute
+/// differences); `None` if no split fits. Exact, by dynamic programming over (stages placed, layers placed):
+/// O(stages × layers²), integer arithmetic only, ties to the first found in a fixed order, so deterministic.
+pub fn split(n_layers: usize, caps: &[usize], ns_per_layer: &[u64], target: &[usize]) -> Option<Vec<usize>> {
+    let k = caps.len();
+    if k == 0 || k > n_layers {
+        return None;
+    }
+    // best[j][s]: the least cost of stages 0..j holding s layers, and the count stage j-1 holds in it.
+    let mut best: Vec<Vec<Option<(Cost, usize)>>> = vec![vec![None; n_layers + 1]; k + 1];
+    best[0][0] = Some(((0, 0), 0));
+    for j in 0..k {
+        for s in 0..=n_layers {
+            let Some(((time, distance), _)) = best[j][s] else { continue };
+            for n in 1..=caps[j].min(n_layers - s) {
+                let c = (time + n as u128 * ns_per_layer[j] as u128, distance + n.abs_diff(target[j]) as u64);
+                let slot = &mut best[j + 1][s + n];
+                if slot.is_none_or(|(old, _)| c < old) {
+                    *slot = Some((c, n));
+                }
+            }
+        }
+    }
+    best[k][n_layers]?;
+    let mut layers = vec![0; k];
+    let mut s = n_layers;
+    for j in (0..k).rev() {
+        let (_, n) = best[j + 1][s]?;
+        layers[j] = n;
+        s -= n;
+    }
+    debug_assert_eq!(cost(&layers, ns_per_layer, target), best[k][n_layers]?.0);
+    Some(layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ClusterError;
+    use crate::plan::{Candidate, Plan};
+
+    /// Every split by enumeration: the optimum's cost, or `None` if none fits.
+    fn brute_force(n_layers: usize, caps: &[usize], t: &[u64], target: &[usize]) -> Option<Cost> {
+        fn go(j: usize, left: usize, caps: &[usize], layers: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+            if j == caps.len() {
+                if left == 0 {
+                    out.push(layers.clone());
+                }
+                return;
+            }
+            for n in 1..=caps[j].min(left) {
+                layers.push(n);
+                go(j + 1, left - n, caps, layers, out);
+                layers.pop();
+            }
+        }
+        let mut all = Vec::new();
+        go(0, n_layers, caps, &mut Vec::new(), &mut all);
+        all.iter().map(|l| cost(l, t, target)).min()
+    }
+
+    #[test]
+    fn the_split_is_the_brute_force_optimum_on_small_cases() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for _ in 0..400 {
+            let k = 1 + next(4) as usize;
+            let n_layers = k + next(10) as usize;
+            let caps: Vec<usize> = (0..k).map(|_| 1 + next(n_layers as u64) as usize).collect();
+            let t: Vec<u64> = (0..k).map(|_| [0, 1_000, 2_000, 3_000, 7_000][next(5) as usize]).collect();
+            let usable: Vec<u64> = (0..k).map(|_| 1 + next(8)).collect();
+            let target = memory_split(n_layers, &usable);
+            let got = split(n_layers, &caps, &t, &target);
+            let want = brute_force(n_layers, &caps, &t, &target);
+            assert_eq!(got.as_ref().map(|l| cost(l, &t, &target)), want, "{n_layers} layers, caps {caps:?}, t {t:?}");
+            if let Some(l) = got {
+                assert_eq!(l.iter().sum::<usize>(), n_layers);
+                assert!(l.iter().zip(&caps).all(|(&n, &c)| (1..=c).contains(&n)), "{l:?} {caps:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn equal_speeds_give_the_memory_split() {
+        let target = memory_split(30, &[3, 2, 1]);
+        assert_eq!(target, [15, 10, 5]);
+        assert_eq!(split(30, &[30, 30, 30], &[500, 500, 500], &target), Some(target.clone()));
+        assert_eq!(split(30, &[30, 30, 30], &[0, 0, 0], &target), Some(target));
+    }
+
+    #[test]
+    fn a_faster_stage_takes_what_its_memory_holds() {
+        // Stage 1 is twice as fast: it takes its 20, the slow stage the rest.
+        assert_eq!(split(30, &[30, 20], &[2_000, 1_000], &[15, 15]), Some(vec![10, 20]));
+        // Its memory holds all but one: every stage keeps at least one layer.
+        assert_eq!(split(30, &[30, 30], &[2_000, 1_000], &[15, 15]), Some(vec![1, 29]));
+        // Nothing fits: too few layers for the stages, or too little memory.
+        assert_eq!(split(2, &[5, 5, 5], &[1, 1, 1], &[1, 1, 0]), None);
+        assert_eq!(split(30, &[10, 10], &[1, 1], &[15, 15]), None);
+    }
+
+    /// A node of a table: id, usable GiB, matrix-vector GB/s (0: not measured), round trip in µs.
+    fn node(id: &str, gib: u64, gb_per_s: u64, rtt_us: u64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            address: format!("{id}:1"),
+            usable: gib << 30,
+            speed: gb_per_s * 1_000_000_000,
+            rtt: Some(Duration::from_micros(rtt_us)),
+        }
+    }
+
+    /// Plans `n_layers` layers needing `needs_gib` over `nodes`, checks the plan's predicted compute against every
+    /// split of the same ring, and returns the layers per node.
+    fn placed(n_layers: usize, needs_gib: u64, nodes: &[Candidate]) -> Vec<(String, usize)> {
+        let (plan, p) = Plan::placed("m", n_layers, needs_gib << 30, nodes).unwrap();
+        assert_eq!(plan.stages.len(), p.stages.len());
+        let caps: Vec<usize> = p.stages.iter().map(|s| s.max_layers).collect();
+        let t: Vec<u64> = p.stages.iter().map(|s| s.ns_per_layer).collect();
+        let target: Vec<usize> = p.stages.iter().map(|s| s.memory_layers).collect();
+        let layers: Vec<usize> = plan.stages.iter().map(|s| s.n_layers()).collect();
+        assert_eq!(Some(cost(&layers, &t, &target)), brute_force(n_layers, &caps, &t, &target), "{p:?}");
+        assert_eq!(p.compute_ns() as u128, cost(&layers, &t, &target).0);
+        plan.stages.iter().map(|s| (s.node_id.clone(), s.n_layers())).collect()
+    }
+
+    fn counts(v: &[(&str, usize)]) -> Vec<(String, usize)> {
+        v.iter().map(|(id, n)| (id.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn two_equal_nodes_split_evenly() {
+        let nodes = [node("a", 16, 20, 0), node("b", 16, 20, 300)];
+        assert_eq!(placed(12, 4, &nodes), counts(&[("a", 6), ("b", 6)]));
+        // The same without speeds: the memory split, as before speeds existed.
+        let unmeasured: Vec<Candidate> = nodes.iter().map(|c| Candidate { speed: 0, ..c.clone() }).collect();
+        assert_eq!(placed(12, 4, &unmeasured), counts(&[("a", 6), ("b", 6)]));
+        // Calibration noise (a few per cent) does not move a layer.
+        let noisy = [node("a", 16, 20, 0), Candidate { speed: 20_700_000_000, ..node("b", 16, 20, 300) }];
+        assert_eq!(placed(12, 4, &noisy), counts(&[("a", 6), ("b", 6)]));
+    }
+
+    #[test]
+    fn a_24_and_a_12_gb_node_of_one_speed_split_two_to_one() {
+        let nodes = [node("small", 12, 30, 200), node("big", 24, 30, 0)];
+        assert_eq!(placed(12, 18, &nodes), counts(&[("big", 8), ("small", 4)]));
+    }
+
+    #[test]
+    fn a_fast_small_node_beside_a_slow_large_one_fills_its_memory() {
+        // fast: 8 GiB at 40 GB/s; slow: 32 GiB at 10 GB/s; 12 layers of 1 GiB each (12 GiB in all).
+        let nodes = [node("fast", 8, 40, 0), node("slow", 32, 10, 400)];
+        // Memory alone gives slow 10 and fast 2; speed gives fast all its memory holds (8).
+        let (_, p) = Plan::placed("m", 12, 12 << 30, &nodes).unwrap();
+        assert_eq!(p.stages.iter().map(|s| s.memory_layers).collect::<Vec<_>>(), [10, 2]);
+        assert_eq!(placed(12, 12, &nodes), counts(&[("slow", 4), ("fast", 8)]));
+        assert!((p.stages[0].ns_per_layer as f64 / p.stages[1].ns_per_layer as f64 - 4.0).abs() < 1e-6, "{p:?}");
+        assert_eq!(p.hops_ns(), Some(400_000));
+        // An unmeasured node counts as the slowest measured one: here the only measured one, so both are equal
+        // and memory decides.
+        let half = [node("fast", 8, 40, 0), Candidate { speed: 0, ..node("slow", 32, 10, 400) }];
+        assert_eq!(placed(12, 12, &half), counts(&[("slow", 10), ("fast", 2)]));
+    }
+
+    #[test]
+    fn three_nodes_of_three_speeds_match_the_brute_force() {
+        let nodes = [node("a", 6, 10, 0), node("b", 4, 25, 100), node("c", 5, 15, 250)];
+        let got = placed(10, 12, &nodes);
+        assert_eq!(got.iter().map(|(_, n)| n).sum::<usize>(), 10);
+        // b, the fastest, takes what its memory holds (4 GiB of 1.2 GiB layers: 3).
+        assert_eq!(got.iter().find(|(id, _)| id == "b").map(|(_, n)| *n), Some(3));
+    }
+
+    #[test]
+    fn a_model_too_large_for_every_node_is_refused_with_both_figures() {
+        let nodes = [node("a", 8, 40, 0), node("b", 4, 10, 100)];
+        let e = Plan::placed("big", 32, 20 << 30, &nodes).unwrap_err();
+        assert_eq!(
+            e,
+            ClusterError::ModelTooLarge {
+                model: "big".into(),
+                needed_mib: 20 << 10,
+                available_mib: 12 << 10,
+                nodes: 2
+            }
+        );
+    }
+
+    #[test]
+    fn speeds_within_a_group_are_equal_and_times_are_integers() {
+        // Within an eighth of the group's fastest: equal. The group is led by its fastest, so a chain of small
+        // steps does not drift: 100, 90, 88 are one group, 80 starts another.
+        assert_eq!(speed_groups(&[90, 100, 80, 88]), [100, 100, 80, 100]);
+        assert_eq!(speed_groups(&[10_000_000_000, 10_400_000_000]), [10_400_000_000; 2]);
+        assert_eq!(speed_groups(&[0, 0]), [0, 0]);
+        assert_eq!(speed_groups(&[]), Vec::<u64>::new());
+        assert_eq!(ns_per_layer(1 << 20, 1 << 30), 976_563);
+        assert_eq!(ns_per_layer(1 << 20, 0), 0);
+        assert_eq!(ns_per_layer(u64::MAX, 1), u64::MAX);
+        assert_eq!(max_layers(30, 3 << 30, 1 << 30), 10);
+        assert_eq!(max_layers(30, 1, u64::MAX), 30);
+        let ms = |v: u64| Some(Duration::from_millis(v));
+        assert_eq!(hop_ns(ms(0), ms(4)), Some(2_000_000));
+        assert_eq!(hop_ns(ms(0), None), None);
+    }
+}
