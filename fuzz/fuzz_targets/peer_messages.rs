@@ -136,15 +136,18 @@ fn hello(d: NodeDescription) {
             id: n.description.id.clone(),
             address: n.address.clone(),
             usable: n.description.memory_usable,
+            speed: n.description.matvec_bytes_per_s,
+            rtt: n.rtt,
         })
         .collect();
     let mut plans = Vec::new();
     for n_layers in [1, 30, 1 + d.threads as usize % 200] {
-        if let Ok(plan) = Plan::new("m", n_layers, d.memory_available, &candidates) {
+        if let Ok((plan, placement)) = Plan::placed("m", n_layers, d.memory_available, &candidates) {
             let covered: usize = plan.stages.iter().map(|s| s.n_layers()).sum();
             assert_eq!(covered, n_layers, "a plan covers every layer once: {plan:?}");
             assert_eq!(plan_from_wire(plan_to_wire(&plan)).ok().as_ref(), Some(&plan), "a plan survives the wire");
-            plans.push(plan);
+            assert_eq!(placement.stages.len(), plan.stages.len(), "every stage is explained");
+            plans.push((plan, placement));
         }
     }
     let status = exo_api::inference::Status { busy: false, queued: 0, requests: 0, tokens_generated: 0, last: None };
