@@ -37,13 +37,7 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/exo-bench-placement.XXXXXX")
 PIDS=()
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
+  stop_all
   rm -rf "$TMP"
 }
 trap cleanup EXIT

@@ -33,8 +33,9 @@ impl NodeInfo {
         let memory = Memory::now(self.memory_limit);
         // Memory the loaded layers hold is offered too: a new plan replaces them. On GPUs, the layers go to device
         // memory: what was free there when the node started (loaded layers came out of it), less a reserve for
-        // the CUDA context and scratch buffers.
-        let gpus: Vec<_> = self.devices.iter().filter(|d| !d.is_cpu()).collect();
+        // the CUDA context and scratch buffers. A GPU that reports no memory of its own (Metal's, which shares the
+        // machine's) leaves the machine's figures in place.
+        let gpus: Vec<_> = self.devices.iter().filter(|d| !d.is_cpu() && d.memory_total > 0).collect();
         let offered = if gpus.is_empty() {
             memory.available + held_bytes
         } else {
@@ -190,7 +191,11 @@ mod tests {
         assert_eq!(d.memory_usable, (43 << 30) - 2 * GPU_RESERVE);
         assert_eq!(d.devices.len(), 2);
         assert_eq!((d.devices[1].name.as_str(), d.devices[1].compute_capability.as_str()), ("cuda:1", "8.6"));
-        let limited = NodeInfo { memory_limit: Some(8 << 30), ..info };
+        let limited = NodeInfo { memory_limit: Some(8 << 30), ..info.clone() };
         assert_eq!(limited.describe(&[], 0, vec![]).memory_usable, 8 << 30);
+        // A GPU that reports no memory of its own (Metal shares the machine's) offers the machine's.
+        let shared = exo_engine::DeviceInfo { name: "metal".into(), memory_total: 0, memory_free: 0, ..gpu(0, 0) };
+        let d = NodeInfo { devices: vec![shared], ..info }.describe(&[], 0, vec![]);
+        assert!(d.memory_usable > 0 && d.memory_usable >= d.memory_available, "{d:?}");
     }
 }
