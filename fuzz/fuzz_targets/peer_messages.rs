@@ -130,16 +130,7 @@ fn hello(d: NodeDescription) {
         rtt: Some(Duration::from_millis(1)),
         is_self: false,
     }));
-    let candidates: Vec<Candidate> = nodes
-        .iter()
-        .map(|n| Candidate {
-            id: n.description.id.clone(),
-            address: n.address.clone(),
-            usable: n.description.memory_usable,
-            speed: n.description.matvec_bytes_per_s,
-            rtt: n.rtt,
-        })
-        .collect();
+    let candidates: Vec<Candidate> = nodes.iter().map(NodeView::candidate).collect();
     let mut plans = Vec::new();
     for n_layers in [1, 30, 1 + d.threads as usize % 200] {
         if let Ok((plan, placement)) = Plan::placed("m", n_layers, d.memory_available, &candidates) {
@@ -147,6 +138,10 @@ fn hello(d: NodeDescription) {
             assert_eq!(covered, n_layers, "a plan covers every layer once: {plan:?}");
             assert_eq!(plan_from_wire(plan_to_wire(&plan)).ok().as_ref(), Some(&plan), "a plan survives the wire");
             assert_eq!(placement.stages.len(), plan.stages.len(), "every stage is explained");
+            for s in &plan.stages {
+                let held: usize = s.parts.iter().map(|p| p.end + 1 - p.start).sum();
+                assert_eq!(held, s.n_layers(), "a stage's devices hold its layers: {plan:?}");
+            }
             plans.push((plan, placement));
         }
     }

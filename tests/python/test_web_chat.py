@@ -154,6 +154,32 @@ def test_downloads_show_in_the_cluster_panel(page, node):
     expect(card).to_contain_text("done")
 
 
+def test_the_cluster_panel_shows_each_gpu_and_its_layers(page, node):
+    # No GPU here: the page is given the topology a node on a GPU with CPU offload reports (the shape
+    # crates/exo-api/src/topology.rs writes, its device figures as crates/exo-cluster/tests/devices.rs has them).
+    doc = topology(node)
+    me = next(n for n in doc["nodes"] if n["id"] == doc["self"])
+    me["devices"] = [
+        {"name": "cuda:0", "description": "NVIDIA GeForce RTX 3090", "memory_total_bytes": 24 << 30,
+         "memory_free_bytes": 23 << 30, "usable_bytes": (23 << 30) - (512 << 20), "matvec_bytes_per_s": 0,
+         "compute_capability": "8.6", "layers": {"start": 0, "end": 19}},
+        {"name": "cpu", "description": "", "memory_total_bytes": 0, "memory_free_bytes": 0, "usable_bytes": 8 << 30,
+         "matvec_bytes_per_s": 0, "compute_capability": None, "layers": {"start": 20, "end": 29}},
+    ]
+    doc["plans"] = [{"id": "00112233445566ff", "model": "m", "n_layers": 30, "placement": None, "stages": [
+        {"node_id": doc["self"], "start": 0, "end": 29,
+         "devices": [{"device": "cuda:0", "start": 0, "end": 19}, {"device": "cpu", "start": 20, "end": 29}]}]}]
+    page.route("**/v1/topology", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                            body=json.dumps(doc)))
+    card = page.locator(f'#cluster .node[data-node-id="{doc["self"]}"]')
+    gpu = card.locator('.device[data-device="cuda:0"]')
+    expect(gpu).to_have_text("cuda:0 · NVIDIA GeForce RTX 3090 · 23.0 / 24.0 GiB free · compute 8.6 · layers 0–19",
+                             timeout=10_000)
+    expect(card.locator(".device").nth(1)).to_have_text("cpu · the layers its GPUs cannot hold · layers 20–29")
+    expect(page.locator('#plans .plan[data-plan-id="00112233445566ff"]')).to_contain_text(
+        "0–29 (cuda:0 0–19, cpu 20–29)")
+
+
 def test_a_keyed_node_asks_for_the_key_once_and_answers(browser, keyed_node):
     from conftest import API_KEY
     context = browser.new_context(viewport={"width": 1280, "height": 800})

@@ -29,10 +29,16 @@ pub fn topology(nodes: &[NodeView], plans: &[(Plan, Placement)], status: &Status
                 "threads": d.threads,
                 "cpu": {"arch": d.arch, "features": d.features, "kernels": d.kernels},
                 "speed": {"matvec_bytes_per_s": d.matvec_bytes_per_s, "memory_bytes_per_s": d.memory_bytes_per_s},
-                "devices": d.devices.iter().map(|v| json!({"name": v.name, "description": v.description,
+                "devices": d.devices.iter().map(|v| {
+                    // The layers of the loaded model this device holds.
+                    let layers = d.shards.first().and_then(|s| s.parts.iter().find(|p| p.device == v.name))
+                        .map(|p| json!({"start": p.start, "end": p.end}));
+                    json!({"name": v.name, "description": v.description,
                     "memory_total_bytes": v.memory_total, "memory_free_bytes": v.memory_free,
-                    "compute_capability": (!v.compute_capability.is_empty()).then_some(&v.compute_capability)}))
-                    .collect::<Vec<_>>(),
+                    "usable_bytes": v.usable, "matvec_bytes_per_s": v.matvec_bytes_per_s,
+                    "compute_capability": (!v.compute_capability.is_empty()).then_some(&v.compute_capability),
+                    "layers": layers})
+                }).collect::<Vec<_>>(),
                 "model": model,
                 "link": if n.is_self { Value::Null } else {
                     json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3)})
@@ -53,7 +59,9 @@ pub fn topology(nodes: &[NodeView], plans: &[(Plan, Placement)], status: &Status
         .iter()
         .map(|(p, placement)| {
             json!({"id": format!("{:016x}", p.id), "model": p.model, "n_layers": p.n_layers,
-                "stages": p.stages.iter().map(|s| json!({"node_id": s.node_id, "start": s.start, "end": s.end}))
+                "stages": p.stages.iter().map(|s| json!({"node_id": s.node_id, "start": s.start, "end": s.end,
+                    "devices": s.parts.iter().map(|d| json!({"device": d.device, "start": d.start, "end": d.end}))
+                        .collect::<Vec<_>>()}))
                     .collect::<Vec<_>>(),
                 "placement": explain(placement)})
         })
@@ -68,10 +76,18 @@ fn explain(p: &Placement) -> Value {
         .stages
         .iter()
         .map(|s| {
+            let devices: Vec<Value> = s
+                .parts
+                .iter()
+                .map(|d| {
+                    json!({"device": d.device, "layers": d.layers, "max_layers": d.max_layers,
+                        "measured_bytes_per_s": d.measured_bytes_per_s, "planned_bytes_per_s": d.speed_bytes_per_s,
+                        "ms_per_layer": ms(d.ns_per_layer), "compute_ms": ms(d.compute_ns())})
+                })
+                .collect();
             json!({"node_id": s.node_id, "layers": s.layers, "max_layers": s.max_layers,
-                "memory_split_layers": s.memory_layers, "measured_bytes_per_s": s.measured_bytes_per_s,
-                "planned_bytes_per_s": s.speed_bytes_per_s, "ms_per_layer": ms(s.ns_per_layer),
-                "compute_ms": ms(s.ns_per_layer.saturating_mul(s.layers as u64)), "hop_ms": s.hop_ns.map(ms)})
+                "memory_split_layers": s.memory_layers, "compute_ms": ms(s.compute_ns()), "hop_ms": s.hop_ns.map(ms),
+                "devices": devices})
         })
         .collect();
     let hops = p.hops_ns();
@@ -83,7 +99,7 @@ fn explain(p: &Placement) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use exo_cluster::proto::{LoadedShard, NodeDescription};
+    use exo_cluster::proto::{Device, LoadedShard, NodeDescription, StagePart};
     use exo_cluster::{Candidate, Plan};
     use std::time::Duration;
 
@@ -94,7 +110,29 @@ mod tests {
                 id: id.into(),
                 memory_total: 8 << 30,
                 memory_usable: 4 << 30,
-                shards: vec![LoadedShard { model: "m".into(), start: 0, end: 14, n_layers: 30, bytes: 1 }],
+                shards: vec![LoadedShard {
+                    model: "m".into(),
+                    start: 0,
+                    end: 14,
+                    n_layers: 30,
+                    bytes: 1,
+                    parts: vec![
+                        StagePart { device: "cuda:0".into(), start: 0, end: 9 },
+                        StagePart { device: "cpu".into(), start: 10, end: 14 },
+                    ],
+                }],
+                devices: vec![
+                    Device {
+                        name: "cuda:0".into(),
+                        description: "NVIDIA H200".into(),
+                        memory_total: 140 << 30,
+                        memory_free: 139 << 30,
+                        compute_capability: "9.0".into(),
+                        usable: 138 << 30,
+                        matvec_bytes_per_s: 3_000_000_000_000,
+                    },
+                    Device { name: "cpu".into(), usable: 4 << 30, ..Default::default() },
+                ],
                 ..Default::default()
             },
             address: format!("{id}:52416"),
@@ -109,6 +147,7 @@ mod tests {
                 usable: 1 << 30,
                 speed: 4_000_000_000,
                 rtt: Some(Duration::ZERO),
+                devices: vec![],
             },
             Candidate {
                 id: "b".into(),
@@ -116,6 +155,7 @@ mod tests {
                 usable: 1 << 30,
                 speed: 1_000_000_000,
                 rtt: Some(Duration::from_millis(2)),
+                devices: vec![],
             },
         ];
         let placed = Plan::placed("m", 30, 600 << 20, &nodes).unwrap();
@@ -126,11 +166,24 @@ mod tests {
         assert_eq!(t["nodes"][1]["link"]["rtt_ms"], 0.25);
         assert!(t["nodes"][1].get("inference").is_none());
         assert_eq!(t["nodes"][1]["model"]["layers"]["end"], 14);
+        // Each device with what it is, its memory and speed, and the layers it holds.
+        let gpu = &t["nodes"][0]["devices"][0];
+        assert_eq!(
+            (&gpu["name"], &gpu["compute_capability"], &gpu["memory_free_bytes"], &gpu["layers"]),
+            (&json!("cuda:0"), &json!("9.0"), &json!(139u64 << 30), &json!({"start": 0, "end": 9}))
+        );
+        assert_eq!(gpu["matvec_bytes_per_s"], 3_000_000_000_000u64);
+        let cpu = &t["nodes"][0]["devices"][1];
+        assert_eq!((&cpu["compute_capability"], &cpu["layers"]), (&Value::Null, &json!({"start": 10, "end": 14})));
         // a is four times as fast and its memory holds every layer: it takes all but b's one.
-        assert_eq!(t["plans"][0]["stages"][0], json!({"node_id": "a", "start": 0, "end": 28}));
+        assert_eq!(
+            t["plans"][0]["stages"][0],
+            json!({"node_id": "a", "start": 0, "end": 28, "devices": [{"device": "cpu", "start": 0, "end": 28}]})
+        );
         let p = &t["plans"][0]["placement"];
         assert_eq!(p["by"], "speed");
         assert_eq!(p["stages"][0]["max_layers"], 30);
+        assert_eq!(p["stages"][0]["devices"][0]["measured_bytes_per_s"], 4_000_000_000u64);
         assert_eq!(p["stages"][0]["memory_split_layers"], 15);
         assert_eq!(p["stages"][1]["layers"], 1);
         assert_eq!(p["hops_ms_per_token"], 2.0);

@@ -294,6 +294,19 @@ function modelRows(m) {
   ];
 }
 
+// The node's GPUs (and, after them, the CPU that holds what they cannot): what each is, its memory, and its layers.
+function deviceRows(n) {
+  const devices = n.devices || [];
+  if (!devices.some((d) => d.name !== "cpu")) return [];
+  return devices.map((d) => {
+    const layers = d.layers ? ` · layers ${d.layers.start}–${d.layers.end}` : "";
+    if (d.name === "cpu") return el("div", { class: "row device" }, `cpu · the layers its GPUs cannot hold${layers}`);
+    const cc = d.compute_capability ? ` · compute ${d.compute_capability}` : "";
+    const memory = d.memory_total_bytes ? ` · ${gib(d.memory_free_bytes)} / ${gib(d.memory_total_bytes)} GiB free` : "";
+    return el("div", { class: "row device", "data-device": d.name }, `${d.name} · ${d.description}${memory}${cc}${layers}`);
+  });
+}
+
 function nodeCard(n, self) {
   const mem = n.memory || {}, inf = n.inference || {}, cpu = n.cpu || {};
   const state = !n.inference ? "peer" : inf.busy ? `busy${inf.queued ? ` · ${inf.queued} queued` : ""}` : "idle";
@@ -309,6 +322,7 @@ function nodeCard(n, self) {
     el("div", { class: "row" }, `memory ${gib(mem.usable_bytes)} / ${gib(mem.total_bytes)} GiB usable${limit}`),
     bar(0, mem.usable_bytes / mem.total_bytes, "usable share of memory"),
     el("div", { class: "row" }, `${n.threads} threads · ${cpu.kernels ?? "?"} kernels · ${cpu.arch ?? ""}`),
+    ...deviceRows(n),
     ...modelRows(n.model),
     n.inference ? el("div", { class: "row muted" },
       `${inf.requests ?? 0} requests · ${inf.tokens_generated ?? 0} tokens generated`) : null);
@@ -323,7 +337,10 @@ function planCard(p) {
     seg.style.width = pct((s.end - s.start + 1) / p.n_layers);
     ring.append(seg);
   }
-  const stages = p.stages.map((s) => `${s.node_id.slice(0, 8)} ${s.start}–${s.end}`).join(" → ");
+  // A stage on GPUs lists which device holds which of its layers.
+  const parts = (s) => (s.devices || []).length > 1 || (s.devices || []).some((d) => d.device !== "cpu")
+    ? ` (${s.devices.map((d) => `${d.device} ${d.start}–${d.end}`).join(", ")})` : "";
+  const stages = p.stages.map((s) => `${s.node_id.slice(0, 8)} ${s.start}–${s.end}${parts(s)}`).join(" → ");
   // How it was placed (docs/placement.md): by memory alone, or by speed with a predicted time per token.
   const placed = p.placement;
   const by = !placed ? "" : placed.by === "speed" && placed.predicted_ms_per_token != null

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use exo_engine::chain::{prefill_batches, PREFILL_CHUNK};
 use exo_engine::sampler::{log_softmax, Sampler};
-use exo_engine::{Backend, Device, Gguf, KvCache, KvType, ModelShard, Shard, ShardInput, ShardOutput};
+use exo_engine::{Backend, Device, Gguf, KvType, Shard, ShardInput, ShardOutput, StageCache, StageShards};
 use tokio::sync::oneshot;
 
 use crate::error::{ClusterError, Result};
 use crate::memory::{model_needs, Memory};
-use crate::plan::{Plan, Stage};
+use crate::plan::{Part, Plan, Stage};
 use crate::proto;
 use crate::transport::{plan_from_wire, sampling_from_wire, Dest, Outbox};
 use exo_models::{ModelStore, Need};
@@ -37,6 +37,15 @@ const BATCHES_PER_STAGE: usize = 8;
 /// ...but no batch smaller than this, below which the matrix products lose their efficiency. (8 and 16 against
 /// 4 and 32: a 128-token prompt on the 1B-shape model through 2 nodes went from 44.9 to 50.8 tokens/s.)
 const MIN_BATCH: usize = 16;
+
+/// Bytes as the log shows them: MiB below a GiB, GiB with a decimal above.
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 30 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    }
+}
 
 /// Most positions per prefill batch of a `len`-token prompt on a ring of `stages` stages: [`PREFILL_CHUNK`] on
 /// one node; on a ring, small enough that every stage has work early (with 2 stages and 8 batches per stage the
@@ -141,8 +150,8 @@ pub struct HostConfig {
     pub topology: Arc<crate::topology::Topology>,
     /// How connections to those peers are made.
     pub tls: crate::tls::PeerTls,
-    /// Where the layers compute (None: the CPU).
-    pub device: Option<exo_engine::FoundDevice>,
+    /// The devices a stage's parts may name (the CPU is always there).
+    pub devices: Vec<exo_engine::FoundDevice>,
 }
 
 /// Starts the host thread on `jobs`.
@@ -156,8 +165,26 @@ pub(crate) fn start(config: HostConfig, jobs: mpsc::Receiver<Job>, outbox: Outbo
 
 struct Held {
     model: String,
-    shard: ModelShard,
-    needs: u64,
+    shard: StageShards,
+    /// Which device holds which layers.
+    parts: Vec<Part>,
+    /// What its parts on the CPU need of this machine's memory (weights, KV cache, buffers), and hold of it.
+    host_needs: u64,
+    host_loaded: u64,
+    /// Its layers whose KV caches live in this machine's memory.
+    host_layers: usize,
+}
+
+impl Held {
+    /// Whether these are `stage`'s layers of `plan.model`, on the same devices.
+    fn is(&self, plan: &Plan, stage: &Stage) -> bool {
+        let s = self.shard.shard();
+        self.model == plan.model
+            && s.start == stage.start
+            && s.end == stage.end
+            && s.total == plan.n_layers
+            && self.parts == stage.parts
+    }
 }
 
 struct LastStage {
@@ -172,7 +199,7 @@ struct LastStage {
 struct Request {
     plan: Arc<Plan>,
     stage: usize,
-    cache: KvCache,
+    cache: StageCache,
     origin: Dest,
     origin_id: String,
     /// The most bytes its KV cache may grow to.
@@ -282,9 +309,7 @@ impl Worker {
         // that are running.
         if let Some(h) = &self.held {
             let s = h.shard.shard();
-            let same =
-                h.model == plan.model && s.start == stage.start && s.end == stage.end && s.total == plan.n_layers;
-            if !same && !self.requests.is_empty() {
+            if !h.is(&plan, &stage) && !self.requests.is_empty() {
                 return Err(ClusterError::Busy(format!(
                     "node {me} is running {} requests on layers {}-{} of {}; it loads other layers when they end",
                     self.requests.len(),
@@ -304,13 +329,14 @@ impl Worker {
                 b.history.len()
             )));
         }
-        let kv_limit = (stage.n_layers() as u64)
+        // The caches of layers on a GPU live there: running out of its memory is the device's clear error.
+        let kv_limit = (held.host_layers as u64)
             .saturating_mul(2 * (c.n_kv_heads as u64).saturating_mul(c.head_dim as u64))
             .saturating_mul(max_len as u64)
             .saturating_mul(self.config.kv_type.size() as u64);
         let committed: u64 = self.requests.values().map(|r| r.kv_limit).sum();
         let memory = Memory::now(self.config.memory_limit);
-        let budget = memory.limit.unwrap_or(memory.total).saturating_sub(held.shard.bytes_loaded());
+        let budget = memory.limit.unwrap_or(memory.total).saturating_sub(held.host_loaded);
         if committed.saturating_add(kv_limit) > budget {
             return Err(ClusterError::Busy(format!(
                 "node {me}: the KV caches of its {} requests may grow to {} MiB, and this one to {} MiB more; it has {} MiB for them",
@@ -352,11 +378,8 @@ impl Worker {
 
     /// Makes sure this node holds `stage`'s layers of `plan.model`, loading them (and dropping others) if not.
     fn hold(&mut self, plan: &Plan, stage: &Stage, context: usize) -> Result<()> {
-        if let Some(h) = &self.held {
-            let s = h.shard.shard();
-            if h.model == plan.model && s.start == stage.start && s.end == stage.end && s.total == plan.n_layers {
-                return Ok(());
-            }
+        if self.held.as_ref().is_some_and(|h| h.is(plan, stage)) {
+            return Ok(());
         }
         let me = self.config.id.clone();
         // The header first: what the layers need in memory is known before any of them is downloaded. A plan's
@@ -375,19 +398,24 @@ impl Worker {
                 plan.n_layers
             )));
         }
-        let n = stage.n_layers() as u64;
-        let needs = (model_needs(&gguf, context, self.config.kv_type)? as u128 * n as u128
-            / plan.n_layers.max(1) as u128)
-            .min(u64::MAX as u128) as u64;
+        // The devices first: a plan naming one this node does not have is refused before anything is fetched.
+        let devices = self.stage_devices(stage, plan.n_layers)?;
+        let all = model_needs(&gguf, context, self.config.kv_type)?;
+        let share =
+            |layers: usize| (all as u128 * layers as u128 / plan.n_layers.max(1) as u128).min(u64::MAX as u128) as u64;
+        let needs = share(stage.n_layers());
+        let host_layers: usize = devices.iter().filter(|(_, d)| d.device.is_cpu()).map(|(p, _)| p.n_layers()).sum();
+        let host_needs = share(host_layers);
         let memory = Memory::now(self.config.memory_limit);
-        let freed = self.held.as_ref().map_or(0, |h| h.needs);
+        let freed = self.held.as_ref().map_or(0, |h| h.host_needs);
         let offered = memory.available + freed;
         let usable = memory.limit.map_or(offered, |l| l.min(offered));
-        if needs > usable {
+        // Device memory is checked where it is allocated: running out there is a clear error, not a crash.
+        if host_needs > usable || memory.limit.is_some_and(|l| needs > l) {
             return Err(ClusterError::ModelTooLarge {
                 model: plan.model.clone(),
-                needed_mib: needs >> 20,
-                available_mib: usable >> 20,
+                needed_mib: if host_needs > usable { host_needs >> 20 } else { needs >> 20 },
+                available_mib: usable.min(memory.limit.unwrap_or(u64::MAX)) >> 20,
                 nodes: 1,
             });
         }
@@ -422,18 +450,19 @@ impl Worker {
         self.held = None;
         self.publish_held();
         let started = Instant::now();
-        let (device, on) = match &self.config.device {
-            Some(d) if !d.info.is_cpu() => (d.device.clone(), format!(" {}", d.info)),
-            _ => (Device::Cpu, String::new()),
-        };
-        let shard = ModelShard::load_with(gguf, shard_range, &device, Backend::Auto)?;
-        eprintln!(
-            "node {me}{on}: layers {}-{} of {} ({} MiB)",
-            stage.start,
-            stage.end,
-            plan.n_layers,
-            shard.bytes_loaded() >> 20
-        );
+        let parts: Vec<(Shard, &Device)> = devices.iter().map(|(p, d)| (*p, &d.device)).collect();
+        let shard = StageShards::load(gguf, &parts, Backend::Auto)?;
+        for ((p, d), loaded) in devices.iter().zip(shard.parts()) {
+            // A CPU node says `node <id>: layers …`; a device other than the CPU is named with what it is.
+            let on = if d.info.is_cpu() && devices.len() == 1 { String::new() } else { format!(" {}", d.info) };
+            eprintln!(
+                "node {me}{on}: layers {}-{} of {} ({})",
+                p.start,
+                p.end,
+                plan.n_layers,
+                size(loaded.bytes_loaded())
+            );
+        }
         tracing::info!(
             "loaded {} layers {}-{} in {:.1} s",
             path.display(),
@@ -441,9 +470,40 @@ impl Worker {
             stage.end,
             started.elapsed().as_secs_f64()
         );
-        self.held = Some(Held { model: plan.model.clone(), shard, needs });
+        let host_loaded =
+            shard.parts().iter().filter(|p| p.device().is_cpu()).map(exo_engine::ModelShard::bytes_loaded).sum();
+        let parts = stage.parts.clone();
+        self.held = Some(Held { model: plan.model.clone(), shard, parts, host_needs, host_loaded, host_layers });
         self.publish_held();
         Ok(())
+    }
+
+    /// The layers and device of each of `stage`'s parts; an error names a device this node does not compute on.
+    fn stage_devices(&self, stage: &Stage, n_layers: usize) -> Result<Vec<(Shard, exo_engine::FoundDevice)>> {
+        let cpu = exo_engine::FoundDevice::cpu();
+        stage
+            .parts
+            .iter()
+            .map(|p| {
+                let device = self.config.devices.iter().find(|d| d.info.name == p.device).cloned();
+                let device = match device {
+                    Some(d) => d,
+                    None if p.device == "cpu" => cpu.clone(),
+                    None => {
+                        let have: Vec<&str> = self.config.devices.iter().map(|d| d.info.name.as_str()).collect();
+                        return Err(ClusterError::Rejected(format!(
+                            "node {}: the plan puts layers {}-{} on {}, which this node does not compute on ({})",
+                            self.config.id,
+                            p.start,
+                            p.end,
+                            p.device,
+                            if have.is_empty() { "cpu".to_string() } else { have.join(", ") }
+                        )));
+                    }
+                };
+                Ok((Shard::new(p.start, p.end, n_layers)?, device))
+            })
+            .collect()
     }
 
     fn publish_held(&self) {
@@ -458,13 +518,22 @@ impl Worker {
                     end: s.end as u32,
                     n_layers: s.total as u32,
                     bytes: h.shard.bytes_loaded(),
+                    parts: h
+                        .parts
+                        .iter()
+                        .map(|p| proto::StagePart {
+                            device: p.device.clone(),
+                            start: p.start as u32,
+                            end: p.end as u32,
+                        })
+                        .collect(),
                 }
             })
             .collect();
         if let Ok(mut h) = self.shared.held.lock() {
             *h = held;
         }
-        self.shared.held_bytes.store(self.held.as_ref().map_or(0, |h| h.needs), Ordering::Relaxed);
+        self.shared.held_bytes.store(self.held.as_ref().map_or(0, |h| h.host_needs), Ordering::Relaxed);
     }
 
     fn publish_kv(&self) {

@@ -48,8 +48,8 @@ pub use cluster_key::ClusterKey;
 pub use error::{ClusterError, Result};
 pub use exo_models::ModelStore;
 pub use node::NodeInfo;
-pub use placement::{Placement, StageCost};
-pub use plan::{Candidate, Plan, Stage};
+pub use placement::{PartCost, Placement, StageCost};
+pub use plan::{Candidate, Part, Plan, Slot, Stage};
 pub use ring::RingRequest;
 pub use topology::{Peer, Seen, Topology, PEER_TIMEOUT};
 
@@ -98,7 +98,8 @@ pub struct ClusterConfig {
     /// This machine's speed at `threads` threads, as [`exo_engine::calibration::measure`] gives it (the binary keeps
     /// it in EXO_HOME); zeros: not measured, and the plan splits by memory alone.
     pub speed: exo_engine::calibration::Speed,
-    /// What the node's layers compute on (`--devices`); the first device takes them. Empty: the CPU.
+    /// What the node's layers compute on (`--devices`), in the order they run them: GPUs, then the CPU if it
+    /// holds what they cannot (`--cpu-layers`). Each is a part of the node's stage. Empty: the CPU.
     pub devices: Vec<exo_engine::FoundDevice>,
 }
 
@@ -133,6 +134,28 @@ pub struct NodeView {
     pub address: String,
     pub rtt: Option<Duration>,
     pub is_self: bool,
+}
+
+impl NodeView {
+    /// The node as a plan sees it: its memory and speed, its devices with what each offers, and this node's round
+    /// trip to it (zero for this node itself).
+    pub fn candidate(&self) -> Candidate {
+        let d = &self.description;
+        let devices = d
+            .devices
+            .iter()
+            .filter(|dev| dev.usable > 0 && !dev.name.is_empty())
+            .map(|dev| Slot { device: dev.name.clone(), usable: dev.usable, speed: dev.matvec_bytes_per_s })
+            .collect();
+        Candidate {
+            id: d.id.clone(),
+            address: self.address.clone(),
+            usable: d.memory_usable,
+            speed: d.matvec_bytes_per_s,
+            rtt: if self.is_self { Some(Duration::ZERO) } else { self.rtt },
+            devices,
+        }
+    }
 }
 
 impl Cluster {
@@ -183,7 +206,7 @@ impl Cluster {
                 runtime: runtime.clone(),
                 topology: topology.clone(),
                 tls: tls.clone(),
-                device: config.devices.first().cloned(),
+                devices: config.devices.clone(),
             },
             jobs,
             outbox.clone(),
@@ -301,16 +324,7 @@ impl Cluster {
 
     /// The nodes live now as a plan sees them: memory, speed, and this node's round trip to each.
     fn candidates(&self) -> Vec<Candidate> {
-        self.nodes()
-            .into_iter()
-            .map(|n| Candidate {
-                id: n.description.id,
-                address: n.address,
-                usable: n.description.memory_usable,
-                speed: n.description.matvec_bytes_per_s,
-                rtt: if n.is_self { Some(Duration::ZERO) } else { n.rtt },
-            })
-            .collect()
+        self.nodes().iter().map(NodeView::candidate).collect()
     }
 
     /// A plan for `model` (`n_layers` layers, `needs` bytes in all) over the nodes live now; kept as the model's

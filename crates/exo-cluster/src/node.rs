@@ -29,18 +29,11 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     /// The description peers get: this, with the machine's memory now, the layers held, and known peers.
+    /// `held_bytes` is the host memory the loaded layers hold.
     pub fn describe(&self, held: &[proto::LoadedShard], held_bytes: u64, peers: Vec<String>) -> proto::NodeDescription {
         let memory = Memory::now(self.memory_limit);
-        // Memory the loaded layers hold is offered too: a new plan replaces them. On GPUs, the layers go to device
-        // memory: what was free there when the node started (loaded layers came out of it), less a reserve for
-        // the CUDA context and scratch buffers. A GPU that reports no memory of its own (Metal's, which shares the
-        // machine's) leaves the machine's figures in place.
-        let gpus: Vec<_> = self.devices.iter().filter(|d| !d.is_cpu() && d.memory_total > 0).collect();
-        let offered = if gpus.is_empty() {
-            memory.available + held_bytes
-        } else {
-            gpus.iter().map(|d| d.memory_free.saturating_sub(GPU_RESERVE)).sum()
-        };
+        let devices = self.device_offers(&memory, held_bytes);
+        let offered = devices.iter().fold(0u64, |sum, d| sum.saturating_add(d.usable));
         let usable = self.memory_limit.map_or(offered, |l| l.min(offered));
         let (arch, features, kernels) = cpu();
         proto::NodeDescription {
@@ -63,23 +56,42 @@ impl NodeInfo {
             begins: 0,
             matvec_bytes_per_s: self.speed.matvec_bytes_per_s,
             memory_bytes_per_s: self.speed.memory_bytes_per_s,
-            devices: self.devices.iter().map(device_to_wire).collect(),
+            devices,
         }
+    }
+
+    /// Its devices with what each offers for layers and its speed. Memory the loaded layers hold is offered too:
+    /// a new plan replaces them. A GPU offers what was free on it when the node started (loaded layers came out of
+    /// it) less a reserve for the CUDA context and scratch buffers; the CPU (and a GPU that reports no memory of its
+    /// own, Metal's, which shares the machine's) the machine's available memory.
+    fn device_offers(&self, memory: &Memory, held_bytes: u64) -> Vec<proto::Device> {
+        let host = memory.available.saturating_add(held_bytes);
+        let cpu = [exo_engine::DeviceInfo::cpu()];
+        let devices = if self.devices.is_empty() { &cpu[..] } else { &self.devices[..] };
+        devices
+            .iter()
+            .map(|d| {
+                let (usable, speed) = match (d.is_cpu(), d.memory_total) {
+                    (true, _) => (host, self.speed.matvec_bytes_per_s),
+                    (false, 0) => (host, d.matvec_bytes_per_s),
+                    (false, _) => (d.memory_free.saturating_sub(GPU_RESERVE), d.matvec_bytes_per_s),
+                };
+                proto::Device {
+                    name: d.name.clone(),
+                    description: d.description.clone(),
+                    memory_total: d.memory_total,
+                    memory_free: d.memory_free,
+                    compute_capability: d.compute_capability.clone().unwrap_or_default(),
+                    usable,
+                    matvec_bytes_per_s: speed,
+                }
+            })
+            .collect()
     }
 }
 
 /// Device memory a GPU keeps beyond the plan's figures (its CUDA context, cuBLAS's workspace, scratch tensors).
 const GPU_RESERVE: u64 = 512 << 20;
-
-fn device_to_wire(d: &exo_engine::DeviceInfo) -> proto::Device {
-    proto::Device {
-        name: d.name.clone(),
-        description: d.description.clone(),
-        memory_total: d.memory_total,
-        memory_free: d.memory_free,
-        compute_capability: d.compute_capability.clone().unwrap_or_default(),
-    }
-}
 
 /// The CPU's architecture, the features the engine's kernels care about, and the kernels in use.
 pub fn cpu() -> (String, Vec<String>, String) {
@@ -176,6 +188,7 @@ mod tests {
             memory_total: 24 << 30,
             memory_free: free_gib << 30,
             compute_capability: Some("8.6".into()),
+            matvec_bytes_per_s: 700_000_000_000,
         };
         let info = NodeInfo {
             id: "n".into(),
@@ -185,12 +198,19 @@ mod tests {
             threads: 2,
             memory_limit: None,
             devices: vec![gpu(0, 23), gpu(1, 20)],
-            speed: Speed::default(),
+            speed: Speed { matvec_bytes_per_s: 20_000_000_000, memory_bytes_per_s: 30_000_000_000 },
         };
         let d = info.describe(&[], 7 << 30, vec![]);
         assert_eq!(d.memory_usable, (43 << 30) - 2 * GPU_RESERVE);
         assert_eq!(d.devices.len(), 2);
         assert_eq!((d.devices[1].name.as_str(), d.devices[1].compute_capability.as_str()), ("cuda:1", "8.6"));
+        assert_eq!((d.devices[1].usable, d.devices[1].matvec_bytes_per_s), ((20 << 30) - GPU_RESERVE, 700_000_000_000));
+        // With the CPU after them (--cpu-layers auto) the machine's memory is offered too, at the CPU's speed.
+        let offload = NodeInfo { devices: vec![gpu(0, 23), exo_engine::DeviceInfo::cpu()], ..info.clone() };
+        let d = offload.describe(&[], 7 << 30, vec![]);
+        assert_eq!((d.devices[1].name.as_str(), d.devices[1].matvec_bytes_per_s), ("cpu", 20_000_000_000));
+        assert!(d.devices[1].usable >= d.memory_available + (7 << 30) - (64 << 20), "{d:?}");
+        assert_eq!(d.memory_usable, d.devices[0].usable + d.devices[1].usable);
         let limited = NodeInfo { memory_limit: Some(8 << 30), ..info.clone() };
         assert_eq!(limited.describe(&[], 0, vec![]).memory_usable, 8 << 30);
         // A GPU that reports no memory of its own (Metal shares the machine's) offers the machine's.

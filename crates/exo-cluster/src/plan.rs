@@ -7,9 +7,12 @@
 use std::time::Duration;
 
 use crate::error::{ClusterError, Result};
-use crate::placement::{self, Placement, StageCost};
+use crate::placement::{self, PartCost, Placement, StageCost};
 
-/// A node's part of a plan: layers `start..=end`.
+/// Most devices one stage of a plan runs on.
+pub const MAX_PARTS: usize = 16;
+
+/// A node's part of a plan: layers `start..=end`, run on its devices in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stage {
     pub node_id: String,
@@ -17,12 +20,24 @@ pub struct Stage {
     pub address: String,
     pub start: usize,
     pub end: usize,
+    /// The layers each of its devices holds, in order, together `start..=end`: one part on a CPU node; on a node
+    /// with GPUs one per GPU that holds any, then the CPU for what they cannot.
+    pub parts: Vec<Part>,
 }
 
 impl Stage {
     pub fn n_layers(&self) -> usize {
         self.end + 1 - self.start
     }
+}
+
+/// Layers `start..=end` of a stage, on one device of its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// `cpu`, `cuda:0`, `metal`: the name the node gave the device.
+    pub device: String,
+    pub start: usize,
+    pub end: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +47,15 @@ pub struct Plan {
     pub n_layers: usize,
     /// In ring order: stage 0 holds layer 0, the last stage the last layer.
     pub stages: Vec<Stage>,
+}
+
+/// A device of a node a plan may use: its name, the memory it offers for layers, its speed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub device: String,
+    pub usable: u64,
+    /// Weight bytes per second its matrix-vector product streams (0: not measured).
+    pub speed: u64,
 }
 
 /// A node a plan may use, with the memory it offers and its speed.
@@ -44,6 +68,63 @@ pub struct Candidate {
     pub speed: u64,
     /// Round trip of this node's link to it (zero for itself; `None`: not measured yet).
     pub rtt: Option<Duration>,
+    /// Its devices in the order they run layers (GPUs, then a CPU that takes what they cannot). Empty: the CPU
+    /// alone, with the node's memory and speed.
+    pub devices: Vec<Slot>,
+}
+
+impl Candidate {
+    /// Its devices as placement uses them: each offers at most what the node offers less what the devices before
+    /// it offer, so the node's memory bounds them all; a CPU after GPUs only holds what they cannot (`offload`).
+    fn slots(&self) -> Vec<(Slot, bool)> {
+        if self.devices.is_empty() {
+            let cpu = Slot { device: "cpu".into(), usable: self.usable, speed: self.speed };
+            return vec![(cpu, false)];
+        }
+        let mut left = self.usable;
+        let has_gpu = self.devices.iter().any(|d| d.device != "cpu");
+        self.devices
+            .iter()
+            .take(MAX_PARTS)
+            .map(|d| {
+                let usable = d.usable.min(left);
+                left -= usable;
+                (Slot { usable, ..d.clone() }, has_gpu && d.device == "cpu")
+            })
+            .collect()
+    }
+}
+
+/// A node of a plan's ring as placement works on it.
+struct Member<'a> {
+    node: &'a Candidate,
+    /// Layers the memory-only split gives it.
+    memory_layers: usize,
+    /// Its devices in order, whether each only holds what the others cannot (the CPU beside GPUs), and the most
+    /// layers each holds.
+    slots: Vec<Slot>,
+    offload: Vec<bool>,
+    bounds: Vec<usize>,
+    /// Each device's planned speed and time per layer.
+    speeds: Vec<u64>,
+    ns: Vec<u64>,
+}
+
+impl<'a> Member<'a> {
+    fn new(node: &'a Candidate, memory_layers: usize, n_layers: usize, needs: u64) -> Self {
+        let (slots, offload): (Vec<Slot>, Vec<bool>) = node.slots().into_iter().unzip();
+        let bounds = slots.iter().map(|s| placement::max_layers(n_layers, needs, s.usable)).collect();
+        Self { node, memory_layers, slots, offload, bounds, speeds: Vec::new(), ns: Vec::new() }
+    }
+
+    /// The most layers its devices hold together.
+    fn cap(&self, n_layers: usize) -> usize {
+        self.bounds.iter().sum::<usize>().min(n_layers)
+    }
+
+    fn usable(&self) -> Vec<u64> {
+        self.slots.iter().map(|s| s.usable).collect()
+    }
 }
 
 impl Plan {
@@ -54,8 +135,9 @@ impl Plan {
     }
 
     /// [`Plan::new`], with how its layers were placed. The ring is the nodes the memory split gives a layer, in
-    /// ring order; each holds at least one layer and at most what its memory holds, and the counts minimize the
-    /// predicted compute per token (ties: the counts closest to the memory split). See docs/placement.md.
+    /// ring order; each holds at least one layer and at most what its devices' memory holds, and the counts
+    /// minimize the predicted compute per token (ties: the counts closest to the memory split), each node's layers
+    /// split over its devices the same way ([`placement::device_split`]). See docs/placement.md.
     pub fn placed(model: &str, n_layers: usize, needs: u64, nodes: &[Candidate]) -> Result<(Plan, Placement)> {
         let mut ring: Vec<&Candidate> = nodes.iter().filter(|c| c.usable > 0).collect();
         ring.sort_by(|a, b| b.usable.cmp(&a.usable).then_with(|| a.id.cmp(&b.id)));
@@ -72,36 +154,68 @@ impl Plan {
         let usable: Vec<u64> = ring.iter().map(|c| c.usable).collect();
         let by_memory = placement::memory_split(n_layers, &usable);
         // The ring: nodes the memory split gives a layer and whose memory holds one.
-        let members: Vec<(usize, &Candidate)> = ring
+        let mut members: Vec<Member> = ring
             .iter()
             .zip(&by_memory)
-            .filter(|(c, &m)| m > 0 && placement::max_layers(n_layers, needs, c.usable) > 0)
-            .map(|(c, &m)| (m, *c))
+            .map(|(c, &m)| Member::new(c, m, n_layers, needs))
+            .filter(|m| m.memory_layers > 0 && m.cap(n_layers) > 0)
             .collect();
-        let caps: Vec<usize> = members.iter().map(|(_, c)| placement::max_layers(n_layers, needs, c.usable)).collect();
-        let target: Vec<usize> = members.iter().map(|(m, _)| *m).collect();
-        // Unmeasured nodes count as the slowest measured one; with none measured every node is equal and the
-        // split is the memory split.
-        let slowest = members.iter().map(|(_, c)| c.speed).filter(|&s| s > 0).min().unwrap_or(0);
-        let measured: Vec<u64> = members.iter().map(|(_, c)| if c.speed > 0 { c.speed } else { slowest }).collect();
-        let speeds = placement::speed_groups(&measured);
+        let caps: Vec<usize> = members.iter().map(|m| m.cap(n_layers)).collect();
+        let target: Vec<usize> = members.iter().map(|m| m.memory_layers).collect();
+        // Every device's speed, grouped over the whole ring. Unmeasured devices count as the slowest measured
+        // one; with none measured every device is equal and the split is the memory split.
+        let measured: Vec<u64> = members.iter().flat_map(|m| m.slots.iter().map(|s| s.speed)).collect();
+        let slowest = measured.iter().copied().filter(|&s| s > 0).min().unwrap_or(0);
+        let planned =
+            placement::speed_groups(&measured.iter().map(|&s| if s > 0 { s } else { slowest }).collect::<Vec<_>>());
         let layer_bytes = needs.div_ceil(n_layers as u64);
-        let ns: Vec<u64> = speeds.iter().map(|&s| placement::ns_per_layer(layer_bytes, s)).collect();
-        let layers = placement::split(n_layers, &caps, &ns, &target).ok_or_else(too_large)?;
+        let mut planned = planned.into_iter();
+        for m in &mut members {
+            m.speeds = m.slots.iter().map(|_| planned.next().unwrap_or(0)).collect();
+            m.ns = m.speeds.iter().map(|&s| placement::ns_per_layer(layer_bytes, s)).collect();
+        }
+        // A count of layers costs what its node's devices take filled fastest first.
+        let time = |j: usize, n: usize| -> u128 {
+            placement::fastest_fill_ns(n, &members[j].bounds, &members[j].ns).unwrap_or(u128::MAX / 4)
+        };
+        let layers = placement::split_by(n_layers, &caps, &time, &target).ok_or_else(too_large)?;
         let mut stages = Vec::new();
         let mut costs = Vec::new();
         let mut next = 0;
-        for (j, ((m, c), n)) in members.iter().zip(&layers).enumerate() {
-            stages.push(Stage { node_id: c.id.clone(), address: c.address.clone(), start: next, end: next + n - 1 });
-            let after = members[(j + 1) % members.len()].1;
+        for (j, (m, &n)) in members.iter().zip(&layers).enumerate() {
+            let split = placement::device_split(n, &m.bounds, &m.usable(), &m.ns, &m.offload).ok_or_else(too_large)?;
+            let mut parts = Vec::new();
+            let mut part_costs = Vec::new();
+            let mut at = next;
+            for (i, slot) in m.slots.iter().enumerate() {
+                if split[i] > 0 {
+                    parts.push(Part { device: slot.device.clone(), start: at, end: at + split[i] - 1 });
+                    at += split[i];
+                }
+                part_costs.push(PartCost {
+                    device: slot.device.clone(),
+                    layers: split[i],
+                    max_layers: m.bounds[i],
+                    measured_bytes_per_s: slot.speed,
+                    speed_bytes_per_s: m.speeds[i],
+                    ns_per_layer: m.ns[i],
+                });
+            }
+            let c = m.node;
+            stages.push(Stage {
+                node_id: c.id.clone(),
+                address: c.address.clone(),
+                start: next,
+                end: next + n - 1,
+                parts,
+            });
+            let after = members[(j + 1) % members.len()].node;
             costs.push(StageCost {
                 node_id: c.id.clone(),
-                layers: *n,
+                layers: n,
                 max_layers: caps[j],
-                memory_layers: *m,
-                measured_bytes_per_s: c.speed,
-                speed_bytes_per_s: speeds[j],
-                ns_per_layer: ns[j],
+                memory_layers: m.memory_layers,
+                parts: part_costs,
                 hop_ns: if members.len() == 1 { Some(0) } else { placement::hop_ns(c.rtt, after.rtt) },
             });
             next += n;
@@ -122,6 +236,22 @@ impl Plan {
         for s in &stages {
             if s.start != next || s.end < s.start {
                 return Err(ClusterError::Rejected(format!("plan {id:x}: stages do not cover the layers in order")));
+            }
+            let mut at = s.start;
+            for p in &s.parts {
+                if p.start != at || p.end < p.start || p.device.is_empty() || p.device.len() > 128 {
+                    return Err(ClusterError::Rejected(format!(
+                        "plan {id:x}: the devices of node {} do not cover its layers in order",
+                        s.node_id
+                    )));
+                }
+                at = p.end + 1;
+            }
+            if at != s.end + 1 || s.parts.len() > MAX_PARTS {
+                return Err(ClusterError::Rejected(format!(
+                    "plan {id:x}: the devices of node {} do not cover its layers in order",
+                    s.node_id
+                )));
             }
             next = s.end + 1;
         }
@@ -150,6 +280,11 @@ fn fingerprint(model: &str, n_layers: usize, stages: &[Stage]) -> u64 {
         eat(s.address.as_bytes());
         eat(&(s.start as u64).to_le_bytes());
         eat(&(s.end as u64).to_le_bytes());
+        for p in &s.parts {
+            eat(p.device.as_bytes());
+            eat(&(p.start as u64).to_le_bytes());
+            eat(&(p.end as u64).to_le_bytes());
+        }
     }
     h
 }

@@ -71,6 +71,11 @@ impl Topology {
         for dev in &mut d.devices {
             dev.memory_total = dev.memory_total.min(MAX_MEMORY_CLAIM);
             dev.memory_free = dev.memory_free.min(dev.memory_total);
+            // A device offers at most its own memory, or the machine's when it has none of its own (the CPU).
+            dev.usable = dev.usable.min(if dev.memory_total > 0 { dev.memory_total } else { d.memory_total });
+            if dev.matvec_bytes_per_s > MAX_SPEED_CLAIM {
+                dev.matvec_bytes_per_s = 0;
+            }
             for text in [&mut dev.name, &mut dev.description, &mut dev.compute_capability] {
                 if text.len() > 128 || text.chars().any(char::is_control) {
                     *text = text.chars().filter(|c| !c.is_control()).take(128).collect();
@@ -79,7 +84,7 @@ impl Topology {
         }
         // Layers go to device memory on GPU nodes: that may be more than the machine's own.
         let gpu_total = d.devices.iter().fold(0u64, |sum, dev| sum.saturating_add(dev.memory_total));
-        let bound = d.memory_total.max(gpu_total.min(MAX_MEMORY_CLAIM));
+        let bound = d.memory_total.saturating_add(gpu_total).min(MAX_MEMORY_CLAIM);
         d.memory_usable = d.memory_usable.min(bound).min(d.memory_limit.unwrap_or(u64::MAX));
         d.peers.truncate(MAX_PEERS);
         // A speed claim cannot be checked against anything the peer said, only against what a machine can do: an
@@ -261,6 +266,8 @@ mod tests {
             memory_total: total,
             memory_free: free,
             compute_capability: "9.0".into(),
+            usable: 100 << 30,
+            matvec_bytes_per_s: u64::MAX,
         };
         let gpus = NodeDescription {
             id: "gpus".into(),
@@ -274,6 +281,8 @@ mod tests {
         assert_eq!((g.devices.len(), g.memory_usable), (MAX_DEVICES, 200 << 30));
         assert_eq!((g.devices[0].memory_free, g.devices[0].name.as_str()), (80 << 30, "cuda:0[2J"));
         assert_eq!(g.devices[0].description.len(), 128);
+        // Each device offers at most its own memory, and an absurd speed is dropped.
+        assert_eq!((g.devices[0].usable, g.devices[0].matvec_bytes_per_s), (80 << 30, 0));
         let one = NodeDescription {
             id: "one".into(),
             memory_total: 16 << 30,
@@ -282,7 +291,8 @@ mod tests {
             ..Default::default()
         };
         t.seen(one, "10.0.0.7:1".into(), None);
-        assert_eq!(t.get("one").unwrap().description.memory_usable, 24 << 30);
+        // Its GPU and, for the layers that GPU cannot hold, its machine's memory.
+        assert_eq!(t.get("one").unwrap().description.memory_usable, 40 << 30);
         // Gossip that is not host:port is not tried.
         t.add_candidate("nonsense".into(), Source::Found);
         t.add_candidate("h:99999".into(), Source::Found);

@@ -18,7 +18,7 @@ use exo_engine::sampler::SamplingParams;
 use crate::error::ClusterError;
 use crate::host::{HostShared, Job};
 use crate::node::NodeInfo;
-use crate::plan::{Plan, Stage};
+use crate::plan::{Part, Plan, Stage};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::peer_server::Peer;
 use crate::proto::{self, Ack, Activation, BeginRequest, EndRequest, NodeDescription, TokenEvent};
@@ -57,6 +57,11 @@ pub fn plan_to_wire(plan: &Plan) -> proto::Plan {
                 address: s.address.clone(),
                 start: s.start as u32,
                 end: s.end as u32,
+                parts: s
+                    .parts
+                    .iter()
+                    .map(|p| proto::StagePart { device: p.device.clone(), start: p.start as u32, end: p.end as u32 })
+                    .collect(),
             })
             .collect(),
     }
@@ -67,7 +72,18 @@ pub fn plan_from_wire(p: proto::Plan) -> Result<Plan, ClusterError> {
     let stages = p
         .stages
         .into_iter()
-        .map(|s| Stage { node_id: s.node_id, address: s.address, start: s.start as usize, end: s.end as usize })
+        .map(|s| Stage {
+            node_id: s.node_id,
+            address: s.address,
+            start: s.start as usize,
+            end: s.end as usize,
+            parts: s
+                .parts
+                .into_iter()
+                .take(crate::plan::MAX_PARTS + 1)
+                .map(|p| Part { device: p.device, start: p.start as usize, end: p.end as usize })
+                .collect(),
+        })
         .collect();
     Plan::from_parts(p.id, p.model, p.n_layers as usize, stages)
 }

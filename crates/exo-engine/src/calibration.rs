@@ -61,6 +61,34 @@ pub fn measure(threads: usize) -> Speed {
     Speed { matvec_bytes_per_s: matvec, memory_bytes_per_s: memory }
 }
 
+/// The Q8_0 matrix-vector rate on `device` (a GPU) in weight bytes per second: the same matrix as [`measure`]'s,
+/// through candle's quantized product as a shard on that device runs it, each run waited for. On the CPU device it
+/// measures candle's CPU path (what the tests can run), not the engine's own kernels.
+pub fn measure_device(device: &candle_core::Device) -> crate::error::Result<u64> {
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+    use candle_core::Module;
+
+    let weights = test_matrix(WeightType::Q8_0, ROWS);
+    let matrix = QMatMul::from_qtensor(qtensor_from_ggml(GgmlDType::Q8_0, &weights, vec![ROWS, COLS], device)?)?;
+    let x: Vec<f32> = (0..COLS).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let x = candle_core::Tensor::from_vec(x, (1, COLS), device)?;
+    let step = || -> crate::error::Result<()> {
+        std::hint::black_box(matrix.forward(&x)?);
+        Ok(device.synchronize()?)
+    };
+    step()?; // an error (out of memory, no kernel) is said once, not timed
+    let failed = std::cell::Cell::new(None);
+    let rate = best_rate(weights.len(), || {
+        if let Err(e) = step() {
+            failed.set(Some(e));
+        }
+    });
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(rate),
+    }
+}
+
 /// Bytes per second of the fastest of the runs of `step` (each over `bytes`) made within [`BUDGET`].
 fn best_rate(bytes: usize, step: impl Fn()) -> u64 {
     step(); // warm-up: pages touched, workers awake
@@ -107,5 +135,12 @@ mod tests {
         for v in [s.matvec_bytes_per_s, s.memory_bytes_per_s] {
             assert!((1_000_000..10_000_000_000_000).contains(&v), "{s:?}");
         }
+    }
+
+    #[test]
+    fn a_device_is_measured_through_candles_product() {
+        // The CPU device stands in for a GPU here: the same code runs on either.
+        let rate = measure_device(&candle_core::Device::Cpu).unwrap();
+        assert!((1_000_000..10_000_000_000_000).contains(&rate), "{rate}");
     }
 }

@@ -7,8 +7,9 @@ use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::Gguf;
-use crate::kv_cache::{KvCache, KvType};
+use crate::kv_cache::KvType;
 use crate::shard::{Backend, ModelShard, Shard, ShardInput, ShardOutput};
+use crate::stage::{StageCache, StageShards};
 
 /// Most positions one forward pass takes; longer prompts are split.
 pub const PREFILL_CHUNK: usize = 512;
@@ -29,9 +30,11 @@ pub fn prefill_batches(len: usize, max: usize) -> impl Iterator<Item = std::ops:
     })
 }
 
+/// A whole model run for one sequence: consecutive shards ([`StageShards`]) from layer 0 to the last, and their
+/// caches.
 pub struct ShardChain {
-    shards: Vec<ModelShard>,
-    caches: Vec<KvCache>,
+    shards: StageShards,
+    cache: StageCache,
 }
 
 impl ShardChain {
@@ -49,20 +52,16 @@ impl ShardChain {
         kv_type: KvType,
         backend: Backend,
     ) -> Result<Self> {
-        let mut next = 0;
-        for r in ranges {
-            if r.start != next {
-                return Err(EngineError::InvalidShard(format!("shard {r} does not start at layer {next}")));
-            }
-            next = r.end + 1;
+        if ranges.first().is_none_or(|r| !r.is_first()) {
+            return Err(EngineError::InvalidShard("the shards do not start at the model's first layer".into()));
         }
         if ranges.last().is_none_or(|r| !r.is_last()) {
             return Err(EngineError::InvalidShard("the shards do not reach the model's last layer".into()));
         }
-        let shards =
-            ranges.iter().map(|&r| ModelShard::load_with(gguf, r, device, backend)).collect::<Result<Vec<_>>>()?;
-        let caches = shards.iter().map(|s| s.new_cache(max_len, kv_type)).collect();
-        Ok(Self { shards, caches })
+        let parts: Vec<(Shard, &Device)> = ranges.iter().map(|&r| (r, device)).collect();
+        let shards = StageShards::load(gguf, &parts, backend)?;
+        let cache = shards.new_cache(max_len, kv_type);
+        Ok(Self { shards, cache })
     }
 
     /// The whole model as one shard.
@@ -84,17 +83,17 @@ impl ShardChain {
     }
 
     pub fn shards(&self) -> &[ModelShard] {
-        &self.shards
+        self.shards.parts()
     }
 
     /// Positions held in the caches (the position of the next token).
     pub fn position(&self) -> usize {
-        self.caches[0].len()
+        self.cache.len()
     }
 
     /// The most positions the caches can hold.
     pub fn max_len(&self) -> usize {
-        self.caches[0].max_len()
+        self.cache.max_len()
     }
 
     /// Runs `tokens` through every shard and returns the logits of the last one. Long prompts go through in
@@ -104,43 +103,37 @@ impl ShardChain {
         if tokens.is_empty() {
             return Err(EngineError::InvalidShard("a forward pass needs at least one position".into()));
         }
-        self.caches[0].check_room(tokens.len())?;
+        self.cache.check_room(tokens.len())?;
         let mut logits = Vec::new();
         for batch in prefill_batches(tokens.len(), PREFILL_CHUNK) {
-            logits = self.forward_chunk(&tokens[batch])?;
+            logits = match self.shards.forward(ShardInput::Tokens(&tokens[batch]), &mut self.cache)? {
+                ShardOutput::Logits(l) => l,
+                ShardOutput::Hidden(_) => {
+                    return Err(EngineError::InvalidShard("the last shard returned hidden states, not logits".into()))
+                }
+            };
         }
         Ok(logits)
     }
 
-    fn forward_chunk(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut input = ShardInput::Tokens(tokens);
-        for (shard, cache) in self.shards.iter().zip(self.caches.iter_mut()) {
-            match shard.forward(input, cache)? {
-                ShardOutput::Hidden(h) => input = ShardInput::Hidden(h),
-                ShardOutput::Logits(logits) => return Ok(logits),
-            }
-        }
-        Err(EngineError::InvalidShard("the last shard returned hidden states, not logits".into()))
-    }
-
     /// Bytes allocated for keys and values now, over all shards.
     pub fn cache_bytes(&self) -> usize {
-        self.caches.iter().map(KvCache::bytes).sum()
+        self.cache.bytes()
     }
 
     /// Forgets the sequence.
     pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::reset);
+        self.cache.reset();
     }
 
     /// Forgets the sequence and frees the caches' memory (a server does this between requests).
     pub fn release(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::release);
+        self.cache.release();
     }
 
     /// Rewinds every cache to position `p`.
     pub fn truncate(&mut self, p: usize) -> Result<()> {
-        self.caches.iter_mut().try_for_each(|c| c.truncate(p))
+        self.cache.truncate(p)
     }
 }
 

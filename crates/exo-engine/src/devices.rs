@@ -78,16 +78,20 @@ pub struct DeviceInfo {
     pub memory_free: u64,
     /// CUDA compute capability (`8.6`), if a CUDA device.
     pub compute_capability: Option<String>,
+    /// Weight bytes per second a Q8_0 matrix-vector product streams on it ([`crate::calibration`]; 0: not
+    /// measured).
+    pub matvec_bytes_per_s: u64,
 }
 
 impl DeviceInfo {
-    fn cpu() -> Self {
+    pub fn cpu() -> Self {
         Self {
             name: "cpu".into(),
             description: String::new(),
             memory_total: 0,
             memory_free: 0,
             compute_capability: None,
+            matvec_bytes_per_s: 0,
         }
     }
 
@@ -126,7 +130,8 @@ pub struct FoundDevice {
 }
 
 impl FoundDevice {
-    fn cpu() -> Self {
+    /// The CPU, as the device a shard computes on.
+    pub fn cpu() -> Self {
         Self { info: DeviceInfo::cpu(), device: Device::Cpu }
     }
 }
@@ -189,6 +194,7 @@ fn gpus() -> std::result::Result<Vec<DeviceInfo>, String> {
             memory_total: 0,
             memory_free: 0,
             compute_capability: None,
+            matvec_bytes_per_s: 0,
         }]);
     }
     cuda_devices()
@@ -237,6 +243,7 @@ pub fn cuda_devices() -> std::result::Result<Vec<DeviceInfo>, String> {
                     memory_total: total as u64,
                     memory_free: free as u64,
                     compute_capability: Some(format!("{major}.{minor}")),
+                    matvec_bytes_per_s: 0,
                 })
             };
             describe().map_err(|e| format!("cuda:{i} does not answer: {e}"))

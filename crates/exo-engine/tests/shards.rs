@@ -4,7 +4,7 @@
 mod common;
 
 use exo_engine::sampler::{argmax, log_softmax};
-use exo_engine::{Device, Gguf, KvType, ModelShard, Shard, ShardChain};
+use exo_engine::{Device, Gguf, KvType, ModelShard, Shard, ShardChain, ShardInput, ShardOutput, StageShards};
 
 /// Bytes this thread has read through read-like system calls so far (Linux's /proc/thread-self/io `rchar`);
 /// per thread because the other tests of this binary run in parallel threads.
@@ -91,6 +91,51 @@ fn chained_shards_match_the_whole_model() {
     }
     eprintln!("32 greedy steps, largest logit difference between whole and split models: {worst:e}");
     assert_eq!(whole.position(), prompt.len() + 32);
+}
+
+/// A stage of a ring split over two devices of one machine (here both the CPU) computes what one shard of the same
+/// layers does, for sequences that interleave, each in its own cache; its parts must follow one another.
+#[test]
+fn a_stage_split_over_devices_matches_one_shard_of_its_layers() {
+    let gguf = Gguf::open(common::model_path()).unwrap();
+    let n = exo_engine::ModelConfig::from_gguf(&gguf).unwrap().n_layers;
+    let s = |a, b| Shard::new(a, b, n).unwrap();
+    let head = ModelShard::load(&gguf, s(0, 9), &Device::Cpu).unwrap();
+    let one = StageShards::load(&gguf, &[(s(10, n - 1), &Device::Cpu)], exo_engine::Backend::Auto).unwrap();
+    let two =
+        StageShards::load(&gguf, &[(s(10, 17), &Device::Cpu), (s(18, n - 1), &Device::Cpu)], exo_engine::Backend::Auto)
+            .unwrap();
+    assert_eq!((two.shard(), two.parts().len()), (s(10, n - 1), 2));
+    assert_eq!(two.bytes_loaded(), one.bytes_loaded());
+    let hidden = |out: ShardOutput| match out {
+        ShardOutput::Hidden(h) => h,
+        ShardOutput::Logits(_) => panic!("the first ten layers return hidden states"),
+    };
+    let logits = |out: ShardOutput| match out {
+        ShardOutput::Logits(l) => l,
+        ShardOutput::Hidden(_) => panic!("the last layer returns logits"),
+    };
+    let prompts: [&[u32]; 2] = [&[1, 504, 3575, 282], &[1, 9690, 314]];
+    let mut head_caches = prompts.map(|_| head.new_cache(64, KvType::F16));
+    let mut one_caches = prompts.map(|_| one.new_cache(64, KvType::F16));
+    let mut two_caches = prompts.map(|_| two.new_cache(64, KvType::F16));
+    let mut inputs: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    for step in 0..6 {
+        for seq in 0..2 {
+            let h = hidden(head.forward(ShardInput::Tokens(&inputs[seq]), &mut head_caches[seq]).unwrap());
+            let want = logits(one.forward(ShardInput::Hidden(h.clone()), &mut one_caches[seq]).unwrap());
+            let got = logits(two.forward(ShardInput::Hidden(h), &mut two_caches[seq]).unwrap());
+            let diff = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff <= 1e-4, "step {step}, sequence {seq}: logits differ by {diff}");
+            assert_eq!(two_caches[seq].len(), one_caches[seq].len());
+            inputs[seq] = vec![argmax(&want)];
+        }
+    }
+    // A stage is the cache it was made for, and its parts follow one another.
+    let err = two.forward(ShardInput::HiddenBytes(&[0; 4 * 576]), &mut one_caches[0]).err().unwrap();
+    assert!(err.to_string().contains("a cache of 1 parts for a stage of 2"), "{err}");
+    let gap = StageShards::load(&gguf, &[(s(10, 12), &Device::Cpu), (s(14, n - 1), &Device::Cpu)], Default::default());
+    assert!(gap.err().unwrap().to_string().contains("does not start at layer 13"));
 }
 
 #[test]

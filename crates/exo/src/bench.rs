@@ -48,7 +48,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let threads = crate::set_threads(args.threads)?;
     let gguf = Gguf::open(&args.model)?;
     let max_len = args.prompt_tokens.max(args.gen_tokens) + 1;
-    let found = crate::find_devices(&args.devices)?.swap_remove(0);
+    let found = crate::first_device(&args.devices, "bench")?;
     let mut chain = ShardChain::load_whole_with(&gguf, max_len, &found.device, args.kv_type, args.backend)?;
     let backend = chain.shards()[0].backend();
     let kernels =

@@ -70,15 +70,21 @@ fn main() -> ExitCode {
 /// The devices `--devices` names, or an error naming what is missing; with more than one GPU, says that only the
 /// first computes (each GPU as a stage of its own is not built yet).
 fn find_devices(selection: &exo_engine::DeviceSelection) -> anyhow::Result<Vec<exo_engine::FoundDevice>> {
-    let found = exo_engine::devices::find(selection).map_err(|e| anyhow::anyhow!("--devices {selection}: {e}"))?;
+    exo_engine::devices::find(selection).map_err(|e| anyhow::anyhow!("--devices {selection}: {e}"))
+}
+
+/// The device a one-process command (`run`, `bench`, `score`) computes on: the first of `selection`'s, with a
+/// warning when there are more (`exo node` uses every one).
+fn first_device(selection: &exo_engine::DeviceSelection, command: &str) -> anyhow::Result<exo_engine::FoundDevice> {
+    let mut found = find_devices(selection)?;
     if found.len() > 1 {
         tracing::warn!(
-            "{} GPUs found; this version computes on the first one only ({}): name one with --devices",
+            "{} GPUs found; `exo {command}` computes on the first one ({}); `exo node` uses them all",
             found.len(),
             found[0].info
         );
     }
-    Ok(found)
+    Ok(found.swap_remove(0))
 }
 
 /// Sets the number of CPU threads for tensor work and returns it. Must run before any tensor operation: the

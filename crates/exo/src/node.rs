@@ -53,6 +53,10 @@ pub struct NodeArgs {
     /// What the layers compute on: auto (every GPU found, else the CPU), cpu, cuda:0[,cuda:1...] or metal.
     #[arg(long, env = "EXO_DEVICES", default_value = "auto")]
     pub devices: exo_engine::DeviceSelection,
+    /// Whether the CPU holds the layers of this node's stage that its GPUs cannot (llama.cpp's partial offload):
+    /// auto (yes, with the machine's memory, after the GPUs) or none (the GPUs' memory bounds the node).
+    #[arg(long, env = "EXO_CPU_LAYERS", default_value = "auto")]
+    pub cpu_layers: CpuLayers,
     /// Most memory the node offers for layers, their KV cache and buffers, e.g. 8G or 512M (default: what the
     /// machine has available). No node is given more layers than this holds; a model that does not fit in the
     /// cluster is refused with 503.
@@ -108,10 +112,14 @@ pub fn node(args: NodeArgs) -> Result<()> {
     }
     let context = if args.ctx_size == 0 { usize::MAX } else { args.ctx_size };
     let cluster_key = crate::cluster_key::node_key(args.cluster_key.as_deref())?;
-    let devices = crate::find_devices(&args.devices)?;
-    // Once every setting is checked, and before the node announces itself: peers plan with the figure from its
+    let mut devices = crate::find_devices(&args.devices)?;
+    // Once every setting is checked, and before the node announces itself: peers plan with the figures from its
     // first hello on.
     let speed = if args.calibrate { crate::speed::speed(&home, threads) } else { Default::default() };
+    for d in devices.iter_mut().filter(|d| !d.info.is_cpu() && args.calibrate) {
+        d.info.matvec_bytes_per_s = crate::speed::device_speed(&home, d);
+    }
+    devices = with_cpu_layers(devices, args.cpu_layers);
 
     // Two runtime threads are plenty for HTTP and the peer transport: tensor work runs on the inference and host
     // threads and the engine's pool.
@@ -170,6 +178,36 @@ pub fn node(args: NodeArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `--cpu-layers`: whether the CPU takes the layers a node's GPUs cannot hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLayers {
+    Auto,
+    None,
+}
+
+impl std::str::FromStr for CpuLayers {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "none" => Ok(Self::None),
+            _ => Err(format!("unknown value '{s}' (expected auto or none)")),
+        }
+    }
+}
+
+/// The devices a node computes on, in the order its layers run: the GPUs, then (with `--cpu-layers auto`) the CPU
+/// for what they cannot hold. A GPU without memory of its own (Metal's shares the machine's) gains nothing from
+/// the CPU beside it, and the CPU alone is the CPU.
+fn with_cpu_layers(mut devices: Vec<exo_engine::FoundDevice>, cpu_layers: CpuLayers) -> Vec<exo_engine::FoundDevice> {
+    let gpus_with_memory = devices.iter().any(|d| !d.info.is_cpu() && d.info.memory_total > 0);
+    if cpu_layers == CpuLayers::Auto && gpus_with_memory && !devices.iter().any(|d| d.info.is_cpu()) {
+        devices.push(exo_engine::FoundDevice::cpu());
+    }
+    devices
 }
 
 /// Without an API key, an API listening beyond this machine lets anyone who can reach it use the node: say so once.
@@ -238,6 +276,29 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_follows_gpus_with_their_own_memory_unless_told_not_to() {
+        let gpu = |name: &str, total: u64| exo_engine::FoundDevice {
+            info: exo_engine::DeviceInfo {
+                name: name.into(),
+                description: "GPU".into(),
+                memory_total: total,
+                memory_free: total,
+                compute_capability: None,
+                matvec_bytes_per_s: 0,
+            },
+            device: exo_engine::Device::Cpu,
+        };
+        let names = |d: Vec<exo_engine::FoundDevice>| d.into_iter().map(|d| d.info.name).collect::<Vec<_>>();
+        let two = || vec![gpu("cuda:0", 24 << 30), gpu("cuda:1", 24 << 30)];
+        assert_eq!(names(with_cpu_layers(two(), CpuLayers::Auto)), ["cuda:0", "cuda:1", "cpu"]);
+        assert_eq!(names(with_cpu_layers(two(), CpuLayers::None)), ["cuda:0", "cuda:1"]);
+        assert_eq!(names(with_cpu_layers(vec![gpu("metal", 0)], CpuLayers::Auto)), ["metal"]);
+        assert_eq!(names(with_cpu_layers(vec![exo_engine::FoundDevice::cpu()], CpuLayers::Auto)), ["cpu"]);
+        assert_eq!("NONE".parse::<CpuLayers>(), Ok(CpuLayers::None));
+        assert!("some".parse::<CpuLayers>().unwrap_err().contains("expected auto or none"));
+    }
 
     #[test]
     fn node_ids_are_checked_and_kept() {

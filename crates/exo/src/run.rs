@@ -123,7 +123,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let rendered = template.render(&[ChatMessage { role: "user".into(), content: prompt }], true)?;
         tokenizer.encode_chat(&rendered)?
     };
-    let device = crate::find_devices(&args.devices)?.swap_remove(0).device;
+    let device = crate::first_device(&args.devices, "run")?.device;
     let mut chain = ShardChain::load_whole_with(&gguf, usize::MAX, &device, args.kv_type, Backend::Auto)?;
 
     let mut stdout = std::io::stdout().lock();

@@ -44,7 +44,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     if tokens.len() < 2 {
         bail!("the prompt is {} token(s): scoring needs at least 2", tokens.len());
     }
-    let found = crate::find_devices(&args.devices)?.swap_remove(0);
+    let found = crate::first_device(&args.devices, "score")?;
     let mut chain = ShardChain::load_whole_with(&gguf, tokens.len(), &found.device, args.kv_type, args.backend)?;
     let file = std::fs::File::create(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);

@@ -1,7 +1,8 @@
 //! This machine's speed as the node advertises it: measured once by the engine's calibration
 //! ([`exo_engine::calibration::measure`]) and kept in `EXO_HOME/speed.json`, keyed by what the figure depends on
 //! (CPU model, architecture, the kernels in use, the thread count, exo's version), so that two nodes sharing a
-//! machine with different `--threads` never share a figure, and a new CPU or release measures again.
+//! machine with different `--threads` never share a figure, and a new CPU or release measures again. Each GPU's
+//! figure ([`exo_engine::calibration::measure_device`]) is kept in the same file under a key of what it is.
 
 use std::path::Path;
 use std::time::Instant;
@@ -16,32 +17,93 @@ const FILE: &str = "speed.json";
 /// otherwise measured now (a fraction of a second) and kept. A file that cannot be read or written costs a
 /// measurement, never the start.
 pub fn speed(home: &Path, threads: usize) -> Speed {
-    let key = key(threads);
+    let kept = kept(
+        home,
+        &key(threads),
+        |v| {
+            Some(Speed {
+                matvec_bytes_per_s: figure(v, "matvec_bytes_per_s")?,
+                memory_bytes_per_s: figure(v, "memory_bytes_per_s")?,
+            })
+        },
+        || {
+            let started = Instant::now();
+            let s = calibration::measure(threads);
+            eprintln!(
+            "measured this machine at --threads {threads} in {} ms: Q8_0 matrix-vector {:.1} GB/s, memory reads {:.1} GB/s \
+             (kept in {})",
+            started.elapsed().as_millis(),
+            s.matvec_bytes_per_s as f64 / 1e9,
+            s.memory_bytes_per_s as f64 / 1e9,
+            home.join(FILE).display()
+        );
+            Some((s, json!({"matvec_bytes_per_s": s.matvec_bytes_per_s, "memory_bytes_per_s": s.memory_bytes_per_s})))
+        },
+    );
+    kept.unwrap_or_default()
+}
+
+/// A GPU's Q8_0 matrix-vector rate ([`calibration::measure_device`]), kept in `home/speed.json` the same way under
+/// a key of what it is (its name and model, compute capability, exo's version), so that each GPU of a machine is
+/// measured once; 0 if it cannot be measured (the node then advertises no speed for it).
+pub fn device_speed(home: &Path, device: &exo_engine::FoundDevice) -> u64 {
+    let info = &device.info;
+    let key = format!(
+        "{} | {} | compute {} | exo {}",
+        info.name,
+        info.description,
+        info.compute_capability.as_deref().unwrap_or("-"),
+        env!("CARGO_PKG_VERSION")
+    );
+    let measured = kept(
+        home,
+        &key,
+        |v| figure(v, "matvec_bytes_per_s"),
+        || {
+            let started = Instant::now();
+            match calibration::measure_device(&device.device) {
+                Ok(rate) => {
+                    eprintln!(
+                        "measured {info} in {} ms: Q8_0 matrix-vector {:.1} GB/s (kept in {})",
+                        started.elapsed().as_millis(),
+                        rate as f64 / 1e9,
+                        home.join(FILE).display()
+                    );
+                    Some((rate, json!({ "matvec_bytes_per_s": rate })))
+                }
+                Err(e) => {
+                    tracing::warn!("cannot measure {info}: {e}; it advertises no speed");
+                    None
+                }
+            }
+        },
+    );
+    measured.unwrap_or(0)
+}
+
+/// The figure under `key` in `home/speed.json` as `parse` reads it, or what `measure` gives, kept there (with the
+/// JSON to keep) unless it gives nothing.
+fn kept<T>(
+    home: &Path,
+    key: &str,
+    parse: impl Fn(&Value) -> Option<T>,
+    measure: impl FnOnce() -> Option<(T, Value)>,
+) -> Option<T> {
     let file = home.join(FILE);
     let mut entries = std::fs::read_to_string(&file)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    if let Some(s) = entries.get(&key).and_then(parse) {
-        return s;
+    if let Some(s) = entries.get(key).and_then(&parse) {
+        return Some(s);
     }
-    let started = Instant::now();
-    let s = calibration::measure(threads);
-    eprintln!(
-        "measured this machine at --threads {threads} in {} ms: Q8_0 matrix-vector {:.1} GB/s, memory reads {:.1} GB/s \
-         (kept in {})",
-        started.elapsed().as_millis(),
-        s.matvec_bytes_per_s as f64 / 1e9,
-        s.memory_bytes_per_s as f64 / 1e9,
-        file.display()
-    );
-    entries
-        .insert(key, json!({"matvec_bytes_per_s": s.matvec_bytes_per_s, "memory_bytes_per_s": s.memory_bytes_per_s}));
+    let (figure, value) = measure()?;
+    entries.insert(key.to_string(), value);
     if let Err(e) = write(home, &file, &entries) {
         tracing::warn!("cannot keep the speed figures in {}: {e}", file.display());
     }
-    s
+    Some(figure)
 }
 
 /// What a figure depends on: CPU model, architecture, kernels, threads, exo's version.
@@ -64,10 +126,9 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-/// A kept figure, if it is whole and plausible (a hand-edited or damaged file measures again).
-fn parse(v: &Value) -> Option<Speed> {
-    let get = |name: &str| v.get(name)?.as_u64().filter(|&b| (1..exo_cluster::topology::MAX_SPEED_CLAIM).contains(&b));
-    Some(Speed { matvec_bytes_per_s: get("matvec_bytes_per_s")?, memory_bytes_per_s: get("memory_bytes_per_s")? })
+/// A kept figure, if it is there and plausible (a hand-edited or damaged file measures again).
+fn figure(v: &Value, name: &str) -> Option<u64> {
+    v.get(name)?.as_u64().filter(|&b| (1..exo_cluster::topology::MAX_SPEED_CLAIM).contains(&b))
 }
 
 /// Writes the figures under another name and renames, so a crash never leaves half a file.
@@ -104,6 +165,12 @@ mod tests {
         std::fs::write(&file, "{not json").unwrap();
         assert!(speed(&home, 1).matvec_bytes_per_s > 456);
         assert!(serde_json::from_str::<Value>(&std::fs::read_to_string(&file).unwrap()).is_ok());
+        // A device's figure is kept beside them under its own key.
+        let rate = device_speed(&home, &exo_engine::FoundDevice::cpu());
+        assert!(rate > 0);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 2, "{v}");
+        assert_eq!(device_speed(&home, &exo_engine::FoundDevice::cpu()), rate);
         std::fs::remove_dir_all(&home).unwrap();
     }
 }

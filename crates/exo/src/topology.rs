@@ -102,7 +102,20 @@ fn render(doc: &Value) -> Result<String> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|s| format!("{} {}-{}", s["node_id"].as_str().unwrap_or("?"), s["start"], s["end"]))
+            .map(|s| {
+                let stage = format!("{} {}-{}", s["node_id"].as_str().unwrap_or("?"), s["start"], s["end"]);
+                let devices: Vec<String> = s["devices"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| format!("{} {}-{}", d["device"].as_str().unwrap_or("?"), d["start"], d["end"]))
+                    .collect();
+                match devices.as_slice() {
+                    [] => stage,
+                    [only] if only.starts_with("cpu ") => stage,
+                    _ => format!("{stage} ({})", devices.join(", ")),
+                }
+            })
             .collect();
         out.push_str(&format!(
             "plan {} for {}: {}\n",
@@ -132,21 +145,36 @@ fn explain(doc: &Value) -> String {
             x["by"].as_str().unwrap_or("?"),
             x["layer_bytes"].as_u64().map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64)),
         ));
-        let mut rows =
-            vec![["stage", "node", "layers", "memory holds", "by memory", "speed", "ms/layer", "compute ms", "hop ms"]
-                .map(String::from)];
+        let mut rows = vec![[
+            "stage",
+            "node",
+            "device",
+            "layers",
+            "memory holds",
+            "by memory",
+            "speed",
+            "ms/layer",
+            "compute ms",
+            "hop ms",
+        ]
+        .map(String::from)];
         for (i, s) in x["stages"].as_array().into_iter().flatten().enumerate() {
-            rows.push([
-                i.to_string(),
-                s["node_id"].as_str().unwrap_or("?").to_string(),
-                s["layers"].to_string(),
-                s["max_layers"].to_string(),
-                s["memory_split_layers"].to_string(),
-                gbs(&s["measured_bytes_per_s"]),
-                ms(&s["ms_per_layer"]),
-                ms(&s["compute_ms"]),
-                ms(&s["hop_ms"]),
-            ]);
+            // A row per device of the stage; the node's own figures (its memory split's share, its hop) on the first.
+            for (k, d) in s["devices"].as_array().into_iter().flatten().enumerate() {
+                let first = |v: String| if k == 0 { v } else { String::new() };
+                rows.push([
+                    first(i.to_string()),
+                    first(s["node_id"].as_str().unwrap_or("?").to_string()),
+                    d["device"].as_str().unwrap_or("?").to_string(),
+                    d["layers"].to_string(),
+                    d["max_layers"].to_string(),
+                    first(s["memory_split_layers"].to_string()),
+                    gbs(&d["measured_bytes_per_s"]),
+                    ms(&d["ms_per_layer"]),
+                    ms(&d["compute_ms"]),
+                    first(ms(&s["hop_ms"])),
+                ]);
+            }
         }
         out.push_str(&table(&rows));
         out.push_str(&format!(
@@ -171,27 +199,38 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
-/// The node's GPUs (name, what it is, memory, compute capability), or its CPU threads and kernels.
+/// The node's devices: each GPU (name, what it is, memory total and free, compute capability) and, after GPUs, the
+/// CPU that holds what they cannot; a CPU node's threads and kernels. With the layers each device holds.
 fn computes_on(n: &Value) -> String {
-    let gpus: Vec<String> = n["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["name"] != "cpu")
+    let devices: Vec<&Value> = n["devices"].as_array().into_iter().flatten().collect();
+    let has_gpu = devices.iter().any(|d| d["name"] != "cpu");
+    let cpu = format!("{} threads, {}", n["threads"], n["cpu"]["kernels"].as_str().unwrap_or("?"));
+    let described: Vec<String> = devices
+        .iter()
         .map(|d| {
-            let gib = d["memory_total_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+            let layers = match &d["layers"] {
+                Value::Null => String::new(),
+                l if has_gpu => format!(": layers {}-{}", l["start"], l["end"]),
+                _ => String::new(),
+            };
+            if d["name"] == "cpu" {
+                return format!("{}{cpu}{layers}", if has_gpu { "cpu " } else { "" });
+            }
+            let gib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
             let cc = d["compute_capability"].as_str().map(|c| format!(", {c}")).unwrap_or_default();
             format!(
-                "{} {} ({gib:.0} GiB{cc})",
+                "{} {} ({:.0} GiB, {:.1} free{cc}){layers}",
                 d["name"].as_str().unwrap_or("?"),
-                d["description"].as_str().unwrap_or("")
+                d["description"].as_str().unwrap_or(""),
+                gib(&d["memory_total_bytes"]),
+                gib(&d["memory_free_bytes"])
             )
         })
         .collect();
-    if gpus.is_empty() {
-        format!("{} threads, {}", n["threads"], n["cpu"]["kernels"].as_str().unwrap_or("?"))
+    if described.is_empty() {
+        cpu
     } else {
-        gpus.join("; ")
+        described.join("; ")
     }
 }
 
@@ -208,10 +247,14 @@ mod tests {
              "model": {"id": "m", "layers": {"start": 0, "end": 14}, "n_layers": 30}},
             {"id": "b", "addresses": ["10.0.0.2"], "listen_port": 52416, "threads": 2, "cpu": {"kernels": "neon"},
              "devices": [{"name": "cuda:0", "description": "NVIDIA GeForce RTX 3090", "memory_total_bytes": 24u64 << 30,
-                          "compute_capability": "8.6"}],
+                          "memory_free_bytes": 23u64 << 30, "compute_capability": "8.6", "layers": {"start": 15, "end": 25}},
+                         {"name": "cpu", "layers": {"start": 26, "end": 29}}],
              "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 1u64 << 30}, "link": {"address": "10.0.0.2:52416", "rtt_ms": 0.4},
              "model": null}],
-            "plans": [{"id": "00ff", "model": "m", "stages": [{"node_id": "a", "start": 0, "end": 14}, {"node_id": "b", "start": 15, "end": 29}]}]});
+            "plans": [{"id": "00ff", "model": "m", "stages": [
+                {"node_id": "a", "start": 0, "end": 14, "devices": [{"device": "cpu", "start": 0, "end": 14}]},
+                {"node_id": "b", "start": 15, "end": 29,
+                 "devices": [{"device": "cuda:0", "start": 15, "end": 25}, {"device": "cpu", "start": 26, "end": 29}]}]}]});
         let table = render(&doc).unwrap();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4, "{table}");
@@ -226,10 +269,11 @@ mod tests {
             lines[2].contains("10.0.0.2:52416")
                 && lines[2].contains("0.40 ms")
                 && lines[2].contains("1.0/1.0")
-                && lines[2].contains("cuda:0 NVIDIA GeForce RTX 3090 (24 GiB, 8.6)"),
+                && lines[2].contains("cuda:0 NVIDIA GeForce RTX 3090 (24 GiB, 23.0 free, 8.6): layers 15-25")
+                && lines[2].contains("; cpu 2 threads, neon: layers 26-29"),
             "{table}"
         );
-        assert_eq!(lines[3], "plan 00ff for m: a 0-14, b 15-29");
+        assert_eq!(lines[3], "plan 00ff for m: a 0-14, b 15-29 (cuda:0 15-25, cpu 26-29)");
         assert!(render(&json!({})).is_err());
     }
 
@@ -237,15 +281,20 @@ mod tests {
     fn the_explanation_shows_each_stages_bound_speed_and_the_predicted_time() {
         let doc = json!({"plans": [{"id": "00ff", "model": "m", "placement": {"by": "speed", "layer_bytes": 1u64 << 20,
             "compute_ms_per_token": 3.0, "hops_ms_per_token": 0.5, "predicted_ms_per_token": 3.5, "stages": [
-            {"node_id": "a", "layers": 20, "max_layers": 20, "memory_split_layers": 15,
-             "measured_bytes_per_s": 8_000_000_000u64, "ms_per_layer": 0.1, "compute_ms": 2.0, "hop_ms": 0.25},
-            {"node_id": "b", "layers": 10, "max_layers": 30, "memory_split_layers": 15,
-             "measured_bytes_per_s": 0, "ms_per_layer": 0.1, "compute_ms": 1.0, "hop_ms": null}]}}]});
+            {"node_id": "a", "layers": 20, "max_layers": 20, "memory_split_layers": 15, "compute_ms": 2.0, "hop_ms": 0.25,
+             "devices": [{"device": "cuda:0", "layers": 12, "max_layers": 12, "measured_bytes_per_s": 800_000_000_000u64,
+                          "ms_per_layer": 0.01, "compute_ms": 0.12},
+                         {"device": "cpu", "layers": 8, "max_layers": 40, "measured_bytes_per_s": 8_000_000_000u64,
+                          "ms_per_layer": 0.1, "compute_ms": 0.8}]},
+            {"node_id": "b", "layers": 10, "max_layers": 30, "memory_split_layers": 15, "compute_ms": 1.0, "hop_ms": null,
+             "devices": [{"device": "cpu", "layers": 10, "max_layers": 30, "measured_bytes_per_s": 0,
+                          "ms_per_layer": 0.1, "compute_ms": 1.0}]}]}}]});
         let text = explain(&doc);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "plan 00ff for m: split by speed, 1.0 MiB per layer", "{text}");
-        assert!(lines[3].starts_with("0      a     20      20            15         8.0 GB/s"), "{text}");
-        assert!(lines[4].contains("not measured") && lines[4].trim_end().ends_with('-'), "{text}");
-        assert_eq!(lines[5], "predicted 3.500 ms per token: 3.000 compute + 0.500 hops", "{text}");
+        assert!(lines[3].starts_with("0      a     cuda:0  12      12            15         800.0 GB/s"), "{text}");
+        assert!(lines[4].starts_with("             cpu     8       40                       8.0 GB/s"), "{text}");
+        assert!(lines[5].contains("not measured") && lines[5].trim_end().ends_with('-'), "{text}");
+        assert_eq!(lines[6], "predicted 3.500 ms per token: 3.000 compute + 0.500 hops", "{text}");
     }
 }
