@@ -114,7 +114,7 @@ python3 "$DIR/synth_gguf.py" "$DIR/tokenizer.gguf" "$WORK/m1b/synthetic-1b.Q8_0.
   --ffn 8192 --heads 32 --kv-heads 8 --type q8_0
 node() { # id api-port listen-port memory-limit [peer]
   local args=(--node-id "$1" --api-host 127.0.0.1 --api-port "$2" --listen-port "$3" --discovery none
-    --models-dir "$WORK/m1b" --devices "$DEVICE" --memory-limit "$4" -c 2048)
+    --models-dir "$WORK/m1b" --devices "$DEVICE" --cpu-layers none --memory-limit "$4" -c 2048)
   [ -n "${5:-}" ] && args+=(--peers "$5")
   EXO_HOME=$WORK/home-$1 "$EXO" "${args[@]}" >"$WORK/$1.log" 2>&1 &
   PIDS+=($!)
@@ -148,7 +148,8 @@ import json, sys
 one, two = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 split = len(two.get("stages", [])) == 2
 ok = one["text"] is not None and one["text"] == two["text"] and split
-stages = ", ".join(f"{s['node_id']} {s['start']}-{s['end']}" for s in two.get("stages", []))
+stages = ", ".join(f"{s['node_id']} {s['start']}-{s['end']} on " + "+".join(d["device"] for d in s.get("devices", []))
+                   for s in two.get("stages", []))
 print(f"{'PASS' if ok else 'FAIL'} (b) two nodes on one device ({stages}) answer as one node: {one['text'] == two['text']}; "
       f"text {one['text']!r}")
 PY

@@ -122,12 +122,14 @@ fn hello(d: NodeDescription) {
         description: NodeDescription { id: ME.into(), memory_usable: 8 << 30, ..Default::default() },
         address: "127.0.0.1:52416".into(),
         rtt: None,
+        link_bytes_per_s: None,
         is_self: true,
     }];
     nodes.extend(topology.peers().into_iter().map(|p| NodeView {
         description: p.description,
         address: p.address,
         rtt: Some(Duration::from_millis(1)),
+        link_bytes_per_s: p.link_bytes_per_s,
         is_self: false,
     }));
     let candidates: Vec<Candidate> = nodes.iter().map(NodeView::candidate).collect();

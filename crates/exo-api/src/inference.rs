@@ -88,6 +88,8 @@ pub struct ModelInfo {
     pub id: String,
     pub path: PathBuf,
     pub n_layers: usize,
+    /// Width of the hidden state that passes between stages.
+    pub hidden_size: usize,
     /// Memory the whole model needs: weights, KV cache at the full context, buffers.
     pub needs: u64,
     pub context: usize,
@@ -283,8 +285,14 @@ impl Worker {
             let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
             let context = self.context.min(config.context_length);
             let needs = model_needs(&gguf, context, self.cluster.kv_type())?;
-            let info =
-                ModelInfo { id: model.to_string(), path: path.clone(), n_layers: config.n_layers, needs, context };
+            let info = ModelInfo {
+                id: model.to_string(),
+                path: path.clone(),
+                n_layers: config.n_layers,
+                hidden_size: config.hidden_size,
+                needs,
+                context,
+            };
             Ok(Model { info, tokenizer, template })
         };
         let m = read().map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?;
@@ -293,7 +301,7 @@ impl Worker {
 
     fn preload(&mut self, model: &str) -> Result<(), ApiError> {
         let info = self.model(model)?.info.clone();
-        let plan = self.cluster.plan(&info.id, info.n_layers, info.needs)?;
+        let plan = self.cluster.plan(&info.id, info.n_layers, info.needs, info.hidden_size)?;
         self.cluster.preload(&plan, info.context)?;
         tracing::info!("loaded {}", info.path.display());
         Ok(())
@@ -330,7 +338,7 @@ impl Worker {
             }
             None => room,
         };
-        let plan = cluster.plan(&m.info.id, m.info.n_layers, m.info.needs)?;
+        let plan = cluster.plan(&m.info.id, m.info.n_layers, m.info.needs, m.info.hidden_size)?;
         let mut params = o.generation_params(max_tokens);
         // Every stage must draw the same way: the origin picks the seed.
         params.sampling.seed = Some(params.sampling.seed.unwrap_or_else(rand::random));

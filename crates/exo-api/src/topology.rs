@@ -41,7 +41,8 @@ pub fn topology(nodes: &[NodeView], plans: &[(Plan, Placement)], status: &Status
                 }).collect::<Vec<_>>(),
                 "model": model,
                 "link": if n.is_self { Value::Null } else {
-                    json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3)})
+                    json!({"address": n.address, "rtt_ms": n.rtt.map(|r| r.as_secs_f64() * 1e3),
+                        "bytes_per_s": n.link_bytes_per_s})
                 },
             });
             if n.is_self {
@@ -86,8 +87,9 @@ fn explain(p: &Placement) -> Value {
                 })
                 .collect();
             json!({"node_id": s.node_id, "layers": s.layers, "max_layers": s.max_layers,
-                "memory_split_layers": s.memory_layers, "compute_ms": ms(s.compute_ns()), "hop_ms": s.hop_ns.map(ms),
-                "devices": devices})
+                "memory_split_layers": s.memory_layers, "compute_ms": ms(s.compute_ns()),
+                "hop_ms": s.hop_time_ns(p.hop_bytes).map(ms),
+                "link_bytes_per_s": s.link_bytes_per_s.filter(|&r| r < u64::MAX), "devices": devices})
         })
         .collect();
     let hops = p.hops_ns();
@@ -137,6 +139,7 @@ mod tests {
             },
             address: format!("{id}:52416"),
             rtt: (!is_self).then(|| std::time::Duration::from_micros(250)),
+            link_bytes_per_s: (!is_self).then_some(1_000_000_000),
             is_self,
         };
         let status = Status { busy: true, queued: 2, requests: 5, tokens_generated: 40, last: None };
@@ -147,6 +150,7 @@ mod tests {
                 usable: 1 << 30,
                 speed: 4_000_000_000,
                 rtt: Some(Duration::ZERO),
+                link_bytes_per_s: Some(u64::MAX),
                 devices: vec![],
             },
             Candidate {
@@ -155,10 +159,12 @@ mod tests {
                 usable: 1 << 30,
                 speed: 1_000_000_000,
                 rtt: Some(Duration::from_millis(2)),
+                link_bytes_per_s: Some(1_000_000_000),
                 devices: vec![],
             },
         ];
-        let placed = Plan::placed("m", 30, 600 << 20, &nodes).unwrap();
+        let mut placed = Plan::placed("m", 30, 600 << 20, &nodes).unwrap();
+        placed.1.hop_bytes = 4 * 576;
         let t = topology(&[node("a", true), node("b", false)], &[placed], &status, 1024);
         assert_eq!(t["self"], "a");
         assert_eq!(t["nodes"][0]["inference"]["kv_cache_bytes"], 1024);
@@ -186,9 +192,12 @@ mod tests {
         assert_eq!(p["stages"][0]["devices"][0]["measured_bytes_per_s"], 4_000_000_000u64);
         assert_eq!(p["stages"][0]["memory_split_layers"], 15);
         assert_eq!(p["stages"][1]["layers"], 1);
-        assert_eq!(p["hops_ms_per_token"], 2.0);
+        // Two hops of 1 ms latency and 2,304 bytes at 1 GB/s.
+        assert_eq!(p["hops_ms_per_token"], 2.004608);
+        assert_eq!(p["stages"][0]["link_bytes_per_s"], 1_000_000_000u64);
+        assert_eq!(t["nodes"][1]["link"]["bytes_per_s"], 1_000_000_000u64);
         let predicted = p["predicted_ms_per_token"].as_f64().unwrap();
         let compute = p["compute_ms_per_token"].as_f64().unwrap();
-        assert!((predicted - compute - 2.0).abs() < 1e-9 && compute > 0.0, "{p}");
+        assert!((predicted - compute - 2.004608).abs() < 1e-9 && compute > 0.0, "{p}");
     }
 }

@@ -133,6 +133,8 @@ pub struct NodeView {
     /// host:port of its peer server.
     pub address: String,
     pub rtt: Option<Duration>,
+    /// Throughput of this node's link to it, bytes per second (`None`: this node itself, or not measured yet).
+    pub link_bytes_per_s: Option<u64>,
     pub is_self: bool,
 }
 
@@ -153,6 +155,8 @@ impl NodeView {
             usable: d.memory_usable,
             speed: d.matvec_bytes_per_s,
             rtt: if self.is_self { Some(Duration::ZERO) } else { self.rtt },
+            // This node reaches itself in memory: no link to wait for.
+            link_bytes_per_s: if self.is_self { Some(u64::MAX) } else { self.link_bytes_per_s },
             devices,
         }
     }
@@ -305,12 +309,18 @@ impl Cluster {
 
     /// This node and every live peer, this node first.
     pub fn nodes(&self) -> Vec<NodeView> {
-        let mut nodes =
-            vec![NodeView { description: self.describe(), address: self.peer_address(), rtt: None, is_self: true }];
+        let mut nodes = vec![NodeView {
+            description: self.describe(),
+            address: self.peer_address(),
+            rtt: None,
+            link_bytes_per_s: None,
+            is_self: true,
+        }];
         nodes.extend(self.inner.topology.peers().into_iter().map(|p| NodeView {
             description: p.description,
             address: p.address,
             rtt: p.rtt,
+            link_bytes_per_s: p.link_bytes_per_s,
             is_self: false,
         }));
         nodes
@@ -327,10 +337,12 @@ impl Cluster {
         self.nodes().iter().map(NodeView::candidate).collect()
     }
 
-    /// A plan for `model` (`n_layers` layers, `needs` bytes in all) over the nodes live now; kept as the model's
-    /// current plan.
-    pub fn plan(&self, model: &str, n_layers: usize, needs: u64) -> Result<Plan> {
-        let (plan, placement) = Plan::placed(model, n_layers, needs, &self.candidates())?;
+    /// A plan for `model` (`n_layers` layers, `needs` bytes in all, hidden states `hidden_size` wide) over the
+    /// nodes live now; kept as the model's current plan.
+    pub fn plan(&self, model: &str, n_layers: usize, needs: u64, hidden_size: usize) -> Result<Plan> {
+        let (plan, mut placement) = Plan::placed(model, n_layers, needs, &self.candidates())?;
+        // What one token's hop carries: its hidden state, as f32.
+        placement.hop_bytes = 4 * hidden_size as u64;
         if let Ok(mut plans) = self.inner.plans.lock() {
             let changed = plans.get(model).is_none_or(|(old, _)| old.id != plan.id);
             if changed {
@@ -411,6 +423,18 @@ fn accept_peers(
 /// Most peer handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 64;
 
+/// How often each link's throughput is measured again (1 MiB each time).
+const PROBE_EVERY: Duration = Duration::from_secs(60);
+
+/// Measures the throughput of the link to peer `id` and records it; a failed probe is only logged (the heartbeat
+/// judges whether the peer is alive).
+async fn probe_link(inner: Arc<Inner>, c: PeerClient<Channel>, id: String, address: String, rtt: Duration) {
+    match transport::probe(c, &address, rtt).await {
+        Ok(rate) => inner.topology.link_measured(&id, rate),
+        Err(e) => tracing::debug!("probing the link to {id}: {e}"),
+    }
+}
+
 /// Every [`HEARTBEAT`]: hello to every known address, and drop the peers that stopped answering.
 async fn heartbeats(cluster: Cluster) {
     let inner = cluster.inner.clone();
@@ -448,7 +472,15 @@ async fn heartbeats(cluster: Cluster) {
                         inner.topology.add_candidate(p.clone(), Source::Found);
                     }
                     let id = peer.id.clone();
-                    match inner.topology.seen(peer, address.clone(), Some(rtt)) {
+                    let seen = inner.topology.seen(peer, address.clone(), Some(rtt));
+                    if matches!(seen, topology::Seen::New | topology::Seen::Known)
+                        && inner.topology.probe_due(&id, PROBE_EVERY)
+                    {
+                        if let Some(c) = clients.get(&address).cloned() {
+                            tokio::spawn(probe_link(inner.clone(), c, id.clone(), address.clone(), rtt));
+                        }
+                    }
+                    match seen {
                         topology::Seen::New => eprintln!("node {}: peer {id} at {address} joined", inner.info.id),
                         topology::Seen::Known => {}
                         topology::Seen::Refused(why) => {

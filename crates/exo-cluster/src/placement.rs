@@ -43,11 +43,26 @@ pub struct StageCost {
     /// Its devices in the order they run its layers (GPUs, then the CPU that holds what they cannot); a device
     /// holding none of this plan's layers is listed with 0.
     pub parts: Vec<PartCost>,
-    /// Predicted time of the hop to the next stage (the last stage's to the first); `None`: no round trip known.
+    /// Predicted latency of the hop to the next stage (the last stage's to the first): half a round trip; `None`:
+    /// no round trip known.
     pub hop_ns: Option<u64>,
+    /// Throughput of that hop, bytes per second (`u64::MAX`: within this node; `None`: not measured yet).
+    pub link_bytes_per_s: Option<u64>,
 }
 
 impl StageCost {
+    /// Predicted time of the hop to the next stage for `bytes`: its latency, plus the bytes at the link's
+    /// throughput once measured; `None` if the latency is not known.
+    pub fn hop_time_ns(&self, bytes: u64) -> Option<u64> {
+        let transfer = match self.link_bytes_per_s {
+            Some(rate) if rate > 0 && rate < u64::MAX => {
+                (bytes as u128 * 1_000_000_000 / rate as u128).min(u64::MAX as u128) as u64
+            }
+            _ => 0,
+        };
+        Some(self.hop_ns?.saturating_add(transfer))
+    }
+
     /// Predicted compute of its layers for one token, over its devices.
     pub fn compute_ns(&self) -> u64 {
         self.parts.iter().map(PartCost::compute_ns).fold(0, u64::saturating_add)
@@ -61,6 +76,8 @@ pub struct Placement {
     pub plan_id: u64,
     /// Bytes of one layer as the cost model counts them (what the model needs over its layer count).
     pub layer_bytes: u64,
+    /// Bytes one token's hop carries (its hidden state); 0: not known, and the hops count their latency alone.
+    pub hop_bytes: u64,
     pub stages: Vec<StageCost>,
 }
 
@@ -70,9 +87,10 @@ impl Placement {
         self.stages.iter().map(StageCost::compute_ns).fold(0, u64::saturating_add)
     }
 
-    /// Predicted time of the ring's hops per token; `None` if a link's round trip is unknown.
+    /// Predicted time of the ring's hops per token (latency and the hidden state's transfer); `None` if a link's
+    /// round trip is unknown.
     pub fn hops_ns(&self) -> Option<u64> {
-        self.stages.iter().map(|s| s.hop_ns).sum()
+        self.stages.iter().map(|s| s.hop_time_ns(self.hop_bytes)).sum()
     }
 
     /// Whether the split used measured speeds (otherwise it is the memory-only split).
@@ -174,6 +192,12 @@ pub fn ns_per_layer(layer_bytes: u64, bytes_per_s: u64) -> u64 {
 /// round trip. Only this node's own links are measured, so a hop between two peers is estimated through it.
 pub fn hop_ns(a: Option<Duration>, b: Option<Duration>) -> Option<u64> {
     Some((a?.max(b?).as_nanos() / 2).min(u64::MAX as u128) as u64)
+}
+
+/// Throughput of the hop between two nodes this node reaches at `a` and `b` bytes per second (itself at
+/// `u64::MAX`): the slower, as with [`hop_ns`]; `None` if one is not measured.
+pub fn link_rate(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(a?.min(b?))
 }
 
 /// A split's cost: predicted compute per token in nanoseconds, then the distance to the memory split as the
@@ -386,6 +410,7 @@ mod tests {
             usable: gib << 30,
             speed: gb_per_s * 1_000_000_000,
             rtt: Some(Duration::from_micros(rtt_us)),
+            link_bytes_per_s: None,
             devices: vec![],
         }
     }
@@ -445,6 +470,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_carries_the_hidden_state_at_the_links_measured_throughput() {
+        // This node (a) and a peer 400 µs away over a 1 GB/s link; one token's hop carries 16 KiB.
+        let nodes = [
+            Candidate { link_bytes_per_s: Some(u64::MAX), ..node("a", 8, 40, 0) },
+            Candidate { link_bytes_per_s: Some(1_000_000_000), ..node("b", 32, 10, 400) },
+        ];
+        let (_, mut p) = Plan::placed("m", 12, 12 << 30, &nodes).unwrap();
+        assert_eq!(p.hops_ns(), Some(400_000), "without the hop's size, latency alone");
+        p.hop_bytes = 16 << 10;
+        // Each hop: 200 µs of latency and 16,384 ns of transfer at the slower link's 1 GB/s.
+        assert_eq!(p.stages.iter().map(|s| s.link_bytes_per_s).collect::<Vec<_>>(), [Some(1_000_000_000); 2]);
+        assert_eq!(p.hops_ns(), Some(2 * (200_000 + 16_384)));
+        // A link not yet measured counts its latency alone.
+        let unmeasured = [nodes[0].clone(), Candidate { link_bytes_per_s: None, ..nodes[1].clone() }];
+        let (_, mut q) = Plan::placed("m", 12, 12 << 30, &unmeasured).unwrap();
+        q.hop_bytes = 16 << 10;
+        assert_eq!((q.stages[0].link_bytes_per_s, q.hops_ns()), (None, Some(400_000)));
+        assert_eq!(link_rate(Some(u64::MAX), Some(5)), Some(5));
+    }
+
+    #[test]
     fn three_nodes_of_three_speeds_match_the_brute_force() {
         let nodes = [node("a", 6, 10, 0), node("b", 4, 25, 100), node("c", 5, 15, 250)];
         let got = placed(10, 12, &nodes);
@@ -494,6 +540,7 @@ mod tests {
             usable: devices.iter().map(|d| d.1 << 30).sum(),
             speed: 0,
             rtt: Some(Duration::from_micros(rtt_us)),
+            link_bytes_per_s: None,
             devices: devices
                 .iter()
                 .map(|&(device, gib, gb_per_s)| Slot {

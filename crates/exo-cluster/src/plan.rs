@@ -68,6 +68,8 @@ pub struct Candidate {
     pub speed: u64,
     /// Round trip of this node's link to it (zero for itself; `None`: not measured yet).
     pub rtt: Option<Duration>,
+    /// Throughput of this node's link to it, bytes per second (`u64::MAX` for itself; `None`: not measured yet).
+    pub link_bytes_per_s: Option<u64>,
     /// Its devices in the order they run layers (GPUs, then a CPU that takes what they cannot). Empty: the CPU
     /// alone, with the node's memory and speed.
     pub devices: Vec<Slot>,
@@ -217,11 +219,16 @@ impl Plan {
                 memory_layers: m.memory_layers,
                 parts: part_costs,
                 hop_ns: if members.len() == 1 { Some(0) } else { placement::hop_ns(c.rtt, after.rtt) },
+                link_bytes_per_s: if members.len() == 1 {
+                    Some(u64::MAX)
+                } else {
+                    placement::link_rate(c.link_bytes_per_s, after.link_bytes_per_s)
+                },
             });
             next += n;
         }
         let id = fingerprint(model, n_layers, &stages);
-        let placement = Placement { model: model.to_string(), plan_id: id, layer_bytes, stages: costs };
+        let placement = Placement { model: model.to_string(), plan_id: id, layer_bytes, hop_bytes: 0, stages: costs };
         Ok((Plan { id, model: model.to_string(), n_layers, stages }, placement))
     }
 

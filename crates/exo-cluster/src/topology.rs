@@ -38,6 +38,10 @@ pub struct Peer {
     pub last_seen: Instant,
     /// Round trip of the last heartbeat this node sent it.
     pub rtt: Option<Duration>,
+    /// Throughput of this node's link to it, bytes per second, from the last probe (`None`: not measured yet).
+    pub link_bytes_per_s: Option<u64>,
+    /// When this node last probed the link.
+    pub probed: Option<Instant>,
 }
 
 /// Where an address to try came from: static peers are tried for as long as the node runs; others are forgotten
@@ -106,10 +110,35 @@ impl Topology {
             }
             _ => {}
         }
-        let rtt = rtt.or_else(|| peers.get(&id).and_then(|p| p.rtt));
-        match peers.insert(id, Peer { description, address, last_seen: Instant::now(), rtt }) {
+        let old = peers.get(&id).filter(|p| p.address == address);
+        let rtt = rtt.or_else(|| old.and_then(|p| p.rtt));
+        let (link_bytes_per_s, probed) = old.map_or((None, None), |p| (p.link_bytes_per_s, p.probed));
+        let peer = Peer { description, address, last_seen: Instant::now(), rtt, link_bytes_per_s, probed };
+        match peers.insert(id, peer) {
             None => Seen::New,
             Some(_) => Seen::Known,
+        }
+    }
+
+    /// Whether the link to peer `id` is due a probe (never probed, or not for `every`); if so, marks it probed now,
+    /// so that one probe runs at a time.
+    pub fn probe_due(&self, id: &str, every: Duration) -> bool {
+        let Ok(mut peers) = self.peers.lock() else { return false };
+        match peers.get_mut(id) {
+            Some(p) if p.probed.is_none_or(|t| t.elapsed() >= every) => {
+                p.probed = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records the throughput a probe of the link to peer `id` measured.
+    pub fn link_measured(&self, id: &str, bytes_per_s: u64) {
+        if let Ok(mut peers) = self.peers.lock() {
+            if let Some(p) = peers.get_mut(id) {
+                p.link_bytes_per_s = Some(bytes_per_s);
+            }
         }
     }
 

@@ -33,6 +33,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 pub const FORWARD_WAIT: Duration = Duration::from_secs(30);
 /// How long sending an activation or a token to a peer may take (it is queued there, not computed).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(40);
+/// Bytes of a link probe ([`probe`]), and the most a peer may send in one.
+pub const PROBE_BYTES: usize = 1 << 20;
+const MAX_PROBE_BYTES: usize = 2 << 20;
+/// How long a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most byte ranges a peer's `FileHeld` reply may list.
 pub const MAX_HELD_RANGES: usize = 1 << 16;
 
@@ -430,6 +435,14 @@ impl Peer for PeerService {
         Ok(Response::new(reply))
     }
 
+    async fn probe(&self, request: Request<proto::ProbeBytes>) -> Result<Response<proto::Ack>, Status> {
+        let n = request.get_ref().data.len();
+        if n > MAX_PROBE_BYTES {
+            return Err(Status::invalid_argument(format!("a probe of {n} bytes; at most {MAX_PROBE_BYTES}")));
+        }
+        Ok(Response::new(proto::Ack {}))
+    }
+
     async fn read_file(&self, request: Request<proto::ReadFileRequest>) -> Result<Response<proto::FileBytes>, Status> {
         let r = request.into_inner();
         if r.length > MAX_FILE_READ {
@@ -567,6 +580,24 @@ pub async fn hello_on(
         .map_err(|_| ClusterError::NodeFailed { node: address.to_string(), message: "no answer".into() })?
         .map_err(|s| ClusterError::NodeFailed { node: address.to_string(), message: s.message().to_string() })?;
     Ok((reply.into_inner(), started.elapsed()))
+}
+
+/// The throughput of the link to `address` over `c`, in bytes per second: [`PROBE_BYTES`] sent and acknowledged,
+/// less `rtt` (the exchange's own round trip, as the heartbeat measured it).
+pub async fn probe(mut c: PeerClient<Channel>, address: &str, rtt: Duration) -> Result<u64, ClusterError> {
+    let data = vec![0u8; PROBE_BYTES];
+    let started = Instant::now();
+    tokio::time::timeout(PROBE_TIMEOUT, c.probe(proto::ProbeBytes { data }))
+        .await
+        .map_err(|_| ClusterError::NodeFailed { node: address.to_string(), message: "no answer to a probe".into() })?
+        .map_err(|s| ClusterError::NodeFailed { node: address.to_string(), message: s.message().to_string() })?;
+    Ok(link_rate(PROBE_BYTES, started.elapsed(), rtt))
+}
+
+/// Bytes per second of `bytes` sent in `took`, of which `rtt` was the round trip any exchange takes.
+fn link_rate(bytes: usize, took: Duration, rtt: Duration) -> u64 {
+    let transfer = took.saturating_sub(rtt).max(Duration::from_micros(10));
+    (bytes as f64 / transfer.as_secs_f64()).min(crate::topology::MAX_SPEED_CLAIM as f64) as u64
 }
 
 pub(crate) use proto::peer_server::PeerServer;

@@ -93,7 +93,7 @@ async fn a_stage_over_two_gpus_and_the_cpu_answers_as_the_whole_model_does() {
     // Each "GPU" holds a third of the model; the CPU after them (--cpu-layers auto) the rest.
     let third = needs / 3 + MIB;
     let node = start_on("box", vec![device("cuda:0", third), device("cuda:1", third), FoundDevice::cpu()]).await;
-    let plan = node.plan(&model_name(), n_layers, needs).unwrap();
+    let plan = node.plan(&model_name(), n_layers, needs, 576).unwrap();
     let parts: Vec<(&str, usize, usize)> =
         plan.stages[0].parts.iter().map(|p| (p.device.as_str(), p.start, p.end)).collect();
     assert_eq!(plan.stages.len(), 1, "{plan:?}");

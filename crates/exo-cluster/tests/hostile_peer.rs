@@ -125,6 +125,9 @@ impl Peer for Silent {
     async fn read_file(&self, _: Request<proto::ReadFileRequest>) -> Result<Response<proto::FileBytes>, Status> {
         Err(Status::not_found("nothing"))
     }
+    async fn probe(&self, _: Request<proto::ProbeBytes>) -> Result<Response<proto::Ack>, Status> {
+        Ok(Response::new(proto::Ack {}))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +146,7 @@ async fn a_peer_that_takes_a_begin_and_never_answers_does_not_hang_the_origin() 
         assert!(joined.elapsed() < Duration::from_secs(10), "the silent peer never joined");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let plan = origin.plan(&model_name(), 30, 1 << 20).unwrap();
+    let plan = origin.plan(&model_name(), 30, 1 << 20, 576).unwrap();
     assert!(plan.stage_of("silent").is_some(), "{plan:?}");
 
     let started = Instant::now();

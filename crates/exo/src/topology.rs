@@ -78,8 +78,12 @@ fn render(doc: &Value) -> Result<String> {
                 m["id"].as_str().unwrap_or("?")
             ),
         };
+        let throughput = match n["link"]["bytes_per_s"].as_u64() {
+            Some(b) => format!(", {:.2} GB/s", b as f64 / 1e9),
+            None => String::new(),
+        };
         let link = match n["link"]["rtt_ms"].as_f64() {
-            Some(ms) => format!("{ms:.2} ms"),
+            Some(ms) => format!("{ms:.2} ms{throughput}"),
             None if me => "this node".to_string(),
             None => "-".to_string(),
         };
@@ -249,7 +253,7 @@ mod tests {
              "devices": [{"name": "cuda:0", "description": "NVIDIA GeForce RTX 3090", "memory_total_bytes": 24u64 << 30,
                           "memory_free_bytes": 23u64 << 30, "compute_capability": "8.6", "layers": {"start": 15, "end": 25}},
                          {"name": "cpu", "layers": {"start": 26, "end": 29}}],
-             "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 1u64 << 30}, "link": {"address": "10.0.0.2:52416", "rtt_ms": 0.4},
+             "memory": {"usable_bytes": 1u64 << 30, "total_bytes": 1u64 << 30}, "link": {"address": "10.0.0.2:52416", "rtt_ms": 0.4, "bytes_per_s": 1_250_000_000u64},
              "model": null}],
             "plans": [{"id": "00ff", "model": "m", "stages": [
                 {"node_id": "a", "start": 0, "end": 14, "devices": [{"device": "cpu", "start": 0, "end": 14}]},
@@ -267,7 +271,7 @@ mod tests {
         );
         assert!(
             lines[2].contains("10.0.0.2:52416")
-                && lines[2].contains("0.40 ms")
+                && lines[2].contains("0.40 ms, 1.25 GB/s")
                 && lines[2].contains("1.0/1.0")
                 && lines[2].contains("cuda:0 NVIDIA GeForce RTX 3090 (24 GiB, 23.0 free, 8.6): layers 15-25")
                 && lines[2].contains("; cpu 2 threads, neon: layers 26-29"),
