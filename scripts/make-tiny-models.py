@@ -5,7 +5,14 @@ Llama 3 code paths against llama.cpp (crates/exo-engine/tests/tiny_models.rs, sc
 - `tiny-qwen2.gguf`: architecture `qwen2` (q/k/v biases, rope on the two halves of each head, untied output head),
   3 layers;
 - `tiny-llama3.gguf`: architecture `llama` with a Llama 3.1 `rope_freqs.weight` (per-pair rope frequency
-  divisors) and a tied output head, 2 layers.
+  divisors) and a tied output head, 2 layers;
+- `tiny-qwen3.gguf`: architecture `qwen3` (per-head q/k RMS norms, no biases, untied head), 2 layers;
+- `tiny-gemma2.gguf`: architecture `gemma2` (embeddings scaled by √hidden, post-attention and post-FFN norms, GeGLU,
+  attention scores soft-capped at 2 and logits at 8, both tight enough to change them), 4 layers, the even ones over
+  a sliding window of 4 positions;
+- `tiny-gemma3.gguf`: architecture `gemma3` (embeddings scaled by √hidden, q/k norms, post-attention and post-FFN
+  norms, GeGLU, a tied head) with 6 layers, the first five over a sliding window of 4 positions (so that every
+  prompt runs past it) at rope base 10,000 and the last global at 1,000,000.
 
 Both are 128 wide with 4 query heads sharing 2 KV heads (head size 32), and take the real tokenizer (49152 tokens)
 of the donor model. The layers' matrices are F32, so that llama.cpp computes them without rounding its activations
@@ -89,7 +96,7 @@ class Model:
     def vector(self, name: str, n: int, mean: float, std: float) -> None:
         self.w.add_tensor(name, np.float32(mean) + self.normal(n, std))
 
-    def blocks(self, layers: int, biases: bool) -> None:
+    def blocks(self, layers: int, biases: bool, qk_norm: bool = False, post_norms: bool = False) -> None:
         kv = KV_HEADS * HEAD_DIM
         for i in range(layers):
             b = f"blk.{i}."
@@ -102,11 +109,19 @@ class Model:
                 self.vector(b + "attn_q.bias", HIDDEN, 0.0, 0.5)
                 self.vector(b + "attn_k.bias", kv, 0.0, 1.0)
                 self.vector(b + "attn_v.bias", kv, 0.0, 0.2)
+            if qk_norm:
+                # Normed heads have unit RMS: the norms' weights scale them back up to a peaked attention.
+                self.vector(b + "attn_q_norm.weight", HEAD_DIM, 1.5, 0.3)
+                self.vector(b + "attn_k_norm.weight", HEAD_DIM, 1.5, 0.3)
             self.matrix(b + "attn_output.weight", HIDDEN, HIDDEN, 0.1)
+            if post_norms:
+                self.vector(b + "post_attention_norm.weight", HIDDEN, 1.0, 0.1)
             self.vector(b + "ffn_norm.weight", HIDDEN, 1.0, 0.1)
             self.matrix(b + "ffn_gate.weight", FFN, HIDDEN, 0.1)
             self.matrix(b + "ffn_up.weight", FFN, HIDDEN, 0.1)
             self.matrix(b + "ffn_down.weight", HIDDEN, FFN, 0.1)
+            if post_norms:
+                self.vector(b + "post_ffw_norm.weight", HIDDEN, 1.0, 0.1)
 
     def close(self) -> None:
         self.w.write_header_to_file()
@@ -151,6 +166,48 @@ def write_llama3(path: str, tokenizer: list[tuple]) -> None:
     m.close()
 
 
+def write_qwen3(path: str, tokenizer: list[tuple]) -> None:
+    layers = 2
+    m = Model(path, "qwen3", seed=4, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-6)
+    m.w.add_key_length(HEAD_DIM)
+    m.w.add_value_length(HEAD_DIM)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    m.blocks(layers, biases=False, qk_norm=True)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
+def write_gemma2(path: str, tokenizer: list[tuple]) -> None:
+    layers = 4
+    m = Model(path, "gemma2", seed=6, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=10_000.0, rms_eps=1e-6)
+    m.w.add_key_length(HEAD_DIM)
+    m.w.add_value_length(HEAD_DIM)
+    m.w.add_sliding_window(4)
+    m.w.add_attn_logit_softcapping(2.0)
+    m.w.add_final_logit_softcapping(8.0)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.3 / math.sqrt(HIDDEN) * 4, kind=T.Q8_0)
+    m.blocks(layers, biases=False, post_norms=True)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.close()
+
+
+def write_gemma3(path: str, tokenizer: list[tuple]) -> None:
+    layers = 6
+    m = Model(path, "gemma3", seed=5, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-6)
+    m.w.add_key_length(HEAD_DIM)
+    m.w.add_value_length(HEAD_DIM)
+    m.w.add_sliding_window(4)
+    # The embeddings are scaled up by √128 on the way in; the tied head reads them unscaled.
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.3 / math.sqrt(HIDDEN) * 4, kind=T.Q8_0)
+    m.blocks(layers, biases=False, qk_norm=True, post_norms=True)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.close()
+
+
 def main() -> None:
     home = os.path.expanduser("~")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -162,7 +219,10 @@ def main() -> None:
     tokenizer = tokenizer_fields(a.donor)
     write_qwen2(os.path.join(a.out_dir, "tiny-qwen2.gguf"), tokenizer)
     write_llama3(os.path.join(a.out_dir, "tiny-llama3.gguf"), tokenizer)
-    print(f"wrote tiny-qwen2.gguf and tiny-llama3.gguf to {a.out_dir}")
+    write_qwen3(os.path.join(a.out_dir, "tiny-qwen3.gguf"), tokenizer)
+    write_gemma2(os.path.join(a.out_dir, "tiny-gemma2.gguf"), tokenizer)
+    write_gemma3(os.path.join(a.out_dir, "tiny-gemma3.gguf"), tokenizer)
+    print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2 and tiny-gemma3 (.gguf) to {a.out_dir}")
 
 
 if __name__ == "__main__":

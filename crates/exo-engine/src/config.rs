@@ -25,6 +25,16 @@ pub enum Architecture {
     Llama,
     /// Qwen 2/2.5 and DeepSeek-R1-Distill-Qwen: biases on q/k/v, rope on the two halves of each head (NeoX).
     Qwen2,
+    /// Qwen 3 (dense): per-head q/k RMS norms before rope, no biases, NeoX rope.
+    Qwen3,
+    /// Gemma 2: embeddings scaled by √hidden, RMS norms after attention and after the feed-forward layer, GELU-gated
+    /// feed-forward, attention and final logits soft-capped (`tanh(x / cap) * cap`), sliding-window attention on
+    /// every other layer, NeoX rope.
+    Gemma2,
+    /// Gemma 3: embeddings scaled by √hidden, per-head q/k RMS norms, RMS norms after attention and after the
+    /// feed-forward layer, GELU-gated feed-forward, five sliding-window layers (with their own rope base) to each
+    /// global one, NeoX rope.
+    Gemma3,
 }
 
 impl Architecture {
@@ -32,13 +42,38 @@ impl Architecture {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
     /// The architecture with this `general.architecture` name, if the engine runs it.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Architecture::Llama, Architecture::Qwen2].into_iter().find(|a| a.name() == name)
+        [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3, Architecture::Gemma2, Architecture::Gemma3]
+            .into_iter()
+            .find(|a| a.name() == name)
     }
+}
+
+/// The feed-forward layer's gate: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): llama, qwen.
+    Silu,
+    /// GELU in its tanh approximation (GeGLU): Gemma.
+    GeluTanh,
+}
+
+/// Sliding-window attention: which layers see only the last `size` positions, and their rotary base.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a local layer's query sees, itself included.
+    pub size: usize,
+    /// Every `period`-th layer (the last of each period) attends globally; the others are local.
+    pub period: usize,
+    /// Rope base of the local layers.
+    pub rope_theta: f32,
 }
 
 /// How rotary position embeddings are laid out in a head.
@@ -67,6 +102,22 @@ pub struct ModelConfig {
     pub rope_linear_factor: f32,
     pub context_length: usize,
     pub vocab_size: usize,
+    /// The token embeddings are multiplied by this (Gemma: √hidden); 1.0 otherwise.
+    pub embedding_scale: f32,
+    /// Attention scores are `q·k` times this: 1/√head_dim.
+    pub attention_scale: f32,
+    pub activation: Activation,
+    /// Per-head RMS norms of queries and keys before rope (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMS norms of the attention and feed-forward outputs before each is added to the residual stream
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Which layers attend over a sliding window, if any.
+    pub sliding_window: Option<SlidingWindow>,
+    /// Attention scores (after scaling) become `tanh(s / cap) * cap` (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// The logits become `tanh(l / cap) * cap` (Gemma 2).
+    pub final_softcap: Option<f32>,
 }
 
 impl ModelConfig {
@@ -82,11 +133,8 @@ impl ModelConfig {
             .get("general.architecture")
             .and_then(Value::as_str)
             .ok_or_else(|| meta_err("general.architecture", "a string such as \"llama\""))?;
-        let architecture = match arch_name {
-            "llama" => Architecture::Llama,
-            "qwen2" => Architecture::Qwen2,
-            other => return Err(EngineError::UnsupportedArchitecture(other.to_string())),
-        };
+        let architecture = Architecture::from_name(arch_name)
+            .ok_or_else(|| EngineError::UnsupportedArchitecture(arch_name.to_string()))?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let bounded = |k: &str, max: usize| -> Result<usize> {
             let k = key(k);
@@ -163,8 +211,33 @@ impl ModelConfig {
         };
         let rope_style = match architecture {
             Architecture::Llama => RopeStyle::Interleaved,
-            Architecture::Qwen2 => RopeStyle::Halves,
+            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma2 | Architecture::Gemma3 => {
+                RopeStyle::Halves
+            }
         };
+        let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+        let gemma2 = architecture == Architecture::Gemma2;
+        // As llama.cpp reads them: Gemma 3 has five sliding-window layers to each global one, the local layers at
+        // rope base 10,000, when the file gives a window; Gemma 2 every other layer, 4096 positions unless the file
+        // says otherwise, one rope base for all.
+        let window_size = |default: Option<usize>| -> Result<Option<usize>> {
+            match gguf.get(&key("attention.sliding_window")) {
+                Some(_) => bounded("attention.sliding_window", MAX_CONTEXT).map(Some),
+                None => Ok(default),
+            }
+        };
+        let sliding_window = match architecture {
+            Architecture::Gemma3 => {
+                window_size(None)?.map(|size| SlidingWindow { size, period: 6, rope_theta: 10_000.0 })
+            }
+            Architecture::Gemma2 => window_size(Some(4096))?.map(|size| SlidingWindow { size, period: 2, rope_theta }),
+            _ => None,
+        };
+        let softcap = |k: &str, default: f32| -> Result<Option<f32>> {
+            Ok(if gemma2 { Some(float(k, Some(default))?) } else { None })
+        };
+        let attn_softcap = softcap("attn_logit_softcapping", 50.0)?;
+        let final_softcap = softcap("final_logit_softcapping", 30.0)?;
         let config = Self {
             architecture,
             n_layers,
@@ -179,6 +252,20 @@ impl ModelConfig {
             rope_linear_factor,
             context_length,
             vocab_size,
+            embedding_scale: if gemma { (hidden_size as f32).sqrt() } else { 1.0 },
+            // Gemma 2 and 3 27B scale by the hidden size per head rather than the head size (llama.cpp, after
+            // Google's reference); they are the ones with 46 and 62 layers.
+            attention_scale: if (architecture == Architecture::Gemma3 && n_layers == 62) || (gemma2 && n_layers == 46) {
+                1.0 / ((hidden_size / n_heads) as f32).sqrt()
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            qk_norm: matches!(architecture, Architecture::Gemma3 | Architecture::Qwen3),
+            post_norms: gemma,
+            sliding_window,
+            attn_softcap,
+            final_softcap,
         };
         // The widths of the products and the KV cache of the whole context must be sizes this machine can count.
         let fits = config.n_heads.checked_mul(head_dim).is_some()
@@ -193,6 +280,12 @@ impl ModelConfig {
             )));
         }
         Ok(config)
+    }
+
+    /// The sliding window `layer` attends over, or `None` if it attends to every position before it.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let w = self.sliding_window?;
+        (layer % w.period != w.period - 1).then_some(w.size)
     }
 
     /// Values in one position's keys (or values) of one layer: `n_kv_heads * head_dim`.

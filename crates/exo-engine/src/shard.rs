@@ -77,6 +77,14 @@ impl std::fmt::Display for Shard {
     }
 }
 
+/// The rotation frequency of each pair of a head's dimensions: for global layers, and for sliding-window layers
+/// (the same where a model has no such layers).
+#[derive(Debug, Clone)]
+pub(crate) struct RopeFreqs {
+    pub global: Vec<f32>,
+    pub local: Vec<f32>,
+}
+
 /// What a shard's forward pass consumes.
 #[derive(Debug)]
 pub enum ShardInput<'a> {
@@ -156,18 +164,24 @@ impl ModelShard {
         }
         let mut reader = TensorReader::new(gguf, device);
         let half = config.head_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = (config.rope_theta as f64).powf(-2.0 * i as f64 / config.head_dim as f64);
-                (f / config.rope_linear_factor as f64) as f32
-            })
-            .collect();
+        let freqs = |theta: f32, factor: f32| -> Vec<f32> {
+            (0..half)
+                .map(|i| {
+                    let f = (theta as f64).powf(-2.0 * i as f64 / config.head_dim as f64);
+                    (f / factor as f64) as f32
+                })
+                .collect()
+        };
+        let mut global = freqs(config.rope_theta, config.rope_linear_factor);
         // Llama 3.x stores its frequency-dependent rope scaling as per-pair divisors.
         if let Some(factors) = reader.dense_if_present("rope_freqs.weight", &[half])? {
-            for (f, d) in inv_freq.iter_mut().zip(factors.to_vec1::<f32>()?) {
+            for (f, d) in global.iter_mut().zip(factors.to_vec1::<f32>()?) {
                 *f /= d;
             }
         }
+        // Sliding-window layers rotate at their own base, unscaled.
+        let local = config.sliding_window.map_or_else(|| global.clone(), |w| freqs(w.rope_theta, 1.0));
+        let inv_freq = RopeFreqs { global, local };
 
         let unsupported = CpuModel::unsupported(&reader, shard);
         let use_cpu = match backend {

@@ -1,5 +1,6 @@
-//! The `qwen2` architecture (q/k/v biases, rope on the two halves of each head) and Llama 3's `rope_freqs`
-//! (per-pair rope frequency divisors) against llama.cpp, on tiny random-weight models that
+//! The `qwen2` architecture (q/k/v biases, rope on the two halves of each head), Llama 3's `rope_freqs` (per-pair
+//! rope frequency divisors), `qwen3` (q/k norms), `gemma2` (soft caps, alternating sliding windows) and `gemma3`
+//! (q/k norms, five windowed layers to a global one, two rope bases) against llama.cpp, on tiny random-weight models that
 //! `scripts/make-tiny-models.py` writes afresh (needs Python 3 with `gguf` and `numpy`). llama.cpp's greedy tokens
 //! and log-probabilities on them are in `tests/data/tiny_models_llama_cpp.json` (`scripts/gen_tiny_model_fixture.py`),
 //! with the sha256 of the files they were computed on. The engine is teacher-forced with llama.cpp's tokens, whole and
@@ -141,5 +142,49 @@ fn tiny_llama3_with_rope_freqs_matches_llama_cpp_whole_and_split() {
     let gguf = Gguf::open(&path).unwrap();
     assert_eq!(ModelConfig::from_gguf(&gguf).unwrap().architecture, Architecture::Llama);
     assert!(gguf.tensors.contains_key("rope_freqs.weight") && !gguf.tensors.contains_key("output.weight"));
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_qwen3_with_qk_norms_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("qwen3");
+    let reference = reference("tiny-qwen3.gguf");
+    let path = models.checked("tiny-qwen3.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!((config.architecture, config.qk_norm), (Architecture::Qwen3, true));
+    assert!(gguf.tensors.contains_key("blk.0.attn_q_norm.weight") && !gguf.tensors.contains_key("blk.0.attn_q.bias"));
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_gemma3_with_a_sliding_window_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("gemma3");
+    let reference = reference("tiny-gemma3.gguf");
+    let path = models.checked("tiny-gemma3.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!(config.architecture, Architecture::Gemma3);
+    // Layers 0-4 see the last 4 positions; layer 5 sees them all. Every prompt is longer than the window.
+    assert_eq!(
+        (0..6).map(|l| config.window(l)).collect::<Vec<_>>(),
+        [Some(4), Some(4), Some(4), Some(4), Some(4), None]
+    );
+    let shortest =
+        reference["greedy"].as_array().unwrap().iter().map(|c| c["prompt_ids"].as_array().unwrap().len()).min();
+    assert!(shortest.unwrap() > 4, "{shortest:?}");
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_gemma2_with_soft_caps_and_alternating_windows_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("gemma2");
+    let reference = reference("tiny-gemma2.gguf");
+    let path = models.checked("tiny-gemma2.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!(config.architecture, Architecture::Gemma2);
+    assert_eq!((config.attn_softcap, config.final_softcap), (Some(2.0), Some(8.0)));
+    assert_eq!((0..4).map(|l| config.window(l)).collect::<Vec<_>>(), [Some(4), None, Some(4), None]);
     check_against_llama_cpp(&path, &reference);
 }

@@ -8,14 +8,14 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig};
 use crate::cpu::ops;
 use crate::cpu::pool::{self, share, ThreadPool};
 use crate::error::{EngineError, Result};
 use crate::gguf::TensorType;
 use crate::kernels::{ActType, Kernels, WeightType};
 use crate::kv_cache::{HostBuf, HostLayer, KvCache};
-use crate::shard::Shard;
+use crate::shard::{RopeFreqs, Shard};
 use crate::weights::TensorReader;
 
 /// Rows of a product are split between threads in multiples of this.
@@ -68,7 +68,15 @@ impl Matrix {
 }
 
 struct Layer {
+    /// The sliding window its attention sees, if it is a local layer.
+    window: Option<usize>,
     attn_norm: Vec<f32>,
+    /// Per-head RMS norms of queries and keys (Gemma 3).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    /// Norms of the attention and feed-forward outputs before the residual adds (Gemma).
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
     q: Matrix,
     k: Matrix,
     v: Matrix,
@@ -99,9 +107,12 @@ struct Scratch {
     up: Vec<f32>,
     /// The product input quantized for each activation type.
     acts: [Vec<u8>; 3],
-    /// cos and sin of each position's rotation angles, (positions, head_dim / 2).
+    /// cos and sin of each position's rotation angles, (positions, head_dim / 2): for global layers, then for
+    /// sliding-window ones.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    cos_local: Vec<f32>,
+    sin_local: Vec<f32>,
     /// Keys or values of the new positions converted for the cache.
     half: Vec<u16>,
 }
@@ -171,7 +182,7 @@ pub(crate) struct CpuModel {
     layers: Vec<Layer>,
     output_norm: Option<Vec<f32>>,
     output: Option<Arc<Matrix>>,
-    inv_freq: Vec<f32>,
+    inv_freq: RopeFreqs,
     scratch: Mutex<Scratch>,
     threads: Vec<Mutex<ThreadScratch>>,
 }
@@ -208,7 +219,7 @@ impl CpuModel {
         reader: &mut TensorReader<'_>,
         config: &ModelConfig,
         shard: Shard,
-        inv_freq: Vec<f32>,
+        inv_freq: RopeFreqs,
     ) -> Result<Self> {
         let (h, vocab) = (config.hidden_size, config.vocab_size);
         let tied = !reader.has("output.weight");
@@ -270,6 +281,9 @@ impl CpuModel {
                     .ok_or_else(|| EngineError::InvalidShard("this shard does not hold the token embeddings".into()))?;
                 for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
                     k.dequantize_row(emb.ty, emb.rows(id as usize..id as usize + 1), row);
+                    if c.embedding_scale != 1.0 {
+                        row.iter_mut().for_each(|v| *v *= c.embedding_scale);
+                    }
                 }
             }
             CpuInput::Hidden(hidden) => x.copy_from_slice(hidden),
@@ -280,14 +294,20 @@ impl CpuModel {
             }
         }
 
-        // Rotation angles of the new positions, shared by every layer.
+        // Rotation angles of the new positions, shared by every global layer, and by every local one.
         let half = hd / 2;
-        let (cos, sin) = (fit(&mut s.cos, seq * half), fit(&mut s.sin, seq * half));
-        for t in 0..seq {
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let (sn, cs) = ((pos + t) as f32 * f).sin_cos();
-                cos[t * half + i] = cs;
-                sin[t * half + i] = sn;
+        let tables = [
+            (&self.inv_freq.global, &mut s.cos, &mut s.sin),
+            (&self.inv_freq.local, &mut s.cos_local, &mut s.sin_local),
+        ];
+        for (freqs, cos, sin) in tables.into_iter().take(if c.sliding_window.is_some() { 2 } else { 1 }) {
+            let (cos, sin) = (fit(cos, seq * half), fit(sin, seq * half));
+            for t in 0..seq {
+                for (i, f) in freqs.iter().enumerate() {
+                    let (sn, cs) = ((pos + t) as f32 * f).sin_cos();
+                    cos[t * half + i] = cs;
+                    sin[t * half + i] = sn;
+                }
             }
         }
 
@@ -310,18 +330,29 @@ impl CpuModel {
                     }
                 }
             }
+            for (buf, norm, width) in [(&mut s.q, &layer.q_norm, q_dim), (&mut s.k, &layer.k_norm, kv_dim)] {
+                if let Some(w) = norm {
+                    for head in buf[..seq * width].chunks_exact_mut(hd) {
+                        ops::rms_norm_in_place(head, w, c.rms_eps);
+                    }
+                }
+            }
+            let (cos, sin) = if layer.window.is_some() { (&s.cos_local, &s.sin_local) } else { (&s.cos, &s.sin) };
             for t in 0..seq {
-                let (cs, sn) = (&s.cos[t * half..(t + 1) * half], &s.sin[t * half..(t + 1) * half]);
+                let (cs, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
                 ops::rope(&mut s.q[t * q_dim..(t + 1) * q_dim], hd, cs, sn, c.rope_style);
                 ops::rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, cs, sn, c.rope_style);
             }
             self.store_kv(kv, pos, seq, kv_dim, &s.k, &s.v, &mut s.half);
-            self.attention(pool, kv, pos, seq, &s.q, fit(&mut s.attn, seq * q_dim));
+            self.attention(pool, kv, pos, seq, layer.window, &s.q, fit(&mut s.attn, seq * q_dim));
 
             let out = fit(&mut s.out, seq * h);
             let products = [Product { m: &layer.o, out: SharedOut::new(out) }];
             self.quantize(&mut s.acts, &s.attn[..seq * q_dim], q_dim, &products);
             self.run_products(pool, &products, &s.acts, seq, None);
+            if let Some(w) = &layer.post_attn_norm {
+                self.norm_in_place(&mut s.out[..seq * h], w);
+            }
             s.x[..seq * h].iter_mut().zip(&s.out[..seq * h]).for_each(|(x, o)| *x += o);
 
             // Feed-forward.
@@ -332,6 +363,7 @@ impl CpuModel {
             let products = [Product { m: &layer.gate, out: gate_out }, Product { m: &layer.up, out: up_out }];
             self.quantize(&mut s.acts, &s.xn[..seq * h], h, &products);
             // Each thread combines the gate and up rows it computed.
+            let activation = c.activation;
             let swiglu = |rows: std::ops::Range<usize>| {
                 for t in 0..seq {
                     // SAFETY: `rows` is this thread's share, disjoint from every other thread's.
@@ -341,7 +373,10 @@ impl CpuModel {
                             up_out.slice(t * ffn + rows.start, rows.len()),
                         )
                     };
-                    ops::swiglu(g, u);
+                    match activation {
+                        Activation::Silu => ops::swiglu(g, u),
+                        Activation::GeluTanh => ops::geglu(g, u),
+                    }
                 }
             };
             self.run_products(pool, &products, &s.acts, seq, Some(&swiglu));
@@ -350,6 +385,9 @@ impl CpuModel {
             let products = [Product { m: &layer.down, out: SharedOut::new(out) }];
             self.quantize(&mut s.acts, &s.gate[..seq * ffn], ffn, &products);
             self.run_products(pool, &products, &s.acts, seq, None);
+            if let Some(w) = &layer.post_ffn_norm {
+                self.norm_in_place(&mut s.out[..seq * h], w);
+            }
             s.x[..seq * h].iter_mut().zip(&s.out[..seq * h]).for_each(|(x, o)| *x += o);
         }
         cache.advance(seq);
@@ -362,6 +400,9 @@ impl CpuModel {
                 let products = [Product { m: head, out: SharedOut::new(&mut logits) }];
                 self.quantize(&mut s.acts, &s.xn[..h], h, &products);
                 self.run_products(pool, &products, &s.acts, 1, None);
+                if let Some(cap) = c.final_softcap {
+                    ops::softcap(&mut logits, cap);
+                }
                 Ok(CpuOutput::Logits(logits))
             }
             _ => Ok(CpuOutput::Hidden(s.x[..seq * h].to_vec())),
@@ -372,6 +413,12 @@ impl CpuModel {
         let h = weight.len();
         for (row, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
             ops::rms_norm(row, weight, self.config.rms_eps, o);
+        }
+    }
+
+    fn norm_in_place(&self, x: &mut [f32], weight: &[f32]) {
+        for row in x.chunks_exact_mut(weight.len()) {
+            ops::rms_norm_in_place(row, weight, self.config.rms_eps);
         }
     }
 
@@ -466,15 +513,26 @@ impl CpuModel {
     }
 
     /// Causal attention of the `seq` new positions over the cache (which already holds them), one parallel step
-    /// over (position, head) pairs; query heads share key/value heads in groups (GQA).
-    fn attention(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
+    /// over (position, head) pairs; query heads share key/value heads in groups (GQA). With a sliding `window`,
+    /// position p sees only the keys j with p - j < window.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        pool: &ThreadPool,
+        kv: &HostLayer,
+        pos: usize,
+        seq: usize,
+        window: Option<usize>,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
         if seq > 1 {
-            return self.attention_blocked(pool, kv, pos, seq, q, out);
+            return self.attention_blocked(pool, kv, pos, seq, window, q, out);
         }
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
         let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attention_scale;
         let k = self.kernels;
         let out = SharedOut::new(out);
         pool.run(&|i, n| {
@@ -482,10 +540,11 @@ impl CpuModel {
             for item in share(seq * n_heads, 1, i, n) {
                 let (t, head) = (item / n_heads, item % n_heads);
                 let visible = pos + t + 1;
+                let first = window.map_or(0, |w| visible.saturating_sub(w));
                 let kv_off = (head / group) * hd;
                 let query = &q[t * q_dim + head * hd..t * q_dim + (head + 1) * hd];
-                let scores = fit(&mut ts.scores, visible);
-                for (j, s) in scores.iter_mut().enumerate() {
+                let scores = fit(&mut ts.scores, visible - first);
+                for (j, s) in (first..).zip(scores.iter_mut()) {
                     let at = j * kv_dim + kv_off;
                     *s = scale
                         * match &kv.keys {
@@ -493,11 +552,14 @@ impl CpuModel {
                             HostBuf::F32(keys) => k.dot_f32(&keys[at..at + hd], query),
                         };
                 }
+                if let Some(cap) = c.attn_softcap {
+                    ops::softcap(scores, cap);
+                }
                 ops::softmax(scores);
                 // SAFETY: each (position, head) pair is one thread's alone.
                 let o = unsafe { out.slice(t * q_dim + head * hd, hd) };
                 o.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
+                for (j, &p) in (first..).zip(scores.iter()) {
                     let at = j * kv_dim + kv_off;
                     match &kv.values {
                         HostBuf::F16(values) => k.axpy_f16(o, p, &values[at..at + hd]),
@@ -533,11 +595,21 @@ impl CpuModel {
     /// converted and transposed, `Vᵀ`. Then `S = Q Kᵀ`, a softmax over each row's visible prefix, and `O = S V`.
     /// Each key and value is read once per item, for `QUERY_BLOCK × group` queries. Items go to threads
     /// round-robin, so that the short early blocks of a causal prefill are spread over every thread.
-    fn attention_blocked(&self, pool: &ThreadPool, kv: &HostLayer, pos: usize, seq: usize, q: &[f32], out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn attention_blocked(
+        &self,
+        pool: &ThreadPool,
+        kv: &HostLayer,
+        pos: usize,
+        seq: usize,
+        window: Option<usize>,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
         let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attention_scale;
         let k = self.kernels;
         let blocks = seq.div_ceil(QUERY_BLOCK);
         let out = SharedOut::new(out);
@@ -590,7 +662,12 @@ impl CpuModel {
                 k.gemm(WeightType::F32, hd, f32_bytes(km), width, f32_bytes(qm), rows, sm, padded);
                 for (r, row) in sm.chunks_exact_mut(padded).enumerate() {
                     let visible = pos + t0 + r / group + 1;
-                    ops::softmax(&mut row[..visible]);
+                    let first = window.map_or(0, |w| visible.saturating_sub(w));
+                    if let Some(cap) = c.attn_softcap {
+                        ops::softcap(&mut row[first..visible], cap);
+                    }
+                    ops::softmax(&mut row[first..visible]);
+                    row[..first].fill(0.0);
                     row[visible..].fill(0.0);
                 }
                 // O = S V, then each position's `group` rows (the group's heads, one after another) to the output.
@@ -630,7 +707,23 @@ fn load_layer(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
             None => None,
         })
     };
+    let hd = c.head_dim;
+    let (q_norm, k_norm) = match c.qk_norm {
+        true => (Some(dense(reader, "attn_q_norm.weight", hd)?), Some(dense(reader, "attn_k_norm.weight", hd)?)),
+        false => (None, None),
+    };
+    let (post_attn_norm, post_ffn_norm) = match c.post_norms {
+        true => {
+            (Some(dense(reader, "post_attention_norm.weight", h)?), Some(dense(reader, "post_ffw_norm.weight", h)?))
+        }
+        false => (None, None),
+    };
     Ok(Layer {
+        window: c.window(layer),
+        q_norm,
+        k_norm,
+        post_attn_norm,
+        post_ffn_norm,
         attn_norm: dense(reader, "attn_norm.weight", h)?,
         q: Matrix::load(reader, &name("attn_q.weight"), q_dim, h)?,
         k: Matrix::load(reader, &name("attn_k.weight"), kv, h)?,

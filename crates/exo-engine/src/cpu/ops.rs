@@ -14,6 +14,15 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `x = x / rms(x) * weight`, in place.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean_square = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (mean_square + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(weight) {
+        *v *= scale * w;
+    }
+}
+
 /// Rotates each head of `x` (heads of `head_dim` values, one after another) by the angles whose cosines and
 /// sines are `cos`/`sin` (`head_dim / 2` each).
 pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32], style: RopeStyle) {
@@ -59,6 +68,23 @@ pub fn softmax(x: &mut [f32]) {
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x = tanh(x / cap) * cap`, Gemma 2's soft cap on attention scores and logits.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x.iter_mut() {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
+
+/// `gate = gelu(gate) * up` (GELU in its tanh approximation, as ggml computes it), GeGLU's combination.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh()) * u;
     }
 }
 
@@ -111,5 +137,21 @@ mod tests {
         assert_eq!(g[0], 0.0);
         assert!((g[1] - 2.0 / (1.0 + (-2.0f32).exp()) * 0.5).abs() < 1e-6);
         assert!((g[2] - -3.0 / (1.0 + 3.0f32.exp()) * 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn geglu_is_tanh_gelu_times_up_and_in_place_norm_matches() {
+        let mut g = [0.0, 1.0, -2.0];
+        geglu(&mut g, &[5.0, 2.0, 1.0]);
+        // gelu_tanh(1) = 0.841192, gelu_tanh(-2) = -0.0454023 (PyTorch's approximate="tanh").
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 0.841_192 * 2.0).abs() < 1e-5, "{g:?}");
+        assert!((g[2] + 0.045_402_3).abs() < 1e-6, "{g:?}");
+        let (x, w) = ([3.0, -4.0, 0.0, 5.0], [1.0, 2.0, 1.0, 0.5]);
+        let mut out = [0.0; 4];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        let mut y = x;
+        rms_norm_in_place(&mut y, &w, 1e-6);
+        assert_eq!(y, out);
     }
 }

@@ -30,6 +30,23 @@ pub fn model_path() -> PathBuf {
     path
 }
 
+/// Gemma 3 270M Q4_K_M, put in the cache by `scripts/fetch-models.sh` (or named by `EXO_TEST_GEMMA`).
+pub fn gemma_path() -> PathBuf {
+    let path = match std::env::var_os("EXO_TEST_GEMMA") {
+        Some(p) => PathBuf::from(p),
+        None => model_path().with_file_name("gemma-3-270m-q4_k_m.gguf"),
+    };
+    assert!(path.exists(), "test model {} is missing: run scripts/fetch-models.sh", path.display());
+    path
+}
+
+/// llama.cpp's reference data for Gemma 3 270M.
+pub fn golden_gemma() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../exo-engine/tests/data/gemma-3-270m-q4_k_m.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("golden data is in the repository"))
+        .expect("golden data is JSON")
+}
+
 /// llama.cpp's reference data for the test model. (The path works from both crates that include this module.)
 pub fn golden() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../exo-engine/tests/data/smollm2-135m-instruct-q4_1.json");
