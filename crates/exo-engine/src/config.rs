@@ -157,6 +157,12 @@ impl ModelConfig {
             }
         };
 
+        // Mixtral is a `llama` file with experts: its feed-forward tensors are not the ones this forward pass reads.
+        if let Some(experts) = gguf.get(&key("expert_count")).and_then(Value::as_u64).filter(|&n| n > 0) {
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "{arch_name} with {experts} experts (mixture of experts)"
+            )));
+        }
         let n_layers = bounded("block_count", MAX_LAYERS)?;
         let hidden_size = uint("embedding_length")?;
         let ffn_size = uint("feed_forward_length")?;
@@ -334,6 +340,18 @@ mod tests {
         // 16 layers of 512 keys and 512 values of 2 bytes over 131072 positions: 4 GiB.
         assert_eq!(c.kv_cache_bytes(16, 131072, KvType::F16), Some(4 << 30));
         assert_eq!(c.kv_cache_bytes(usize::MAX, usize::MAX, KvType::F32), None);
+    }
+
+    #[test]
+    fn a_mixture_of_experts_is_refused_by_name() {
+        let e = config_with(&[("llama.expert_count", Value::U32(8))]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            EngineError::UnsupportedArchitecture("llama with 8 experts (mixture of experts)".into()).to_string()
+        );
+        let e = config_with(&[("general.architecture", Value::String("qwen3moe".into()))]).unwrap_err();
+        assert!(e.to_string().contains("qwen3moe"), "{e}");
+        assert!(config_with(&[("llama.expert_count", Value::U32(0))]).is_ok());
     }
 
     #[test]
