@@ -9,13 +9,19 @@ use exo_engine::kernels::{Kernels, WeightType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TYPES: [(WeightType, GgmlDType); 7] = [
+const TYPES: [(WeightType, GgmlDType); 13] = [
     (WeightType::F32, GgmlDType::F32),
     (WeightType::F16, GgmlDType::F16),
+    (WeightType::Bf16, GgmlDType::BF16),
     (WeightType::Q4_0, GgmlDType::Q4_0),
     (WeightType::Q4_1, GgmlDType::Q4_1),
+    (WeightType::Q5_0, GgmlDType::Q5_0),
+    (WeightType::Q5_1, GgmlDType::Q5_1),
     (WeightType::Q8_0, GgmlDType::Q8_0),
+    (WeightType::Q2K, GgmlDType::Q2K),
+    (WeightType::Q3K, GgmlDType::Q3K),
     (WeightType::Q4K, GgmlDType::Q4K),
+    (WeightType::Q5K, GgmlDType::Q5K),
     (WeightType::Q6K, GgmlDType::Q6K),
 ];
 
@@ -41,13 +47,21 @@ fn random_rows(ty: WeightType, rows: usize, cols: usize, rng: &mut StdRng) -> Ve
                 v.copy_from_slice(&s);
             }
         }
+        WeightType::Bf16 => {
+            // bfloat16: the top half of an f32.
+            for v in data.chunks_exact_mut(2) {
+                v.copy_from_slice(&((rng.random_range(-1.0f32..1.0).to_bits() >> 16) as u16).to_le_bytes());
+            }
+        }
         _ => {
             rng.fill(&mut data[..]);
             for block in data.chunks_exact_mut(ty.block_bytes()) {
                 // The f16 scale fields, wherever the format keeps them.
                 let fields: &[usize] = match ty {
-                    WeightType::Q4_0 | WeightType::Q8_0 => &[0],
-                    WeightType::Q4_1 | WeightType::Q4K => &[0, 2],
+                    WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 => &[0],
+                    WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4K | WeightType::Q5K => &[0, 2],
+                    WeightType::Q2K => &[80, 82],
+                    WeightType::Q3K => &[108],
                     WeightType::Q6K => &[208],
                     _ => unreachable!(),
                 };

@@ -28,12 +28,17 @@ pub(crate) fn weight_type(kind: TensorType) -> Option<WeightType> {
     Some(match kind {
         TensorType::F32 => WeightType::F32,
         TensorType::F16 => WeightType::F16,
+        TensorType::Bf16 => WeightType::Bf16,
         TensorType::Q4_0 => WeightType::Q4_0,
         TensorType::Q4_1 => WeightType::Q4_1,
+        TensorType::Q5_0 => WeightType::Q5_0,
+        TensorType::Q5_1 => WeightType::Q5_1,
         TensorType::Q8_0 => WeightType::Q8_0,
+        TensorType::Q2K => WeightType::Q2K,
+        TensorType::Q3K => WeightType::Q3K,
         TensorType::Q4K => WeightType::Q4K,
+        TensorType::Q5K => WeightType::Q5K,
         TensorType::Q6K => WeightType::Q6K,
-        _ => return None,
     })
 }
 

@@ -3,7 +3,8 @@
 //! - [`KERNELS`] ([`Isa::Neon`]): plain NEON widening multiplies (`smull`/`sadalp`), runs on every aarch64 CPU;
 //! - [`KERNELS_DOT`] ([`Isa::NeonDot`]): the Armv8.2 dot-product instruction `sdot` (feature "dotprod",
 //!   detected at run time by [`dotprod_detected`]); its quantized drivers are
-//!   `#[target_feature(enable = "neon,dotprod")]`. Quantization, F32/F16 weights and the f16 helpers are shared.
+//!   `#[target_feature(enable = "neon,dotprod")]`. Quantization, F32/F16/BF16 weights and the f16 helpers are
+//!   shared.
 //!
 //! `sdot` and the f16 conversions (`fcvtl`/`fcvtn`) go through inline assembly: `vdotq_s32` and Rust's f16
 //! NEON types are not stable. The assembler only accepts `sdot` inside functions compiled with "dotprod", so
@@ -98,22 +99,22 @@ fn f16_to_f32(x: &[u16], out: &mut [f32]) {
 
 fn dot_f16(a: &[u16], b: &[f32]) -> f32 {
     // SAFETY: as above.
-    unsafe { tile_flt::<true, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
+    unsafe { tile_flt::<F16W, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
 }
 
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: as above.
-    unsafe { tile_flt::<false, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
+    unsafe { tile_flt::<F32W, 1>(a.as_ptr() as *const u8, [b.as_ptr() as *const u8], a.len())[0] }
 }
 
 fn axpy_f16(y: &mut [f32], alpha: f32, x: &[u16]) {
     // SAFETY: as above.
-    unsafe { axpy_neon::<true>(y, alpha, x.as_ptr() as *const u8) }
+    unsafe { axpy_neon::<F16W>(y, alpha, x.as_ptr() as *const u8) }
 }
 
 fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
     // SAFETY: as above.
-    unsafe { axpy_neon::<false>(y, alpha, x.as_ptr() as *const u8) }
+    unsafe { axpy_neon::<F32W>(y, alpha, x.as_ptr() as *const u8) }
 }
 
 // ---- helpers ----
@@ -270,22 +271,44 @@ macro_rules! drivers {
     };
 }
 
-// ---- Q4_0 / Q4_1 / Q8_0 against Q8_32 ----
+// ---- Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 against Q8_32 ----
 
-/// Q4_0 (`Q1 = false`, value = d*(q-8)) or Q4_1 (`Q1 = true`, value = d*q + m).
+/// `0x10` in byte k of 16 where bit k of the low 16 bits of `h` is set (the fifth bit of 5-bit quants).
 #[inline(always)]
-unsafe fn tile_q4<D: IntDot, const Q1: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
-    let bb = if Q1 { 20 } else { 18 };
+unsafe fn bit5x16(h: u32) -> uint8x16_t {
+    let v = vcombine_u8(vdup_n_u8(h as u8), vdup_n_u8((h >> 8) as u8));
+    let bits = vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201));
+    vandq_u8(vtstq_u8(v, bits), vdupq_n_u8(0x10))
+}
+
+/// Q4_0 (value = d*(q-8)), Q4_1 (`Q1`, value = d*q + m), Q5_0 (`Q5`, d*(q-16)) or Q5_1 (`Q1` and `Q5`); a 5-bit
+/// quant is a nibble and bit j of the block's 32-bit `qh` word.
+#[inline(always)]
+unsafe fn tile_q45<D: IntDot, const Q1: bool, const Q5: bool, const T: usize>(
+    w: *const u8,
+    a: [*const u8; T],
+    nb: usize,
+) -> [f32; T] {
+    // Layouts: { d, [m], [qh: u32], qs: [u8; 16] }.
+    let qhoff = if Q1 { 4 } else { 2 };
+    let qoff = qhoff + if Q5 { 4 } else { 0 };
+    let bb = qoff + 16;
+    let zero = if Q5 { -16.0 } else { -8.0 };
     let mask = vdupq_n_u8(0x0f);
     let mut acc = [vdupq_n_f32(0.0); T];
     let mut off = [0f32; T];
     for b in 0..nb {
         let wb = w.add(b * bb);
         let dw = ld_f16(wb);
-        let m = if Q1 { ld_f16(wb.add(2)) } else { -8.0 * dw };
-        let q = vld1q_u8(wb.add(if Q1 { 4 } else { 2 }));
-        let lo = vreinterpretq_s8_u8(vandq_u8(q, mask));
-        let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+        let m = if Q1 { ld_f16(wb.add(2)) } else { zero * dw };
+        let q = vld1q_u8(wb.add(qoff));
+        let (mut lo, mut hi) = (vandq_u8(q, mask), vshrq_n_u8::<4>(q));
+        if Q5 {
+            let qh = (wb.add(qhoff) as *const u32).read_unaligned();
+            lo = vorrq_u8(lo, bit5x16(qh));
+            hi = vorrq_u8(hi, bit5x16(qh >> 16));
+        }
+        let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
         let (od, os, ol, oh) = q8_32_at(nb, b);
         for t in 0..T {
             let s = D::dot(D::dot(vdupq_n_s32(0), lo, ld_s8(a[t].add(ol))), hi, ld_s8(a[t].add(oh)));
@@ -302,12 +325,22 @@ unsafe fn tile_q4<D: IntDot, const Q1: bool, const T: usize>(w: *const u8, a: [*
 
 #[inline(always)]
 unsafe fn tile_q4_0<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
-    tile_q4::<D, false, T>(w, a, nb)
+    tile_q45::<D, false, false, T>(w, a, nb)
 }
 
 #[inline(always)]
 unsafe fn tile_q4_1<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
-    tile_q4::<D, true, T>(w, a, nb)
+    tile_q45::<D, true, false, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q5_0<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q45::<D, false, true, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q5_1<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q45::<D, true, true, T>(w, a, nb)
 }
 
 #[inline(always)]
@@ -326,26 +359,38 @@ unsafe fn tile_q8_0<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], 
     acc.map(|v| vaddvq_f32(v))
 }
 
-// ---- Q4_K / Q6_K against Q8K ----
+// ---- Q2_K / Q3_K / Q4_K / Q5_K / Q6_K against Q8K ----
 
+/// Q4_K, or Q5_K (`Q5`: the same header, then `qh: [u8; 32]` holding the fifth bit of element i in bit i / 32
+/// of byte i % 32, then the nibbles).
 #[inline(always)]
-unsafe fn tile_q4k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+unsafe fn tile_q45k<D: IntDot, const Q5: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let (bb, qoff) = if Q5 { (176, 48) } else { (144, 16) };
     let mask = vdupq_n_u8(0x0f);
+    let x10 = vdupq_n_u8(0x10);
     let mut acc = [vdupq_n_f32(0.0); T];
     let mut accm = [0f32; T];
     for b in 0..nb {
-        let wb = w.add(b * 144);
+        let wb = w.add(b * bb);
         let (d, dmin) = (ld_f16(wb), ld_f16(wb.add(2)));
         let (sc, mn) = scalar::q4k_scales_mins(core::slice::from_raw_parts(wb.add(4), 12));
         let mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn.as_ptr())));
+        let (qh0, qh1) = if Q5 { (vld1q_u8(wb.add(16)), vld1q_u8(wb.add(32))) } else { (vdupq_n_u8(0), vdupq_n_u8(0)) };
         let mut sumi = [vdupq_n_s32(0); T];
         for c in 0..4 {
-            let q = wb.add(16 + 32 * c);
+            let q = wb.add(qoff + 32 * c);
             let (v0, v1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
-            let lo0 = vreinterpretq_s8_u8(vandq_u8(v0, mask));
-            let lo1 = vreinterpretq_s8_u8(vandq_u8(v1, mask));
-            let hi0 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v0));
-            let hi1 = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v1));
+            let (mut lo0, mut lo1) = (vandq_u8(v0, mask), vandq_u8(v1, mask));
+            let (mut hi0, mut hi1) = (vshrq_n_u8::<4>(v0), vshrq_n_u8::<4>(v1));
+            if Q5 {
+                let (bl, bh) = (vdupq_n_u8(1 << (2 * c)), vdupq_n_u8(2 << (2 * c)));
+                lo0 = vorrq_u8(lo0, vandq_u8(vtstq_u8(qh0, bl), x10));
+                lo1 = vorrq_u8(lo1, vandq_u8(vtstq_u8(qh1, bl), x10));
+                hi0 = vorrq_u8(hi0, vandq_u8(vtstq_u8(qh0, bh), x10));
+                hi1 = vorrq_u8(hi1, vandq_u8(vtstq_u8(qh1, bh), x10));
+            }
+            let (lo0, lo1) = (vreinterpretq_s8_u8(lo0), vreinterpretq_s8_u8(lo1));
+            let (hi0, hi1) = (vreinterpretq_s8_u8(hi0), vreinterpretq_s8_u8(hi1));
             for t in 0..T {
                 let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * c);
                 let l = D::dot(D::dot(vdupq_n_s32(0), lo0, ld_s8(ap)), lo1, ld_s8(ap.add(16)));
@@ -369,6 +414,108 @@ unsafe fn tile_q4k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], n
         res[t] = vaddvq_f32(acc[t]) - accm[t];
     }
     res
+}
+
+#[inline(always)]
+unsafe fn tile_q4k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q45k::<D, false, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q5k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q45k::<D, true, T>(w, a, nb)
+}
+
+/// Σ c[j] * bsums[j] over the 16 sums of 16 of a Q8K block at `ab` (`c` widened from 16 i8), spread over 4 lanes.
+#[inline(always)]
+unsafe fn dot_bsums(c: int8x16_t, ab: *const u8) -> int32x4_t {
+    let bs = ab.add(Q8K_BSUMS) as *const i16;
+    let (b0, b1) = (vld1q_s16(bs), vld1q_s16(bs.add(8)));
+    let (c0, c1) = (vmovl_s8(vget_low_s8(c)), vmovl_high_s8(c));
+    vaddq_s32(
+        vaddq_s32(vmull_s16(vget_low_s16(c0), vget_low_s16(b0)), vmull_high_s16(c0, b0)),
+        vaddq_s32(vmull_s16(vget_low_s16(c1), vget_low_s16(b1)), vmull_high_s16(c1, b1)),
+    )
+}
+
+/// Q2_K (value = d * (s & 15) * q - dmin * (s >> 4), one scale byte s per 16) or Q3_K (`Q3`, value =
+/// d * scale * (q - 4) with a signed 6-bit scale per 16, the third bit of q in `hmask`).
+#[inline(always)]
+unsafe fn tile_q23k<D: IntDot, const Q3: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let (bb, qoff) = if Q3 { (110, 32) } else { (84, 16) };
+    let m2 = vdupq_n_u8(0x03);
+    let x4 = vdupq_n_u8(0x04);
+    let mut acc = [vdupq_n_f32(0.0); T];
+    let mut accm = [0f32; T];
+    for b in 0..nb {
+        let wb = w.add(b * bb);
+        // One scale per 16 elements; for Q2_K the mins too.
+        let (sc, mins, d, dmin) = if Q3 {
+            let sc = scalar::q3k_scales(core::slice::from_raw_parts(wb.add(96), 12));
+            (sc, vdupq_n_s8(0), ld_f16(wb.add(108)), 0.0)
+        } else {
+            let s = vld1q_u8(wb);
+            let mut sc = [0i8; 16];
+            vst1q_s8(sc.as_mut_ptr(), vreinterpretq_s8_u8(vandq_u8(s, vdupq_n_u8(0x0f))));
+            (sc, vreinterpretq_s8_u8(vshrq_n_u8::<4>(s)), ld_f16(wb.add(80)), ld_f16(wb.add(82)))
+        };
+        let mut sumi = [vdupq_n_s32(0); T];
+        for h in 0..2 {
+            for l16 in 0..2 {
+                // Quarter k covers elements 128h + 32k + 16*l16 .. +16 (bits 2k..2k+2 of the quant bytes), scale
+                // index 8h + 2k + l16.
+                let q = vld1q_u8(wb.add(qoff + 32 * h + 16 * l16));
+                let mut qk = [
+                    vandq_u8(q, m2),
+                    vandq_u8(vshrq_n_u8::<2>(q), m2),
+                    vandq_u8(vshrq_n_u8::<4>(q), m2),
+                    vshrq_n_u8::<6>(q),
+                ];
+                if Q3 {
+                    let hm = vld1q_u8(wb.add(16 * l16));
+                    for (k, v) in qk.iter_mut().enumerate() {
+                        *v = vorrq_u8(*v, vandq_u8(vtstq_u8(hm, vdupq_n_u8(1 << (4 * h + k))), x4));
+                    }
+                }
+                for (k, &q) in qk.iter().enumerate() {
+                    let s = sc[8 * h + 2 * k + l16] as i32;
+                    for t in 0..T {
+                        let ap = a[t].add(b * Q8K_BYTES + 4 + 128 * h + 32 * k + 16 * l16);
+                        let p = D::dot(vdupq_n_s32(0), vreinterpretq_s8_u8(q), ld_s8(ap));
+                        sumi[t] = vmlaq_n_s32(sumi[t], p, s);
+                    }
+                }
+            }
+        }
+        let scv = vld1q_s8(sc.as_ptr());
+        for t in 0..T {
+            let ab = a[t].add(b * Q8K_BYTES);
+            let da = ld_f32(ab);
+            if Q3 {
+                // The -4 offset: 4 * Σ scale_j * bsum_j.
+                let s = vsubq_s32(sumi[t], vshlq_n_s32::<2>(dot_bsums(scv, ab)));
+                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * da);
+            } else {
+                acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(sumi[t]), d * da);
+                accm[t] += dmin * da * vaddvq_s32(dot_bsums(mins, ab)) as f32;
+            }
+        }
+    }
+    let mut res = [0f32; T];
+    for t in 0..T {
+        res[t] = vaddvq_f32(acc[t]) - accm[t];
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_q2k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q23k::<D, false, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q3k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_q23k::<D, true, T>(w, a, nb)
 }
 
 #[inline(always)]
@@ -404,17 +551,10 @@ unsafe fn tile_q6k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], n
             }
         }
         let scv = vld1q_s8(sc.as_ptr());
-        let (sl, sh) = (vmovl_s8(vget_low_s8(scv)), vmovl_high_s8(scv));
         for t in 0..T {
             let ab = a[t].add(b * Q8K_BYTES);
-            let bs = ab.add(Q8K_BSUMS) as *const i16;
-            let (b0, b1) = (vld1q_s16(bs), vld1q_s16(bs.add(8)));
             // The -32 offset: 32 * Σ scale_j * bsum_j.
-            let o = vaddq_s32(
-                vaddq_s32(vmull_s16(vget_low_s16(sl), vget_low_s16(b0)), vmull_high_s16(sl, b0)),
-                vaddq_s32(vmull_s16(vget_low_s16(sh), vget_low_s16(b1)), vmull_high_s16(sh, b1)),
-            );
-            let s = vsubq_s32(sumi[t], vshlq_n_s32::<5>(o));
+            let s = vsubq_s32(sumi[t], vshlq_n_s32::<5>(dot_bsums(scv, ab)));
             acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), d * ld_f32(ab));
         }
     }
@@ -424,7 +564,7 @@ unsafe fn tile_q6k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], n
 // ---- quantized drivers and gemv/gemm dispatch, once per integer dot ----
 
 /// Defines module `$m` with the quantized drivers over the integer dot `$D` (each carrying `$attr`) and its
-/// `gemv`/`gemm` dispatch over every weight type (F32/F16 go to the shared float drivers).
+/// `gemv`/`gemm` dispatch over every weight type (F32/F16/BF16 go to the shared float drivers).
 macro_rules! int_variant {
     ($m:ident, $D:ty $(, #[$attr:meta])*) => {
         mod $m {
@@ -432,8 +572,13 @@ macro_rules! int_variant {
 
             drivers!($(#[$attr])* gemv_q4_0, gemm_q4_0, tile_q4_0[$D], 18, Q8_32_BYTES);
             drivers!($(#[$attr])* gemv_q4_1, gemm_q4_1, tile_q4_1[$D], 20, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q5_0, gemm_q5_0, tile_q5_0[$D], 22, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q5_1, gemm_q5_1, tile_q5_1[$D], 24, Q8_32_BYTES);
             drivers!($(#[$attr])* gemv_q8_0, gemm_q8_0, tile_q8_0[$D], 34, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_q2k, gemm_q2k, tile_q2k[$D], 84, Q8K_BYTES);
+            drivers!($(#[$attr])* gemv_q3k, gemm_q3k, tile_q3k[$D], 110, Q8K_BYTES);
             drivers!($(#[$attr])* gemv_q4k, gemm_q4k, tile_q4k[$D], 144, Q8K_BYTES);
+            drivers!($(#[$attr])* gemv_q5k, gemm_q5k, tile_q5k[$D], 176, Q8K_BYTES);
             drivers!($(#[$attr])* gemv_q6k, gemm_q6k, tile_q6k[$D], 210, Q8K_BYTES);
 
             /// # Safety
@@ -444,10 +589,16 @@ macro_rules! int_variant {
                 match ty {
                     WeightType::F32 => gemv_f32(cols, w, act, out),
                     WeightType::F16 => gemv_f16(cols, w, act, out),
+                    WeightType::Bf16 => gemv_bf16(cols, w, act, out),
                     WeightType::Q4_0 => gemv_q4_0(nb, w, act, out),
                     WeightType::Q4_1 => gemv_q4_1(nb, w, act, out),
+                    WeightType::Q5_0 => gemv_q5_0(nb, w, act, out),
+                    WeightType::Q5_1 => gemv_q5_1(nb, w, act, out),
                     WeightType::Q8_0 => gemv_q8_0(nb, w, act, out),
+                    WeightType::Q2K => gemv_q2k(nb, w, act, out),
+                    WeightType::Q3K => gemv_q3k(nb, w, act, out),
                     WeightType::Q4K => gemv_q4k(nb, w, act, out),
+                    WeightType::Q5K => gemv_q5k(nb, w, act, out),
                     WeightType::Q6K => gemv_q6k(nb, w, act, out),
                 }
             }
@@ -470,10 +621,16 @@ macro_rules! int_variant {
                 match ty {
                     WeightType::F32 => gemm_f32(cols, w, n_rows, acts, n_tok, o, os),
                     WeightType::F16 => gemm_f16(cols, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Bf16 => gemm_bf16(cols, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q4_0 => gemm_q4_0(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q4_1 => gemm_q4_1(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q5_0 => gemm_q5_0(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q5_1 => gemm_q5_1(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q8_0 => gemm_q8_0(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q2K => gemm_q2k(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q3K => gemm_q3k(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Q5K => gemm_q5k(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
                 }
             }
@@ -484,34 +641,60 @@ macro_rules! int_variant {
 int_variant!(widen, Widen);
 int_variant!(sdot, Sdot, #[target_feature(enable = "neon,dotprod")]);
 
-// ---- F32 / F16 weights ----
+// ---- F32 / F16 / BF16 weights ----
 
-#[inline(always)]
-unsafe fn ld4<const H: bool>(p: *const u8, i: usize) -> float32x4_t {
-    if H {
-        cvt_f16x4(vld1_u16((p as *const u16).add(i)))
-    } else {
-        vld1q_f32((p as *const f32).add(i))
-    }
+/// A float weight format: 4 values (or one) from element `i` of a row at `p`, as f32.
+trait FloatW {
+    unsafe fn ld4(p: *const u8, i: usize) -> float32x4_t;
+    unsafe fn ld1(p: *const u8, i: usize) -> f32;
 }
 
-#[inline(always)]
-unsafe fn ld1<const H: bool>(p: *const u8, i: usize) -> f32 {
-    if H {
-        ld_f16(p.add(2 * i))
-    } else {
+struct F32W;
+struct F16W;
+/// bfloat16: the top half of an f32.
+struct Bf16W;
+
+impl FloatW for F32W {
+    #[inline(always)]
+    unsafe fn ld4(p: *const u8, i: usize) -> float32x4_t {
+        vld1q_f32((p as *const f32).add(i))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
         ld_f32(p.add(4 * i))
     }
 }
 
-/// Float weights (`H`: f16, else f32) against f32 activations; `n` columns.
+impl FloatW for F16W {
+    #[inline(always)]
+    unsafe fn ld4(p: *const u8, i: usize) -> float32x4_t {
+        cvt_f16x4(vld1_u16((p as *const u16).add(i)))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
+        ld_f16(p.add(2 * i))
+    }
+}
+
+impl FloatW for Bf16W {
+    #[inline(always)]
+    unsafe fn ld4(p: *const u8, i: usize) -> float32x4_t {
+        vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16((p as *const u16).add(i)))))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
+        f32::from_bits(((p as *const u16).add(i).read_unaligned() as u32) << 16)
+    }
+}
+
+/// Float weights of format `W` against f32 activations; `n` columns.
 #[inline(always)]
-unsafe fn tile_flt<const H: bool, const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
+unsafe fn tile_flt<W: FloatW, const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
     let mut acc0 = [vdupq_n_f32(0.0); T];
     let mut acc1 = [vdupq_n_f32(0.0); T];
     let mut i = 0;
     while i + 8 <= n {
-        let (w0, w1) = (ld4::<H>(w, i), ld4::<H>(w, i + 4));
+        let (w0, w1) = (W::ld4(w, i), W::ld4(w, i + 4));
         for t in 0..T {
             let ap = a[t] as *const f32;
             acc0[t] = vfmaq_f32(acc0[t], w0, vld1q_f32(ap.add(i)));
@@ -523,7 +706,7 @@ unsafe fn tile_flt<const H: bool, const T: usize>(w: *const u8, a: [*const u8; T
     for t in 0..T {
         let mut s = vaddvq_f32(vaddq_f32(acc0[t], acc1[t]));
         for j in i..n {
-            s += ld1::<H>(w, j) * ld_f32(a[t].add(4 * j));
+            s += W::ld1(w, j) * ld_f32(a[t].add(4 * j));
         }
         res[t] = s;
     }
@@ -532,15 +715,21 @@ unsafe fn tile_flt<const H: bool, const T: usize>(w: *const u8, a: [*const u8; T
 
 #[inline(always)]
 unsafe fn tile_f16<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
-    tile_flt::<true, T>(w, a, n)
+    tile_flt::<F16W, T>(w, a, n)
+}
+
+#[inline(always)]
+unsafe fn tile_bf16<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
+    tile_flt::<Bf16W, T>(w, a, n)
 }
 
 #[inline(always)]
 unsafe fn tile_f32<const T: usize>(w: *const u8, a: [*const u8; T], n: usize) -> [f32; T] {
-    tile_flt::<false, T>(w, a, n)
+    tile_flt::<F32W, T>(w, a, n)
 }
 
 drivers!(gemv_f16, gemm_f16, tile_f16[], 2, 4);
+drivers!(gemv_bf16, gemm_bf16, tile_bf16[], 2, 4);
 drivers!(gemv_f32, gemm_f32, tile_f32[], 4, 4);
 
 // ---- f16 helpers ----
@@ -563,16 +752,16 @@ unsafe fn f16_to_f32_neon(x: &[u16], out: &mut [f32]) {
     scalar::f16_to_f32_slice(xs.remainder(), os.into_remainder());
 }
 
-/// `y += alpha * x` with `x` f16 (`H`) or f32 at `x`, `y.len()` values.
-unsafe fn axpy_neon<const H: bool>(y: &mut [f32], alpha: f32, x: *const u8) {
+/// `y += alpha * x` with `x` of float format `W` at `x`, `y.len()` values.
+unsafe fn axpy_neon<W: FloatW>(y: &mut [f32], alpha: f32, x: *const u8) {
     let n = y.len();
     let yp = y.as_mut_ptr();
     let mut i = 0;
     while i + 4 <= n {
-        vst1q_f32(yp.add(i), vfmaq_n_f32(vld1q_f32(yp.add(i)), ld4::<H>(x, i), alpha));
+        vst1q_f32(yp.add(i), vfmaq_n_f32(vld1q_f32(yp.add(i)), W::ld4(x, i), alpha));
         i += 4;
     }
     for j in i..n {
-        *yp.add(j) += alpha * ld1::<H>(x, j);
+        *yp.add(j) += alpha * W::ld1(x, j);
     }
 }

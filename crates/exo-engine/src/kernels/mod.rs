@@ -1,5 +1,5 @@
-//! CPU matrix kernels of the engine: GGUF/ggml quantized weight rows (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K,
-//! read byte-for-byte as they lie in the file) dotted with activations.
+//! CPU matrix kernels of the engine: GGUF/ggml weight rows (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
+//! Q3_K, Q4_K, Q5_K, Q6_K, read byte-for-byte as they lie in the file) dotted with activations.
 //!
 //! As in ggml, an activation row is quantized once per matrix product to 8 bits ([`ActType`]), then integer SIMD
 //! dot products run over every weight row ([`Kernels::gemv`] for one token, [`Kernels::gemm`] for a batch of
@@ -54,10 +54,16 @@ fn q8_32_at(nb: usize, b: usize) -> (usize, usize, usize, usize) {
 pub enum WeightType {
     F32,
     F16,
+    Bf16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -65,9 +71,9 @@ impl WeightType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
-            WeightType::F32 | WeightType::F16 => 1,
-            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => 32,
-            WeightType::Q4K | WeightType::Q6K => 256,
+            WeightType::F32 | WeightType::F16 | WeightType::Bf16 => 1,
+            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => 32,
+            WeightType::Q2K | WeightType::Q3K | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => 256,
         }
     }
 
@@ -75,11 +81,16 @@ impl WeightType {
     pub fn block_bytes(self) -> usize {
         match self {
             WeightType::F32 => 4,
-            WeightType::F16 => 2,
+            WeightType::F16 | WeightType::Bf16 => 2,
             WeightType::Q4_0 => 18,
             WeightType::Q4_1 => 20,
+            WeightType::Q5_0 => 22,
+            WeightType::Q5_1 => 24,
             WeightType::Q8_0 => 34,
+            WeightType::Q2K => 84,
+            WeightType::Q3K => 110,
             WeightType::Q4K => 144,
+            WeightType::Q5K => 176,
             WeightType::Q6K => 210,
         }
     }
@@ -92,9 +103,11 @@ impl WeightType {
     /// The activation format this weight type is dotted with.
     pub fn act_type(self) -> ActType {
         match self {
-            WeightType::F32 | WeightType::F16 => ActType::F32,
-            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => ActType::Q8_32,
-            WeightType::Q4K | WeightType::Q6K => ActType::Q8K,
+            WeightType::F32 | WeightType::F16 | WeightType::Bf16 => ActType::F32,
+            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => {
+                ActType::Q8_32
+            }
+            WeightType::Q2K | WeightType::Q3K | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => ActType::Q8K,
         }
     }
 }

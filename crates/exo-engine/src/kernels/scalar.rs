@@ -53,6 +53,15 @@ fn rd_f16(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
+/// bfloat16 (the top half of an f32) to f32, exact.
+fn rd_bf16(b: &[u8], at: usize) -> f32 {
+    f32::from_bits((u16::from_le_bytes([b[at], b[at + 1]]) as u32) << 16)
+}
+
+fn rd_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -123,6 +132,64 @@ pub(super) fn q4k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+/// The 32 unsigned quants of a Q4_0/Q4_1 block (0..16: a nibble) or a Q5_0/Q5_1 block (0..32: a nibble and bit
+/// `j` of the little-endian `qh` word). Element `j < 16` is the low nibble of byte `j`, element `16 + j` its high
+/// nibble.
+pub(super) fn q32_quants(ty: WeightType, b: &[u8]) -> [i32; 32] {
+    let (qh, qs) = match ty {
+        WeightType::Q4_0 => (0, &b[2..18]),
+        WeightType::Q4_1 => (0, &b[4..20]),
+        WeightType::Q5_0 => (rd_u32(b, 2), &b[6..22]),
+        _ => (rd_u32(b, 4), &b[8..24]),
+    };
+    let mut q = [0i32; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0f) as i32 | (((qh >> j) & 1) << 4) as i32;
+        q[j + 16] = (qs[j] >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
+    }
+    q
+}
+
+/// The 2-bit quant (0..4) of element `i` of a Q2_K block (value = d * (scales[i / 16] & 15) * q - dmin *
+/// (scales[i / 16] >> 4)): each 128-half has 32 bytes of quants, its four 32-element quarters in bits 0-1, 2-3,
+/// 4-5 and 6-7 of the same bytes.
+pub(super) fn q2k_quant(b: &[u8], i: usize) -> i32 {
+    let (half, quarter) = (i / 128, i % 128 / 32);
+    ((b[16 + 32 * half + i % 32] >> (2 * quarter)) & 3) as i32
+}
+
+/// The 16 signed 6-bit scales of a Q3_K block (stored with a +32 bias): the low four bits of scale `s < 8` in the
+/// low nibble of byte `s`, of scale `s >= 8` in the high nibble of byte `s - 8`; the top two bits of scale `s` in
+/// bits `2 * (s / 4)` of byte `8 + s % 4`.
+pub(super) fn q3k_scales(s: &[u8]) -> [i8; 16] {
+    let mut sc = [0i8; 16];
+    for (j, v) in sc.iter_mut().enumerate() {
+        let lo = if j < 8 { s[j] & 0x0f } else { s[j - 8] >> 4 };
+        let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *v = (lo | (hi << 4)) as i8 - 32;
+    }
+    sc
+}
+
+/// The 3-bit unsigned quant (0..8) of element `i` of a Q3_K block (value = d * scale[i / 16] * (q - 4)): the
+/// low two bits packed as in Q2_K, the third bit in bit `i / 32` of hmask byte `i % 32`.
+pub(super) fn q3k_quant(b: &[u8], i: usize) -> i32 {
+    let (half, quarter) = (i / 128, i % 128 / 32);
+    let lo = (b[32 + 32 * half + i % 32] >> (2 * quarter)) & 3;
+    let hi = (b[i % 32] >> (i / 32)) & 1;
+    (lo | (hi << 2)) as i32
+}
+
+/// The 5-bit unsigned quant (0..32) of element `i` of a Q5_K block (value = d * sc[i / 32] * q - dmin *
+/// mn[i / 32], scales as Q4_K): the low nibbles as Q4_K's, the fifth bit in bit `i / 32` of qh byte `i % 32`.
+pub(super) fn q5k_quant(b: &[u8], i: usize) -> i32 {
+    let (c, l) = (i / 64, i % 32);
+    let q = b[48 + 32 * c + l];
+    let lo = if i % 64 < 32 { q & 0x0f } else { q >> 4 };
+    let hi = (b[16 + l] >> (i / 32)) & 1;
+    (lo | (hi << 4)) as i32
+}
+
 /// The 6-bit unsigned quant (0..64) of element `i` of a Q6_K block (value = d * scale[i / 16] * (q - 32)).
 pub(super) fn q6k_quant(b: &[u8], i: usize) -> i32 {
     let (half, l) = (i / 128, i % 128);
@@ -138,12 +205,17 @@ fn dequant_block(ty: WeightType, b: &[u8], out: &mut [f32]) {
     match ty {
         WeightType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         WeightType::F16 => out[0] = rd_f16(b, 0),
-        WeightType::Q4_0 | WeightType::Q4_1 => {
-            let d = rd_f16(b, 0);
-            let (m, qs) = if ty == WeightType::Q4_1 { (rd_f16(b, 2), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
-            for j in 0..16 {
-                out[j] = d * (qs[j] & 0x0f) as f32 + m;
-                out[j + 16] = d * (qs[j] >> 4) as f32 + m;
+        WeightType::Bf16 => out[0] = rd_bf16(b, 0),
+        WeightType::Q4_0 | WeightType::Q5_0 => {
+            let (d, zero) = (rd_f16(b, 0), if ty == WeightType::Q4_0 { 8 } else { 16 });
+            for (o, q) in out.iter_mut().zip(q32_quants(ty, b)) {
+                *o = d * (q - zero) as f32;
+            }
+        }
+        WeightType::Q4_1 | WeightType::Q5_1 => {
+            let (d, m) = (rd_f16(b, 0), rd_f16(b, 2));
+            for (o, q) in out.iter_mut().zip(q32_quants(ty, b)) {
+                *o = d * q as f32 + m;
             }
         }
         WeightType::Q8_0 => {
@@ -161,6 +233,27 @@ fn dequant_block(ty: WeightType, b: &[u8], out: &mut [f32]) {
                     out[64 * c + l] = d * sc[2 * c] as f32 * (qs[l] & 0x0f) as f32 - dmin * mn[2 * c] as f32;
                     out[64 * c + 32 + l] = d * sc[2 * c + 1] as f32 * (qs[l] >> 4) as f32 - dmin * mn[2 * c + 1] as f32;
                 }
+            }
+        }
+        WeightType::Q2K => {
+            let (d, dmin) = (rd_f16(b, 80), rd_f16(b, 82));
+            for (i, o) in out.iter_mut().enumerate().take(256) {
+                let s = b[i / 16];
+                *o = d * (s & 0x0f) as f32 * q2k_quant(b, i) as f32 - dmin * (s >> 4) as f32;
+            }
+        }
+        WeightType::Q3K => {
+            let d = rd_f16(b, 108);
+            let sc = q3k_scales(&b[96..108]);
+            for (i, o) in out.iter_mut().enumerate().take(256) {
+                *o = d * sc[i / 16] as f32 * (q3k_quant(b, i) - 4) as f32;
+            }
+        }
+        WeightType::Q5K => {
+            let (d, dmin) = (rd_f16(b, 0), rd_f16(b, 2));
+            let (sc, mn) = q4k_scales_mins(&b[4..16]);
+            for (i, o) in out.iter_mut().enumerate().take(256) {
+                *o = d * sc[i / 32] as f32 * q5k_quant(b, i) as f32 - dmin * mn[i / 32] as f32;
             }
         }
         WeightType::Q6K => {
@@ -184,7 +277,8 @@ pub(super) fn dot_row(ty: WeightType, w: &[u8], a: &[u8]) -> f32 {
     match ty {
         WeightType::F32 => w.chunks_exact(4).zip(a.chunks_exact(4)).map(|(w, a)| rd_f32(w, 0) * rd_f32(a, 0)).sum(),
         WeightType::F16 => w.chunks_exact(2).zip(a.chunks_exact(4)).map(|(w, a)| rd_f16(w, 0) * rd_f32(a, 0)).sum(),
-        WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => {
+        WeightType::Bf16 => w.chunks_exact(2).zip(a.chunks_exact(4)).map(|(w, a)| rd_bf16(w, 0) * rd_f32(a, 0)).sum(),
+        WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => {
             let nb = (w.len() / ty.block_bytes()).min(a.len() / Q8_32_BYTES);
             let mut acc = 0f32;
             for (b, wb) in w.chunks_exact(ty.block_bytes()).enumerate().take(nb) {
@@ -194,11 +288,14 @@ pub(super) fn dot_row(ty: WeightType, w: &[u8], a: &[u8]) -> f32 {
                 acc += match ty {
                     WeightType::Q8_0 => dw * da * (0..32).map(|j| (wb[2 + j] as i8 as i32) * qa(j)).sum::<i32>() as f32,
                     _ => {
-                        // Unsigned nibbles q: Q4_0 value = d*(q-8), Q4_1 value = d*q + m.
-                        let qs = if ty == WeightType::Q4_1 { &wb[4..20] } else { &wb[2..18] };
-                        let s: i32 =
-                            (0..16).map(|j| (qs[j] & 0x0f) as i32 * qa(j) + (qs[j] >> 4) as i32 * qa(j + 16)).sum();
-                        let offset = if ty == WeightType::Q4_1 { rd_f16(wb, 2) } else { -8.0 * dw };
+                        // Unsigned quants q: value = d*q + offset, the offset -8d (Q4_0), -16d (Q5_0) or m (Q4_1,
+                        // Q5_1); Σ offset * a is offset * s.
+                        let s: i32 = q32_quants(ty, wb).iter().enumerate().map(|(j, &q)| q * qa(j)).sum();
+                        let offset = match ty {
+                            WeightType::Q4_0 => -8.0 * dw,
+                            WeightType::Q5_0 => -16.0 * dw,
+                            _ => rd_f16(wb, 2),
+                        };
                         dw * da * s as f32 + offset * sa
                     }
                 };
@@ -223,6 +320,48 @@ pub(super) fn dot_row(ty: WeightType, w: &[u8], a: &[u8]) -> f32 {
                 }
                 let da = rd_f32(ab, 0);
                 acc += da * (rd_f16(wb, 0) * sum as f32 - rd_f16(wb, 2) * msum as f32);
+            }
+            acc
+        }
+        WeightType::Q2K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(84).zip(a.chunks_exact(Q8K_BYTES)) {
+                let (mut sum, mut msum) = (0i32, 0i32);
+                for j in 0..16 {
+                    let s: i32 = (16 * j..16 * j + 16).map(|i| q2k_quant(wb, i) * (ab[4 + i] as i8 as i32)).sum();
+                    sum += (wb[j] & 0x0f) as i32 * s;
+                    msum += (wb[j] >> 4) as i32 * rd_i16(ab, Q8K_BSUMS + 2 * j) as i32;
+                }
+                acc += rd_f32(ab, 0) * (rd_f16(wb, 80) * sum as f32 - rd_f16(wb, 82) * msum as f32);
+            }
+            acc
+        }
+        WeightType::Q3K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(110).zip(a.chunks_exact(Q8K_BYTES)) {
+                let sc = q3k_scales(&wb[96..108]);
+                let mut sum = 0i32;
+                for (j, &scale) in sc.iter().enumerate() {
+                    let s: i32 = (16 * j..16 * j + 16).map(|i| q3k_quant(wb, i) * (ab[4 + i] as i8 as i32)).sum();
+                    let bsum = rd_i16(ab, Q8K_BSUMS + 2 * j) as i32;
+                    sum += scale as i32 * (s - 4 * bsum);
+                }
+                acc += rd_f32(ab, 0) * rd_f16(wb, 108) * sum as f32;
+            }
+            acc
+        }
+        WeightType::Q5K => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(176).zip(a.chunks_exact(Q8K_BYTES)) {
+                let (sc, mn) = q4k_scales_mins(&wb[4..16]);
+                let (mut sum, mut msum) = (0i32, 0i32);
+                for g in 0..8 {
+                    let s: i32 = (32 * g..32 * g + 32).map(|i| q5k_quant(wb, i) * (ab[4 + i] as i8 as i32)).sum();
+                    let bs = rd_i16(ab, Q8K_BSUMS + 4 * g) as i32 + rd_i16(ab, Q8K_BSUMS + 4 * g + 2) as i32;
+                    sum += sc[g] as i32 * s;
+                    msum += mn[g] as i32 * bs;
+                }
+                acc += rd_f32(ab, 0) * (rd_f16(wb, 0) * sum as f32 - rd_f16(wb, 2) * msum as f32);
             }
             acc
         }

@@ -25,13 +25,19 @@ impl Rng {
     }
 }
 
-const ALL: [WeightType; 7] = [
+const ALL: [WeightType; 13] = [
     WeightType::F32,
     WeightType::F16,
+    WeightType::Bf16,
     WeightType::Q4_0,
     WeightType::Q4_1,
+    WeightType::Q5_0,
+    WeightType::Q5_1,
     WeightType::Q8_0,
+    WeightType::Q2K,
+    WeightType::Q3K,
     WeightType::Q4K,
+    WeightType::Q5K,
     WeightType::Q6K,
 ];
 
@@ -39,26 +45,36 @@ fn put_f16(b: &mut [u8], at: usize, v: f32) {
     b[at..at + 2].copy_from_slice(&scalar::f32_to_f16(v).to_le_bytes());
 }
 
-/// Random weight rows: random quant bytes, realistic f16 scales (1e-3..1e-1), random signed Q4_1 mins.
+/// Random weight rows: random quant bytes, realistic f16 scales (1e-3..1e-1), random signed Q4_1/Q5_1 mins.
 fn random_weights(rng: &mut Rng, ty: WeightType, rows: usize, cols: usize) -> Vec<u8> {
     let n = rows * ty.row_bytes(cols);
     match ty {
         WeightType::F32 => (0..n / 4).flat_map(|_| rng.range(-1.0, 1.0).to_le_bytes()).collect(),
         WeightType::F16 => (0..n / 2).flat_map(|_| scalar::f32_to_f16(rng.range(-1.0, 1.0)).to_le_bytes()).collect(),
+        // bfloat16 is the top half of an f32.
+        WeightType::Bf16 => {
+            (0..n / 2).flat_map(|_| ((rng.range(-1.0, 1.0).to_bits() >> 16) as u16).to_le_bytes()).collect()
+        }
         _ => {
             let mut w = rng.bytes(n);
             let scale = |rng: &mut Rng| 10f32.powf(rng.range(-3.0, -1.0));
             for b in w.chunks_exact_mut(ty.block_bytes()) {
                 match ty {
-                    WeightType::Q4_1 => {
+                    WeightType::Q4_1 | WeightType::Q5_1 => {
                         put_f16(b, 0, scale(rng));
-                        let m = rng.range(-1.0, 1.0) * scale(rng) * 8.0;
+                        let half_range = if ty == WeightType::Q4_1 { 8.0 } else { 16.0 };
+                        let m = rng.range(-1.0, 1.0) * scale(rng) * half_range;
                         put_f16(b, 2, m);
                     }
-                    WeightType::Q4K => {
+                    WeightType::Q4K | WeightType::Q5K => {
                         put_f16(b, 0, scale(rng));
                         put_f16(b, 2, scale(rng));
                     }
+                    WeightType::Q2K => {
+                        put_f16(b, 80, scale(rng));
+                        put_f16(b, 82, scale(rng));
+                    }
+                    WeightType::Q3K => put_f16(b, 108, scale(rng)),
                     WeightType::Q6K => put_f16(b, 208, scale(rng)),
                     _ => put_f16(b, 0, scale(rng)),
                 }
@@ -265,7 +281,20 @@ fn dequantize_matches_scalar() {
 #[test]
 fn scalar_dequantize_matches_gguf_py() {
     let data: &[u8] = include_bytes!("testdata/gguf_py_blocks.bin");
-    let types = [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0, WeightType::Q4K, WeightType::Q6K];
+    // The type ids of the fixture, in the generator's order.
+    let types = [
+        WeightType::Q4_0,
+        WeightType::Q4_1,
+        WeightType::Q8_0,
+        WeightType::Q4K,
+        WeightType::Q6K,
+        WeightType::Q5_0,
+        WeightType::Q5_1,
+        WeightType::Q2K,
+        WeightType::Q3K,
+        WeightType::Q5K,
+        WeightType::Bf16,
+    ];
     let rd = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
     let (mut at, mut seen) = (0, 0);
     while at < data.len() {
@@ -411,8 +440,56 @@ fn best_is_supported_and_sizes_are_ggml() {
         assert_eq!(isas, [Isa::Scalar, Isa::Neon]);
     }
     let bytes: Vec<usize> = ALL.iter().map(|t| t.block_bytes()).collect();
-    assert_eq!(bytes, [4, 2, 18, 20, 34, 144, 210]);
+    assert_eq!(bytes, [4, 2, 2, 18, 20, 22, 24, 34, 84, 110, 144, 176, 210]);
     assert_eq!(WeightType::Q4K.row_bytes(4096), 16 * 144);
     assert_eq!(ActType::Q8K.row_bytes(512), 2 * Q8K_BYTES);
     assert_eq!(ActType::Q8_32.row_bytes(64), 80);
+}
+
+/// Not a check: GB/s of weight bytes streamed by one-thread gemv over a 4096 x 4096 matrix, per type and variant,
+/// and each variant's ratio to scalar. Run with
+/// `cargo test -p exo-engine --lib kernels::tests::gemv_throughput -- --ignored --nocapture`
+/// (the dev profile builds this crate at opt-level 3). The matrix (8-32 MB) may sit in a large L3 cache.
+#[test]
+#[ignore]
+fn gemv_throughput() {
+    let (rows, cols) = (4096, 4096);
+    let mut rng = Rng(8);
+    let variants = Kernels::supported();
+    let mut head = format!("{:<6} {:>9}", "type", "MB");
+    for k in &variants {
+        head += &format!(" {:>12}", format!("{:?} GB/s", k.isa()));
+    }
+    for k in &variants[1..] {
+        head += &format!(" {:>14}", format!("{:?}/Scalar", k.isa()));
+    }
+    println!("{head}");
+    for ty in ALL {
+        let w = random_weights(&mut rng, ty, rows, cols);
+        let mut act = vec![0u8; ty.act_type().row_bytes(cols)];
+        SCALAR.quantize_row(ty.act_type(), &random_acts(&mut rng, cols), &mut act);
+        let mut out = vec![0f32; rows];
+        let speeds: Vec<f64> = variants
+            .iter()
+            .map(|k| {
+                // The best of several runs, at least 0.3 s of them in all.
+                let (start, mut best) = (std::time::Instant::now(), f64::INFINITY);
+                while start.elapsed().as_secs_f64() < 0.3 || best.is_infinite() {
+                    let t = std::time::Instant::now();
+                    k.gemv(ty, cols, &w, &act, &mut out);
+                    std::hint::black_box(&mut out);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                w.len() as f64 / best / 1e9
+            })
+            .collect();
+        let mut line = format!("{:<6} {:>9.1}", format!("{ty:?}"), w.len() as f64 / 1e6);
+        for s in &speeds {
+            line += &format!(" {s:>12.2}");
+        }
+        for s in &speeds[1..] {
+            line += &format!(" {:>14.1}", s / speeds[0]);
+        }
+        println!("{line}");
+    }
 }

@@ -48,10 +48,16 @@ fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
         match ty {
             WeightType::F32 => gemv_f32(cols, w, act, out),
             WeightType::F16 => gemv_f16(cols, w, act, out),
+            WeightType::Bf16 => gemv_bf16(cols, w, act, out),
             WeightType::Q4_0 => gemv_q4_0(nb, w, act, out),
             WeightType::Q4_1 => gemv_q4_1(nb, w, act, out),
+            WeightType::Q5_0 => gemv_q5_0(nb, w, act, out),
+            WeightType::Q5_1 => gemv_q5_1(nb, w, act, out),
             WeightType::Q8_0 => gemv_q8_0(nb, w, act, out),
+            WeightType::Q2K => gemv_q2k(nb, w, act, out),
+            WeightType::Q3K => gemv_q3k(nb, w, act, out),
             WeightType::Q4K => gemv_q4k(nb, w, act, out),
+            WeightType::Q5K => gemv_q5k(nb, w, act, out),
             WeightType::Q6K => gemv_q6k(nb, w, act, out),
         }
     }
@@ -65,10 +71,16 @@ fn gemm(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok
         match ty {
             WeightType::F32 => gemm_f32(cols, w, n_rows, acts, n_tok, o, os),
             WeightType::F16 => gemm_f16(cols, w, n_rows, acts, n_tok, o, os),
+            WeightType::Bf16 => gemm_bf16(cols, w, n_rows, acts, n_tok, o, os),
             WeightType::Q4_0 => gemm_q4_0(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q4_1 => gemm_q4_1(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q5_0 => gemm_q5_0(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q5_1 => gemm_q5_1(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q8_0 => gemm_q8_0(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q2K => gemm_q2k(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q3K => gemm_q3k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Q5K => gemm_q5k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
         }
     }
@@ -308,7 +320,7 @@ macro_rules! drivers {
     };
 }
 
-// ---- Q4_0 / Q4_1: unsigned nibbles x int8, offsets through the activation sums ----
+// ---- Q4_0 / Q4_1 / Q5_0 / Q5_1: unsigned 4- or 5-bit quants x int8, offsets through the activation sums ----
 
 /// `[x0 x4 | x1 x4]` from the first two lanes of `v`.
 #[inline(always)]
@@ -322,26 +334,54 @@ unsafe fn ld_2f32(p: *const u8) -> __m128 {
     _mm_castpd_ps(_mm_load_sd(p as *const f64))
 }
 
-/// Q4_0 (`Q1 = false`, value = d*(q-8)) or Q4_1 (`Q1 = true`, value = d*q + m) against Q8_32.
+/// Eight bytes `k`, as one 64-bit lane.
+const fn bytes8(k: i64) -> i64 {
+    k * 0x0101_0101_0101_0101
+}
+
+/// `0x10` in each byte whose bit is set: byte `k` of each 128-bit lane tests bit `k % 8` of byte `ctrl[k]` of
+/// the same lane of `v` (the fifth bit of 5-bit quants).
+#[inline(always)]
+unsafe fn bit5(v: __m256i, ctrl: __m256i) -> __m256i {
+    let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let x = _mm256_and_si256(_mm256_shuffle_epi8(v, ctrl), bits);
+    _mm256_and_si256(_mm256_cmpeq_epi8(x, bits), _mm256_set1_epi8(0x10))
+}
+
+/// `set` in each byte of `v` that has the bit `m` set, 0 in the others.
+#[inline(always)]
+unsafe fn bit_at(v: __m256i, m: u8, set: i8) -> __m256i {
+    let m = _mm256_set1_epi8(m as i8);
+    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m), _mm256_set1_epi8(set))
+}
+
+/// Q4_0 (value = d*(q-8)), Q4_1 (`Q1`, value = d*q + m), Q5_0 (`Q5`, d*(q-16)) or Q5_1 (`Q1` and `Q5`) against
+/// Q8_32; a 5-bit quant is a nibble and bit j of the block's 32-bit `qh` word.
 /// Two blocks at a time: one register holds the low nibbles of both, another the high nibbles, matching the
 /// pair-interleaved activations; lane 0 sums block 2p, lane 1 block 2p + 1.
 #[inline(always)]
-unsafe fn tile_q4<const Q1: bool, const R: usize, const T: usize>(
+unsafe fn tile_q45<const Q1: bool, const Q5: bool, const R: usize, const T: usize>(
     w: [*const u8; R],
     a: [*const u8; T],
     nb: usize,
 ) -> [[f32; T]; R] {
-    let bb = if Q1 { 20 } else { 18 };
-    let qoff = if Q1 { 4 } else { 2 };
+    // Layouts: { d, [m], [qh: u32], qs: [u8; 16] }.
+    let qhoff = if Q1 { 4 } else { 2 };
+    let qoff = qhoff + if Q5 { 4 } else { 0 };
+    let bb = qoff + 16;
+    let zero = if Q5 { -16.0 } else { -8.0 };
     let mask = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
+    // Bytes of qh that hold the fifth bits of elements 0..16 (one block per lane) and of elements 16..32.
+    let h_lo = _mm256_setr_epi64x(bytes8(0), bytes8(1), bytes8(0), bytes8(1));
+    let h_hi = _mm256_setr_epi64x(bytes8(2), bytes8(3), bytes8(2), bytes8(3));
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut off = [[_mm_setzero_ps(); T]; R];
     for p in 0..nb / 2 {
         for r in 0..R {
             let wb = w[r].add(2 * p * bb);
             prefetch(wb);
-            // [d0, d1] and the offsets [m0, m1] (m = -8d for Q4_0).
+            // [d0, d1] and the offsets [m0, m1] (m = -8d or -16d without a min field).
             let (dw, m) = if Q1 {
                 let h0 = (wb as *const u32).read_unaligned() as u64;
                 let h1 = (wb.add(bb) as *const u32).read_unaligned() as u64;
@@ -351,14 +391,22 @@ unsafe fn tile_q4<const Q1: bool, const R: usize, const T: usize>(
                 let h0 = (wb as *const u16).read_unaligned() as u32;
                 let h1 = (wb.add(bb) as *const u16).read_unaligned() as u32;
                 let v = _mm_cvtph_ps(_mm_cvtsi32_si128((h0 | (h1 << 16)) as i32));
-                (v, _mm_mul_ps(v, _mm_set1_ps(-8.0)))
+                (v, _mm_mul_ps(v, _mm_set1_ps(zero)))
             };
             let q =
                 _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(qoff))), ldu128(wb.add(bb + qoff)));
-            let lo = _mm256_and_si256(q, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+            let mut lo = _mm256_and_si256(q, mask);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+            if Q5 {
+                let qh0 = (wb.add(qhoff) as *const i32).read_unaligned();
+                let qh1 = (wb.add(bb + qhoff) as *const i32).read_unaligned();
+                let qh = _mm256_set_m128i(_mm_set1_epi32(qh1), _mm_set1_epi32(qh0));
+                lo = _mm256_or_si256(lo, bit5(qh, h_lo));
+                hi = _mm256_or_si256(hi, bit5(qh, h_hi));
+            }
             for t in 0..T {
                 let ab = a[t].add(2 * p * Q8_32_BYTES);
+                // Each maddubs pair is within 2 * 31 * 127, so two of them add in i16.
                 let s16 = _mm256_add_epi16(
                     _mm256_maddubs_epi16(lo, ldu(ab.add(16))),
                     _mm256_maddubs_epi16(hi, ldu(ab.add(48))),
@@ -382,9 +430,13 @@ unsafe fn tile_q4<const Q1: bool, const R: usize, const T: usize>(
         for r in 0..R {
             let wb = w[r].add(b * bb);
             let dw = ld_f16(wb);
-            let m = if Q1 { ld_f16(wb.add(2)) } else { -8.0 * dw };
+            let m = if Q1 { ld_f16(wb.add(2)) } else { zero * dw };
             let q = ldu128(wb.add(qoff));
-            let qv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+            let mut qv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+            if Q5 {
+                let qh = _mm256_set1_epi32((wb.add(qhoff) as *const i32).read_unaligned());
+                qv = _mm256_or_si256(qv, bit5(qh, _mm256_setr_epi64x(bytes8(0), bytes8(1), bytes8(2), bytes8(3))));
+            }
             for t in 0..T {
                 let ab = a[t].add(b * Q8_32_BYTES);
                 let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qv, ldu(ab.add(8))), ones);
@@ -397,16 +449,28 @@ unsafe fn tile_q4<const Q1: bool, const R: usize, const T: usize>(
 
 #[inline(always)]
 unsafe fn tile_q4_0<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
-    tile_q4::<false, R, T>(w, a, nb)
+    tile_q45::<false, false, R, T>(w, a, nb)
 }
 
 #[inline(always)]
 unsafe fn tile_q4_1<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
-    tile_q4::<true, R, T>(w, a, nb)
+    tile_q45::<true, false, R, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q5_0<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q45::<false, true, R, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q5_1<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q45::<true, true, R, T>(w, a, nb)
 }
 
 drivers!(gemv_q4_0, gemm_q4_0, tile_q4_0, 18, Q8_32_BYTES, false);
 drivers!(gemv_q4_1, gemm_q4_1, tile_q4_1, 20, Q8_32_BYTES, false);
+drivers!(gemv_q5_0, gemm_q5_0, tile_q5_0, 22, Q8_32_BYTES, false);
+drivers!(gemv_q5_1, gemm_q5_1, tile_q5_1, 24, Q8_32_BYTES, false);
 
 // ---- Q8_0 ----
 
@@ -462,7 +526,7 @@ unsafe fn tile_q8_0<const R: usize, const T: usize>(w: [*const u8; R], a: [*cons
 
 drivers!(gemv_q8_0, gemm_q8_0, tile_q8_0, 34, Q8_32_BYTES, false);
 
-// ---- Q4_K ----
+// ---- Q4_K / Q5_K ----
 
 /// Shuffle control broadcasting 16-bit word `j` (0..8) of each 128-bit lane.
 #[inline(always)]
@@ -471,13 +535,20 @@ unsafe fn word_bcast(j: i8) -> __m256i {
     _mm256_set1_epi16(((lo as i16 + 1) << 8) | lo as i16)
 }
 
+/// Q4_K, or Q5_K (`Q5`: the same header, then `qh: [u8; 32]` holding the fifth bit of element i in bit i / 32
+/// of byte i % 32, then the nibbles) against Q8K.
 #[inline(always)]
-unsafe fn tile_q4k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+unsafe fn tile_q45k<const Q5: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: [*const u8; T],
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (bb, qoff) = if Q5 { (176, 48) } else { (144, 16) };
     let mask = _mm256_set1_epi8(0x0f);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         for r in 0..R {
-            let wb = w[r].add(b * 144);
+            let wb = w[r].add(b * bb);
             prefetch(wb);
             prefetch(wb.wrapping_add(64));
             prefetch(wb.wrapping_add(128));
@@ -493,10 +564,15 @@ unsafe fn tile_q4k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const
             let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_setr_epi32(sc03 as i32, sc47 as i32, 0, 0)));
             let mins = _mm_cvtepu8_epi16(_mm_setr_epi32(mn03 as i32, mn47 as i32, 0, 0));
             let mut sumi = [_mm256_setzero_si256(); T];
+            let qh = if Q5 { ldu(wb.add(16)) } else { _mm256_setzero_si256() };
             for c in 0..4 {
-                let v = ldu(wb.add(16 + 32 * c));
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                let v = ldu(wb.add(qoff + 32 * c));
+                let mut lo = _mm256_and_si256(v, mask);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+                if Q5 {
+                    lo = _mm256_or_si256(lo, bit_at(qh, 1 << (2 * c), 0x10));
+                    hi = _mm256_or_si256(hi, bit_at(qh, 2 << (2 * c), 0x10));
+                }
                 let sc_lo = _mm256_shuffle_epi8(scales, word_bcast(2 * c as i8));
                 let sc_hi = _mm256_shuffle_epi8(scales, word_bcast(2 * c as i8 + 1));
                 for t in 0..T {
@@ -527,23 +603,136 @@ unsafe fn tile_q4k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const
     res
 }
 
-drivers!(gemv_q4k, gemm_q4k, tile_q4k, 144, Q8K_BYTES, false);
+#[inline(always)]
+unsafe fn tile_q4k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q45k::<false, R, T>(w, a, nb)
+}
 
-// ---- Q6_K ----
+#[inline(always)]
+unsafe fn tile_q5k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q45k::<true, R, T>(w, a, nb)
+}
+
+drivers!(gemv_q4k, gemm_q4k, tile_q4k, 144, Q8K_BYTES, false);
+drivers!(gemv_q5k, gemm_q5k, tile_q5k, 176, Q8K_BYTES, false);
+
+// ---- Q2_K / Q3_K: 2-bit fields of 32-byte quarters, a scale per 16 ----
 
 /// Shuffle control: word `2k` in the lower lane, word `2k + 1` in the upper lane, each broadcast.
 #[inline(always)]
-unsafe fn q6k_ctrl(k: i16) -> __m256i {
+unsafe fn pair_bcast(k: i16) -> __m256i {
     let (lo, hi) = (4 * k, 4 * k + 2);
     _mm256_setr_m128i(_mm_set1_epi16(((lo + 1) << 8) | lo), _mm_set1_epi16(((hi + 1) << 8) | hi))
 }
+
+/// The `n`-th 2-bit field (0..4) of every byte of `v`.
+#[inline(always)]
+unsafe fn crumbs(v: __m256i, n: usize) -> __m256i {
+    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * n as i32)), _mm256_set1_epi8(3))
+}
+
+/// Q2_K (value = d * (s & 15) * q - dmin * (s >> 4), one scale byte s per 16) or Q3_K (`Q3`, value =
+/// d * scale * (q - 4) with a signed 6-bit scale per 16, the third bit of q in `hmask`) against Q8K.
+/// Each 128-half has 32 quant bytes; its quarter k (32 elements) is bits 2k..2k+2 of them, the lower lane
+/// taking scale 8h + 2k, the upper lane 8h + 2k + 1.
+#[inline(always)]
+unsafe fn tile_q23k<const Q3: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: [*const u8; T],
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (bb, qoff) = if Q3 { (110, 32) } else { (84, 16) };
+    let ctrls = [pair_bcast(0), pair_bcast(1), pair_bcast(2), pair_bcast(3)];
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wb = w[r].add(b * bb);
+            prefetch(wb);
+            prefetch(wb.wrapping_add(64));
+            // The 16 scales (as i8) and, for Q2_K, the 16 mins (as i16); d and dmin.
+            let (sc8, mins, d, dmin) = if Q3 {
+                let s0 = (wb.add(96) as *const u32).read_unaligned();
+                let s1 = (wb.add(100) as *const u32).read_unaligned();
+                let s2 = (wb.add(104) as *const u32).read_unaligned();
+                let (m4, m2) = (0x0f0f_0f0f, 0x0303_0303);
+                let sc03 = (s0 & m4) | ((s2 & m2) << 4);
+                let sc47 = (s1 & m4) | (((s2 >> 2) & m2) << 4);
+                let sc8b = ((s0 >> 4) & m4) | (((s2 >> 4) & m2) << 4);
+                let sccf = ((s1 >> 4) & m4) | (((s2 >> 6) & m2) << 4);
+                let v = _mm_setr_epi32(sc03 as i32, sc47 as i32, sc8b as i32, sccf as i32);
+                (_mm_sub_epi8(v, _mm_set1_epi8(32)), _mm256_setzero_si256(), ld_f16(wb.add(108)), 0.0)
+            } else {
+                let s = ldu128(wb);
+                let m4 = _mm_set1_epi8(0x0f);
+                let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(s), m4));
+                (_mm_and_si128(s, m4), mins, ld_f16(wb.add(80)), ld_f16(wb.add(82)))
+            };
+            let hm = if Q3 { ldu(wb) } else { _mm256_setzero_si256() };
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for h in 0..2 {
+                let sch = if h == 0 { sc8 } else { _mm_srli_si128::<8>(sc8) };
+                let scb = _mm256_broadcastsi128_si256(if Q3 { _mm_cvtepi8_epi16(sch) } else { _mm_cvtepu8_epi16(sch) });
+                let q = ldu(wb.add(qoff + 32 * h));
+                for (k, &ctrl) in ctrls.iter().enumerate() {
+                    let mut qk = crumbs(q, k);
+                    if Q3 {
+                        qk = _mm256_or_si256(qk, bit_at(hm, 1 << (4 * h + k), 4));
+                    }
+                    let sc = _mm256_shuffle_epi8(scb, ctrl);
+                    for t in 0..T {
+                        let ap = a[t].add(b * Q8K_BYTES + 4 + 128 * h + 32 * k);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, ldu(ap)), sc);
+                        sumi[t] = _mm256_add_epi32(sumi[t], p);
+                    }
+                }
+            }
+            for t in 0..T {
+                let ab = a[t].add(b * Q8K_BYTES);
+                let da = ld_f32(ab);
+                let bsums = ldu(ab.add(Q8K_BSUMS));
+                if Q3 {
+                    // The -4 offset: 4 * Σ scale_j * bsum_j.
+                    let off = _mm256_slli_epi32::<2>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums));
+                    let s = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[t], off));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), s, acc[r][t]);
+                } else {
+                    let pm = _mm256_madd_epi16(mins, bsums);
+                    let x = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sumi[t]), acc[r][t]);
+                    acc[r][t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(pm), x);
+                }
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(acc[r][t]);
+        }
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_q2k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q23k::<false, R, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_q3k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_q23k::<true, R, T>(w, a, nb)
+}
+
+drivers!(gemv_q2k, gemm_q2k, tile_q2k, 84, Q8K_BYTES, false);
+drivers!(gemv_q3k, gemm_q3k, tile_q3k, 110, Q8K_BYTES, false);
+
+// ---- Q6_K ----
 
 #[inline(always)]
 unsafe fn tile_q6k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x03);
     // Per 32 quants (a quarter k of a 128-half): the lower lane takes scale 2k, the upper lane scale 2k + 1.
-    let ctrls = [q6k_ctrl(0), q6k_ctrl(1), q6k_ctrl(2), q6k_ctrl(3)];
+    let ctrls = [pair_bcast(0), pair_bcast(1), pair_bcast(2), pair_bcast(3)];
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         for r in 0..R {
@@ -608,29 +797,59 @@ unsafe fn tile_q6k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const
 
 drivers!(gemv_q6k, gemm_q6k, tile_q6k, 210, Q8K_BYTES, false);
 
-// ---- F32 / F16 weights against f32 activations ----
+// ---- F32 / F16 / BF16 weights against f32 activations ----
 
-#[inline(always)]
-unsafe fn ld8<const H: bool>(p: *const u8, i: usize) -> __m256 {
-    if H {
-        _mm256_cvtph_ps(ldu128(p.add(2 * i)))
-    } else {
-        _mm256_loadu_ps((p as *const f32).add(i))
-    }
+/// A float weight format: 8 values (or one) from element `i` of a row at `p`, as f32.
+trait FloatW {
+    const BYTES: usize;
+    unsafe fn ld8(p: *const u8, i: usize) -> __m256;
+    unsafe fn ld1(p: *const u8, i: usize) -> f32;
 }
 
-#[inline(always)]
-unsafe fn ld1<const H: bool>(p: *const u8, i: usize) -> f32 {
-    if H {
-        ld_f16(p.add(2 * i))
-    } else {
+struct F32W;
+struct F16W;
+/// bfloat16: the top half of an f32.
+struct Bf16W;
+
+impl FloatW for F32W {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    unsafe fn ld8(p: *const u8, i: usize) -> __m256 {
+        _mm256_loadu_ps((p as *const f32).add(i))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
         ld_f32(p.add(4 * i))
     }
 }
 
-/// Float weights (`H`: f16, else f32) against f32 activations; `n` columns.
+impl FloatW for F16W {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn ld8(p: *const u8, i: usize) -> __m256 {
+        _mm256_cvtph_ps(ldu128(p.add(2 * i)))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
+        ld_f16(p.add(2 * i))
+    }
+}
+
+impl FloatW for Bf16W {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn ld8(p: *const u8, i: usize) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(ldu128(p.add(2 * i)))))
+    }
+    #[inline(always)]
+    unsafe fn ld1(p: *const u8, i: usize) -> f32 {
+        f32::from_bits(((p.add(2 * i) as *const u16).read_unaligned() as u32) << 16)
+    }
+}
+
+/// Float weights of format `W` against f32 activations; `n` columns.
 #[inline(always)]
-unsafe fn tile_flt<const H: bool, const R: usize, const T: usize>(
+unsafe fn tile_flt<W: FloatW, const R: usize, const T: usize>(
     w: [*const u8; R],
     a: [*const u8; T],
     n: usize,
@@ -640,8 +859,8 @@ unsafe fn tile_flt<const H: bool, const R: usize, const T: usize>(
     let mut i = 0;
     while i + 16 <= n {
         for r in 0..R {
-            prefetch(w[r].wrapping_add(i * if H { 2 } else { 4 }));
-            let (w0, w1) = (ld8::<H>(w[r], i), ld8::<H>(w[r], i + 8));
+            prefetch(w[r].wrapping_add(i * W::BYTES));
+            let (w0, w1) = (W::ld8(w[r], i), W::ld8(w[r], i + 8));
             for t in 0..T {
                 let ap = a[t] as *const f32;
                 acc0[r][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(ap.add(i)), acc0[r][t]);
@@ -652,7 +871,7 @@ unsafe fn tile_flt<const H: bool, const R: usize, const T: usize>(
     }
     if i + 8 <= n {
         for r in 0..R {
-            let w0 = ld8::<H>(w[r], i);
+            let w0 = W::ld8(w[r], i);
             for t in 0..T {
                 acc0[r][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps((a[t] as *const f32).add(i)), acc0[r][t]);
             }
@@ -664,7 +883,7 @@ unsafe fn tile_flt<const H: bool, const R: usize, const T: usize>(
         for t in 0..T {
             let mut s = hsum(_mm256_add_ps(acc0[r][t], acc1[r][t]));
             for j in i..n {
-                s += ld1::<H>(w[r], j) * ld_f32(a[t].add(4 * j));
+                s += W::ld1(w[r], j) * ld_f32(a[t].add(4 * j));
             }
             res[r][t] = s;
         }
@@ -674,16 +893,22 @@ unsafe fn tile_flt<const H: bool, const R: usize, const T: usize>(
 
 #[inline(always)]
 unsafe fn tile_f16<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], n: usize) -> [[f32; T]; R] {
-    tile_flt::<true, R, T>(w, a, n)
+    tile_flt::<F16W, R, T>(w, a, n)
+}
+
+#[inline(always)]
+unsafe fn tile_bf16<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], n: usize) -> [[f32; T]; R] {
+    tile_flt::<Bf16W, R, T>(w, a, n)
 }
 
 #[inline(always)]
 unsafe fn tile_f32<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], n: usize) -> [[f32; T]; R] {
-    tile_flt::<false, R, T>(w, a, n)
+    tile_flt::<F32W, R, T>(w, a, n)
 }
 
 // "Blocks" of one element: nb == cols.
 drivers!(gemv_f16, gemm_f16, tile_f16, 2, 4, true);
+drivers!(gemv_bf16, gemm_bf16, tile_bf16, 2, 4, true);
 drivers!(gemv_f32, gemm_f32, tile_f32, 4, 4, true);
 
 // ---- f16 helpers ----
@@ -711,12 +936,12 @@ unsafe fn f16_to_f32_avx(x: &[u16], out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_avx(a: &[u16], b: &[f32]) -> f32 {
-    tile_flt::<true, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr() as *const u8], a.len())[0][0]
+    tile_flt::<F16W, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr() as *const u8], a.len())[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32_avx(a: &[f32], b: &[f32]) -> f32 {
-    tile_flt::<false, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr() as *const u8], a.len())[0][0]
+    tile_flt::<F32W, 1, 1>([a.as_ptr() as *const u8], [b.as_ptr() as *const u8], a.len())[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
