@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks exo's CUDA build on an NVIDIA GPU, as one prepared run (issue 15, point 6):
-#   (a) teacher-forced log-probabilities (`exo score`) of the tiny llama and qwen2 models on cuda:0 against the CPU
+#   (a) teacher-forced log-probabilities (`exo score`) of the tiny llama, qwen2, qwen3, gemma2 and gemma3 models on cuda:0 against the CPU
 #       backend: mean |Δ| of the next token's log-probability ≤ 0.02, and the same top token wherever the CPU's
 #       top-2 gap is ≥ 0.3;
 #   (b) two nodes on the one GPU, with memory limits that force a split, answer greedily as one node does;
@@ -81,7 +81,7 @@ say "libraries from: ${libdirs:-nowhere}"
 # (a) Tiny models, CUDA against the CPU backend.
 python3 scripts/make-tiny-models.py "$WORK/tiny" --donor "$DIR/tokenizer.gguf" >/dev/null
 TEXT="The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the morning sun, and the"
-for m in tiny-llama3 tiny-qwen2; do
+for m in tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-gemma2 tiny-gemma3; do
   "$EXO" score "$WORK/tiny/$m.gguf" -p "$TEXT" -o "$WORK/$m.cpu" --devices cpu >"$WORK/$m.cpu.json"
   "$EXO" score "$WORK/tiny/$m.gguf" -p "$TEXT" -o "$WORK/$m.cuda" --devices "$DEVICE" >"$WORK/$m.cuda.json"
   line=$(python3 - "$WORK/$m" "$DEVICE" <<'PY'
