@@ -229,34 +229,46 @@ pub fn split_by(
     time: &dyn Fn(usize, usize) -> u128,
     target: &[usize],
 ) -> Option<Vec<usize>> {
-    let k = caps.len();
-    if k == 0 || k > n_layers {
+    if caps.is_empty() || caps.len() > n_layers {
         return None;
     }
+    least_cost(n_layers, caps, 1, time, target)
+}
+
+/// The counts of `n` over stages in order, each `min` to `caps[j]`, with the least `(Σ time(j, counts[j]),
+/// Σ |counts[j] − target[j]|)`, compared as a pair, ties to the first found: the dynamic program over (stages
+/// placed, layers placed) that [`split_by`] and [`device_split`] share. `None` if no counts fit.
+fn least_cost(
+    n: usize,
+    caps: &[usize],
+    min: usize,
+    time: &dyn Fn(usize, usize) -> u128,
+    target: &[usize],
+) -> Option<Vec<usize>> {
+    let k = caps.len();
     // best[j][s]: the least cost of stages 0..j holding s layers, and the count stage j-1 holds in it.
-    let mut best: Vec<Vec<Option<(Cost, usize)>>> = vec![vec![None; n_layers + 1]; k + 1];
+    let mut best: Vec<Vec<Option<(Cost, usize)>>> = vec![vec![None; n + 1]; k + 1];
     best[0][0] = Some(((0, 0), 0));
     for j in 0..k {
-        for s in 0..=n_layers {
+        for s in 0..=n {
             let Some(((t, distance), _)) = best[j][s] else { continue };
-            for n in 1..=caps[j].min(n_layers - s) {
-                let c = (t + time(j, n), distance + n.abs_diff(target[j]) as u64);
-                let slot = &mut best[j + 1][s + n];
+            for m in min..=caps[j].min(n - s) {
+                let c = (t + time(j, m), distance + m.abs_diff(target[j]) as u64);
+                let slot = &mut best[j + 1][s + m];
                 if slot.is_none_or(|(old, _)| c < old) {
-                    *slot = Some((c, n));
+                    *slot = Some((c, m));
                 }
             }
         }
     }
-    best[k][n_layers]?;
-    let mut layers = vec![0; k];
-    let mut s = n_layers;
+    let mut counts = vec![0; k];
+    let mut s = n;
     for j in (0..k).rev() {
-        let (_, n) = best[j + 1][s]?;
-        layers[j] = n;
-        s -= n;
+        let (_, m) = best[j + 1][s]?;
+        counts[j] = m;
+        s -= m;
     }
-    Some(layers)
+    Some(counts)
 }
 
 /// The least compute of `n` layers over devices each holding 0 to `caps[i]` at `ns_per_layer[i]`: the fastest
@@ -306,29 +318,7 @@ pub fn device_split(
     for (i, t) in first.into_iter().chain(rest) {
         target[i] = t;
     }
-    // best[j][s]: the least cost of devices 0..j holding s layers, and the count device j-1 holds in it.
-    let mut best: Vec<Vec<Option<(Cost, usize)>>> = vec![vec![None; n + 1]; k + 1];
-    best[0][0] = Some(((0, 0), 0));
-    for j in 0..k {
-        for s in 0..=n {
-            let Some(((t, distance), _)) = best[j][s] else { continue };
-            for m in 0..=caps[j].min(n - s) {
-                let c = (t + m as u128 * ns_per_layer[j] as u128, distance + m.abs_diff(target[j]) as u64);
-                let slot = &mut best[j + 1][s + m];
-                if slot.is_none_or(|(old, _)| c < old) {
-                    *slot = Some((c, m));
-                }
-            }
-        }
-    }
-    let mut layers = vec![0; k];
-    let mut s = n;
-    for j in (0..k).rev() {
-        let (_, m) = best[j + 1][s]?;
-        layers[j] = m;
-        s -= m;
-    }
-    Some(layers)
+    least_cost(n, caps, 0, &|j, m| m as u128 * ns_per_layer[j] as u128, &target)
 }
 
 #[cfg(test)]

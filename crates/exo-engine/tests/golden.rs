@@ -5,7 +5,6 @@
 mod common;
 
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
-use exo_engine::sampler::argmax;
 use exo_engine::tokenizer::Tokenizer;
 use exo_engine::{Backend, Device, Gguf, KvType, Shard, ShardChain};
 
@@ -77,49 +76,6 @@ fn free_running_greedy_matches_llama_cpp_until_a_near_tie() {
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let golden = common::golden();
     for (label, mut chain) in chains(&gguf) {
-        for case in golden["greedy"].as_array().unwrap() {
-            chain.reset();
-            let prefix_texts: Vec<&str> =
-                case["prefix_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-            let steps = case["steps"].as_array().unwrap();
-            let mut generated = Vec::new();
-            let mut logits = chain.forward(&common::ids(&case["prompt_ids"])).unwrap();
-            let mut matched = 0;
-            for (i, step) in steps.iter().enumerate() {
-                for &eog in tokenizer.eog_ids() {
-                    logits[eog as usize] = f32::NEG_INFINITY;
-                }
-                let next = argmax(&logits);
-                generated.push(next);
-                let text = tokenizer.decode(&generated, false);
-                if text != prefix_texts[i] {
-                    let gap = step["gap"].as_f64().unwrap();
-                    let alts: Vec<&str> = step["alt_texts"]
-                        .as_array()
-                        .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
-                        .unwrap_or_default();
-                    assert!(
-                        gap < common::TIE_GAP,
-                        "prompt {:?}: step {i} differs at gap {gap}: {text:?}",
-                        case["prompt"]
-                    );
-                    assert!(
-                        alts.contains(&text.as_str()),
-                        "prompt {:?}: step {i}: {text:?} not in {alts:?}",
-                        case["prompt"]
-                    );
-                    break;
-                }
-                matched += 1;
-                logits = chain.forward(&[next]).unwrap();
-            }
-            eprintln!(
-                "{label}, prompt {:?}: {matched} of {} steps match (untied_steps {})",
-                case["prompt"].as_str().unwrap(),
-                steps.len(),
-                case["untied_steps"]
-            );
-            assert!(matched as u64 >= case["untied_steps"].as_u64().unwrap());
-        }
+        common::free_running(&label, &mut chain, &tokenizer, golden["greedy"].as_array().unwrap());
     }
 }

@@ -93,6 +93,57 @@ pub fn teacher_forced(chain: &mut ShardChain, cases: &[Value], masked: &[u32]) -
     diffs
 }
 
+/// Greedy generation (end-of-generation tokens masked, as llama.cpp's `ignore_eos`) from each case's prompt must
+/// give llama.cpp's `prefix_texts` exactly until the first step where it differs; that step must be a near tie
+/// (`gap` below [`TIE_GAP`]) and its text one of `alt_texts`; and at least `untied_steps` steps must match.
+pub fn free_running(
+    label: &str,
+    chain: &mut ShardChain,
+    tokenizer: &exo_engine::tokenizer::Tokenizer,
+    cases: &[Value],
+) {
+    for case in cases {
+        chain.reset();
+        let prefix_texts: Vec<&str> =
+            case["prefix_texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let steps = case["steps"].as_array().unwrap();
+        let mut generated = Vec::new();
+        let mut logits = chain.forward(&ids(&case["prompt_ids"])).unwrap();
+        let mut matched = 0;
+        for (i, step) in steps.iter().enumerate() {
+            for &eog in tokenizer.eog_ids() {
+                logits[eog as usize] = f32::NEG_INFINITY;
+            }
+            let next = argmax(&logits);
+            generated.push(next);
+            let text = tokenizer.decode(&generated, false);
+            if text != prefix_texts[i] {
+                let gap = step["gap"].as_f64().unwrap();
+                let alts: Vec<&str> = step["alt_texts"]
+                    .as_array()
+                    .map(|a| a.iter().map(|t| t.as_str().unwrap()).collect())
+                    .unwrap_or_default();
+                assert!(gap < TIE_GAP, "{label}, prompt {:?}: step {i} differs at gap {gap}: {text:?}", case["prompt"]);
+                assert!(
+                    alts.contains(&text.as_str()),
+                    "{label}, prompt {:?}: step {i}: {text:?} not in {alts:?}",
+                    case["prompt"]
+                );
+                break;
+            }
+            matched += 1;
+            logits = chain.forward(&[next]).unwrap();
+        }
+        eprintln!(
+            "{label}, prompt {:?}: {matched} of {} steps match (untied_steps {})",
+            case["prompt"].as_str().unwrap_or(""),
+            steps.len(),
+            case["untied_steps"]
+        );
+        assert!(matched as u64 >= case["untied_steps"].as_u64().unwrap());
+    }
+}
+
 /// Prints the mean and largest log-probability differences under `label` and checks them against the tolerances.
 pub fn assert_logprobs_close(label: &str, diffs: &[f64], expected_steps: usize) {
     let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
