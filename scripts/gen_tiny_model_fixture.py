@@ -17,7 +17,9 @@ Per step it records, as in tests/data/smollm2-135m-instruct-q4_1.json (see ../sh
 The sha256 of each model file is recorded: the test regenerates the models and checks it.
 
 Usage: python3 scripts/gen_tiny_model_fixture.py [--bin LLAMA_CPP_BIN_DIR] [--models DIR] [--out OUT.json]
-       (without --models, the models are made in a temporary folder by scripts/make-tiny-models.py)
+                                                [--only FILE ...]
+       (without --models, the models are made in a temporary folder by scripts/make-tiny-models.py; with --only,
+       only those models' entries are computed, replacing or joining theirs in OUT.json, the rest kept as they are)
 """
 
 import argparse
@@ -36,7 +38,9 @@ import gguf
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = ["tiny-qwen2.gguf", "tiny-llama3.gguf", "tiny-qwen3.gguf", "tiny-gemma2.gguf", "tiny-gemma3.gguf"]
+MODELS = ["tiny-qwen2.gguf", "tiny-llama3.gguf", "tiny-qwen3.gguf", "tiny-gemma2.gguf", "tiny-gemma3.gguf",
+          "tiny-mixtral.gguf", "tiny-qwen3moe.gguf", "tiny-phi3.gguf",
+          "tiny-gpt-oss.gguf"]
 N_PREDICT = 16
 N_TOP = 5
 # Enough candidates that the gap can skip masked tokens.
@@ -196,6 +200,7 @@ def main() -> None:
     p.add_argument("--models", help="folder holding the models of make-tiny-models.py (made afresh when absent)")
     p.add_argument("--out", default=os.path.join(HERE, "..", "crates", "exo-engine", "tests", "data",
                                                  "tiny_models_llama_cpp.json"))
+    p.add_argument("--only", nargs="+", choices=MODELS, help="compute these models' entries only")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         models = a.models
@@ -207,8 +212,18 @@ def main() -> None:
                       "sdist), /completion with temperature 0, ignore_eos, n_probs, post_sampling_probs off",
             # The model files' bytes depend on these (scripts/make-tiny-models.py).
             "made_with": {pkg: importlib.metadata.version(pkg) for pkg in ("numpy", "gguf")},
-            "models": [model_fixture(a.bin, os.path.join(models, m)) for m in MODELS],
+            "models": [model_fixture(a.bin, os.path.join(models, m)) for m in (a.only or MODELS)],
         }
+    if a.only:
+        with open(a.out, encoding="utf-8") as f:
+            kept = json.load(f)
+        if kept["made_with"] != fixture["made_with"]:
+            sys.exit(f"{a.out} was made with {kept['made_with']}, this run with {fixture['made_with']}: "
+                     "regenerate every model")
+        new = {m["file"]: m for m in fixture["models"]}
+        entries = [new.pop(m["file"], m) for m in kept["models"]]
+        kept["models"] = entries + [new[m] for m in MODELS if m in new]
+        fixture = kept
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")

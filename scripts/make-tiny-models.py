@@ -12,7 +12,12 @@ Llama 3 code paths against llama.cpp (crates/exo-engine/tests/tiny_models.rs, sc
   a sliding window of 4 positions;
 - `tiny-gemma3.gguf`: architecture `gemma3` (embeddings scaled by √hidden, q/k norms, post-attention and post-FFN
   norms, GeGLU, a tied head) with 6 layers, the first five over a sliding window of 4 positions (so that every
-  prompt runs past it) at rope base 10,000 and the last global at 1,000,000.
+  prompt runs past it) at rope base 10,000 and the last global at 1,000,000;
+- `tiny-mixtral.gguf`: architecture `llama` with 8 experts per layer, 2 used per token (Mixtral's layout), 2 layers;
+- `tiny-qwen3moe.gguf`: architecture `qwen3moe` (q/k norms) with 16 experts per layer, 4 used per token, 2 layers;
+- `tiny-phi3.gguf`: architecture `phi3` (fused q/k/v and gate/up tensors, long-context rope factors), 2 layers;
+- `tiny-gpt-oss.gguf`: architecture `gpt-oss` (biases, attention sinks, alternating sliding windows, YaRN rope, 16
+  experts with biases, 4 per token, the clamped SwiGLU), 4 layers.
 
 Both are 128 wide with 4 query heads sharing 2 KV heads (head size 32), and take the real tokenizer (49152 tokens)
 of the donor model. The layers' matrices are F32, so that llama.cpp computes them without rounding its activations
@@ -75,10 +80,10 @@ def llama3_rope_factors(base: float, dim: int) -> np.ndarray:
 class Model:
     """A GGUF writer with a seeded generator and helpers for random tensors."""
 
-    def __init__(self, path: str, arch: str, seed: int, tokenizer: list[tuple]):
+    def __init__(self, path: str, arch: str, seed: int, tokenizer: list[tuple], name: str | None = None):
         self.rng = np.random.default_rng(seed)
         self.w = gguf.GGUFWriter(path, arch)
-        self.w.add_name(os.path.splitext(os.path.basename(path))[0])
+        self.w.add_name(name or os.path.splitext(os.path.basename(path))[0])
         for name, value, vtype, sub_type in tokenizer:
             self.w.add_key_value(name, value, vtype, sub_type=sub_type)
         self.vocab = len(next(v for n, v, _, _ in tokenizer if n == "tokenizer.ggml.tokens"))
@@ -96,7 +101,9 @@ class Model:
     def vector(self, name: str, n: int, mean: float, std: float) -> None:
         self.w.add_tensor(name, np.float32(mean) + self.normal(n, std))
 
-    def blocks(self, layers: int, biases: bool, qk_norm: bool = False, post_norms: bool = False) -> None:
+    def blocks(self, layers: int, biases: bool, qk_norm: bool = False, post_norms: bool = False,
+               experts: tuple[int, int] | None = None) -> None:
+        """`experts` = (count, width): mixture-of-experts feed-forward layers (a router and 3-D expert tensors)."""
         kv = KV_HEADS * HEAD_DIM
         for i in range(layers):
             b = f"blk.{i}."
@@ -117,9 +124,18 @@ class Model:
             if post_norms:
                 self.vector(b + "post_attention_norm.weight", HIDDEN, 1.0, 0.1)
             self.vector(b + "ffn_norm.weight", HIDDEN, 1.0, 0.1)
-            self.matrix(b + "ffn_gate.weight", FFN, HIDDEN, 0.1)
-            self.matrix(b + "ffn_up.weight", FFN, HIDDEN, 0.1)
-            self.matrix(b + "ffn_down.weight", HIDDEN, FFN, 0.1)
+            if experts is None:
+                self.matrix(b + "ffn_gate.weight", FFN, HIDDEN, 0.1)
+                self.matrix(b + "ffn_up.weight", FFN, HIDDEN, 0.1)
+                self.matrix(b + "ffn_down.weight", HIDDEN, FFN, 0.1)
+            else:
+                count, width = experts
+                # Router logits about 2 apart: which experts win, and by how much, changes from token to token.
+                self.matrix(b + "ffn_gate_inp.weight", count, HIDDEN, 0.18)
+                # numpy (experts, rows, columns) is ggml's [columns, rows, experts].
+                self.w.add_tensor(b + "ffn_gate_exps.weight", self.normal((count, width, HIDDEN), 0.15))
+                self.w.add_tensor(b + "ffn_up_exps.weight", self.normal((count, width, HIDDEN), 0.15))
+                self.w.add_tensor(b + "ffn_down_exps.weight", self.normal((count, HIDDEN, width), 0.2))
             if post_norms:
                 self.vector(b + "post_ffw_norm.weight", HIDDEN, 1.0, 0.1)
 
@@ -130,11 +146,11 @@ class Model:
         self.w.close()
 
 
-def hparams(w: gguf.GGUFWriter, layers: int, rope_base: float, rms_eps: float) -> None:
+def hparams(w: gguf.GGUFWriter, layers: int, rope_base: float, rms_eps: float, ffn: int = FFN) -> None:
     w.add_block_count(layers)
     w.add_context_length(CONTEXT)
     w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(FFN)
+    w.add_feed_forward_length(ffn)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
     w.add_rope_dimension_count(HEAD_DIM)
@@ -208,6 +224,118 @@ def write_gemma3(path: str, tokenizer: list[tuple]) -> None:
     m.close()
 
 
+def write_mixtral(path: str, tokenizer: list[tuple]) -> None:
+    """Mixtral's layout: a `llama` file with `expert_count` 8, 2 used per token, each expert `feed_forward_length`
+    wide."""
+    layers, count, width = 2, 8, 64
+    m = Model(path, "llama", seed=7, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-5, ffn=width)
+    m.w.add_expert_count(count)
+    m.w.add_expert_used_count(2)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    m.blocks(layers, biases=False, experts=(count, width))
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
+def write_qwen3moe(path: str, tokenizer: list[tuple]) -> None:
+    """Qwen 3 MoE's layout: q/k norms, 16 experts of which 4 run per token, each `expert_feed_forward_length`
+    wide."""
+    layers, count, width = 2, 16, 32
+    m = Model(path, "qwen3moe", seed=8, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-6)
+    m.w.add_key_length(HEAD_DIM)
+    m.w.add_value_length(HEAD_DIM)
+    m.w.add_expert_count(count)
+    m.w.add_expert_used_count(4)
+    m.w.add_expert_feed_forward_length(width)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    m.blocks(layers, biases=False, qk_norm=True, experts=(count, width))
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
+def write_phi3(path: str, tokenizer: list[tuple]) -> None:
+    """Phi-3's layout: q/k/v fused into `attn_qkv`, gate and up fused into `ffn_up` (gate rows first), and the
+    long-context rope: per-pair frequency divisors for sequences beyond the original context (64 positions here,
+    so that every run uses the long ones) with the attention factor that goes with them."""
+    layers = 2
+    kv = KV_HEADS * HEAD_DIM
+    # Not named "phi3": llama.cpp gives the special tokens of a model so named Phi-3's own, which this donor lacks.
+    m = Model(path, "phi3", seed=9, tokenizer=tokenizer, name="tiny-p3")
+    hparams(m.w, layers, rope_base=10_000.0, rms_eps=1e-5)
+    m.w.add_rope_scaling_orig_ctx_len(64)
+    m.w.add_rope_scaling_attn_factors(1.2)
+    m.w.add_tensor("rope_factors_long.weight", np.linspace(1.0, 12.0, HEAD_DIM // 2, dtype=np.float32))
+    m.w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, HEAD_DIM // 2, dtype=np.float32))
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    for i in range(layers):
+        b = f"blk.{i}."
+        m.vector(b + "attn_norm.weight", HIDDEN, 1.0, 0.1)
+        q = m.normal((HIDDEN, HIDDEN), 0.12)
+        k = m.normal((kv, HIDDEN), 0.12)
+        v = m.normal((kv, HIDDEN), 0.1)
+        m.w.add_tensor(b + "attn_qkv.weight", np.concatenate([q, k, v]))
+        m.matrix(b + "attn_output.weight", HIDDEN, HIDDEN, 0.1)
+        m.vector(b + "ffn_norm.weight", HIDDEN, 1.0, 0.1)
+        m.w.add_tensor(b + "ffn_up.weight", m.normal((2 * FFN, HIDDEN), 0.1))
+        m.matrix(b + "ffn_down.weight", HIDDEN, FFN, 0.1)
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
+def write_gpt_oss(path: str, tokenizer: list[tuple]) -> None:
+    """gpt-oss's layout: q/k/v/o biases, per-head attention sinks, every other layer over a sliding window (4
+    positions here), YaRN rope (factor 4 over an original context of 64), and a mixture of 16 experts, 4 per token,
+    with biases on the router and on every expert product and the clamped SwiGLU (gate and up weights large
+    enough that the clamp at 7 bites)."""
+    layers, count, width = 4, 16, 32
+    kv = KV_HEADS * HEAD_DIM
+    # Seed 11: with seed 10, one position of the fibonacci prompt had two router logits 1e-4 apart at the
+    # fourth place, where llama.cpp and exo chose different experts (routing is discontinuous there) and that
+    # step's log-probability moved by 0.68; seed 11 has no such tie in the prompts' routes.
+    m = Model(path, "gpt-oss", seed=11, tokenizer=tokenizer)
+    hparams(m.w, layers, rope_base=10_000.0, rms_eps=1e-5, ffn=width)
+    m.w.add_key_length(HEAD_DIM)
+    m.w.add_value_length(HEAD_DIM)
+    m.w.add_sliding_window(4)
+    m.w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    m.w.add_rope_scaling_factor(4.0)
+    m.w.add_rope_scaling_orig_ctx_len(64)
+    m.w.add_expert_count(count)
+    m.w.add_expert_used_count(4)
+    m.w.add_expert_feed_forward_length(width)
+    m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
+    for i in range(layers):
+        b = f"blk.{i}."
+        m.vector(b + "attn_norm.weight", HIDDEN, 1.0, 0.1)
+        m.matrix(b + "attn_q.weight", HIDDEN, HIDDEN, 0.12)
+        m.vector(b + "attn_q.bias", HIDDEN, 0.0, 0.5)
+        m.matrix(b + "attn_k.weight", kv, HIDDEN, 0.12)
+        m.vector(b + "attn_k.bias", kv, 0.0, 0.5)
+        m.matrix(b + "attn_v.weight", kv, HIDDEN, 0.1)
+        m.vector(b + "attn_v.bias", kv, 0.0, 0.2)
+        m.matrix(b + "attn_output.weight", HIDDEN, HIDDEN, 0.1)
+        m.vector(b + "attn_output.bias", HIDDEN, 0.0, 0.2)
+        # Sink logits about as large as the scores: they take a real share of each softmax.
+        m.vector(b + "attn_sinks.weight", HEADS, 2.0, 1.0)
+        m.vector(b + "post_attention_norm.weight", HIDDEN, 1.0, 0.1)
+        m.matrix(b + "ffn_gate_inp.weight", count, HIDDEN, 0.18)
+        m.vector(b + "ffn_gate_inp.bias", count, 0.0, 0.5)
+        m.w.add_tensor(b + "ffn_gate_exps.weight", m.normal((count, width, HIDDEN), 0.4))
+        m.w.add_tensor(b + "ffn_gate_exps.bias", m.normal((count, width), 0.5))
+        m.w.add_tensor(b + "ffn_up_exps.weight", m.normal((count, width, HIDDEN), 0.4))
+        m.w.add_tensor(b + "ffn_up_exps.bias", m.normal((count, width), 0.5))
+        m.w.add_tensor(b + "ffn_down_exps.weight", m.normal((count, HIDDEN, width), 0.05))
+        m.w.add_tensor(b + "ffn_down_exps.bias", m.normal((count, HIDDEN), 0.1))
+    m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
+    m.close()
+
+
 def main() -> None:
     home = os.path.expanduser("~")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -222,7 +350,12 @@ def main() -> None:
     write_qwen3(os.path.join(a.out_dir, "tiny-qwen3.gguf"), tokenizer)
     write_gemma2(os.path.join(a.out_dir, "tiny-gemma2.gguf"), tokenizer)
     write_gemma3(os.path.join(a.out_dir, "tiny-gemma3.gguf"), tokenizer)
-    print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2 and tiny-gemma3 (.gguf) to {a.out_dir}")
+    write_mixtral(os.path.join(a.out_dir, "tiny-mixtral.gguf"), tokenizer)
+    write_qwen3moe(os.path.join(a.out_dir, "tiny-qwen3moe.gguf"), tokenizer)
+    write_phi3(os.path.join(a.out_dir, "tiny-phi3.gguf"), tokenizer)
+    write_gpt_oss(os.path.join(a.out_dir, "tiny-gpt-oss.gguf"), tokenizer)
+    print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2, tiny-gemma3, tiny-mixtral, tiny-qwen3moe, "
+          f"tiny-phi3 and tiny-gpt-oss (.gguf) to {a.out_dir}")
 
 
 if __name__ == "__main__":

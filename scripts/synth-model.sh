@@ -2,7 +2,9 @@
 # Makes a random-weight model of a known shape for speed tests (never for correctness), in the model cache, and
 # prints its path. Idempotent. Needs the gguf and numpy Python packages (installed here if missing) and, for
 # K-quants, llama.cpp's llama-quantize (LLAMA_CPP_BIN).
-# usage: scripts/synth-model.sh SHAPE TYPE     SHAPE: 1b | 8b   TYPE: q8_0 | f16 | q4_k_m | q4_0 ...
+# usage: scripts/synth-model.sh SHAPE TYPE     SHAPE: 1b | 8b | moe   TYPE: q8_0 | f16 | q4_k_m | q4_0 ...
+#   moe: Qwen3-30B-A3B's proportions (128 experts, 8 per token, 768 wide) in 12 layers 1024 wide: 3.7B parameters,
+#   0.3B of them active per token (scripts/synth-moe.py; q8_0 base only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shape=${1:?shape: 1b or 8b}; type=${2:?type: q8_0, f16, q4_k_m...}
@@ -10,7 +12,8 @@ CACHE=$(./scripts/fetch-models.sh)
 case "$shape" in
   1b) dims="--layers 16 --hidden 2048 --ffn 8192 --heads 32 --kv-heads 8" ;;
   8b) dims="--layers 32 --hidden 4096 --ffn 14336 --heads 32 --kv-heads 8" ;;
-  *) echo "unknown shape $shape (1b, 8b)" >&2; exit 1 ;;
+  moe) dims="" ;;
+  *) echo "unknown shape $shape (1b, 8b, moe)" >&2; exit 1 ;;
 esac
 out="$CACHE/synthetic-$shape.${type^^}.gguf"
 if [ -f "$out" ]; then echo "$out"; exit 0; fi
@@ -22,8 +25,13 @@ base_type=$type
 case "$type" in q8_0|f16) ;; *) base_type=q8_0 ;; esac
 base="$CACHE/synthetic-$shape.${base_type^^}.gguf"
 if [ ! -f "$base" ]; then
-  # shellcheck disable=SC2086
-  python3 "$synth" "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" "$base.part" $dims --type "$base_type" >&2
+  if [ "$shape" = moe ]; then
+    [ "$base_type" = q8_0 ] || { echo "error: the moe shape is made as q8_0 (then quantized)" >&2; exit 1; }
+    python3 scripts/synth-moe.py "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" "$base.part" >&2
+  else
+    # shellcheck disable=SC2086
+    python3 "$synth" "$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf" "$base.part" $dims --type "$base_type" >&2
+  fi
   mv "$base.part" "$base"
 fi
 if [ "$base" != "$out" ]; then

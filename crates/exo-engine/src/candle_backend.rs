@@ -8,9 +8,10 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::config::{Activation, ModelConfig, RopeStyle};
+use crate::config::{Activation, Experts, ModelConfig, RopeStyle};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::moe::Routing;
 use crate::shard::{RopeFreqs, Shard, ShardOutput};
 use crate::weights::TensorReader;
 
@@ -25,6 +26,9 @@ struct Attention {
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     o: QMatMul,
+    o_bias: Option<Tensor>,
+    /// Per-head attention sink logits (gpt-oss), (heads).
+    sinks: Option<Vec<f32>>,
 }
 
 struct Block {
@@ -35,10 +39,28 @@ struct Block {
     /// Norms of the attention and feed-forward outputs before the residual adds (Gemma).
     post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
+    ffn: FeedForward,
+    post_ffn_norm: Option<Tensor>,
+}
+
+/// One gated feed-forward layer: `down(act(gate x + gate_bias) * (up x + up_bias)) + down_bias`.
+struct Mlp {
     gate: QMatMul,
     up: QMatMul,
     down: QMatMul,
-    post_ffn_norm: Option<Tensor>,
+    /// gpt-oss's experts' biases: gate, up, down.
+    biases: Option<[Tensor; 3]>,
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    /// A mixture of experts: the router scores them, each position runs its chosen ones ([`Routing`]).
+    Experts {
+        experts: Experts,
+        router: QMatMul,
+        router_bias: Option<Tensor>,
+        mlps: Vec<Mlp>,
+    },
 }
 
 pub(crate) struct CandleModel {
@@ -98,7 +120,7 @@ impl CandleModel {
         let c = &self.config;
         let seq = x.dim(0)?;
         let pos = cache.len();
-        let global = self.rope_tables(&self.inv_freq.global, pos, seq)?;
+        let global = self.rope_tables(self.inv_freq.global_for(cache.max_len()), pos, seq)?;
         let local = match c.sliding_window {
             Some(_) => Some(self.rope_tables(&self.inv_freq.local, pos, seq)?),
             None => None,
@@ -125,12 +147,12 @@ impl CandleModel {
             }
             let x1 = (residual + h)?;
             let h = norm(&x1, &block.ffn_norm)?;
-            let gate = block.gate.forward(&h)?;
-            let gate = match c.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
+            let mut h = match &block.ffn {
+                FeedForward::Dense(mlp) => self.mlp(mlp, &h)?,
+                FeedForward::Experts { experts, router, router_bias, mlps } => {
+                    self.experts(*experts, router, router_bias.as_ref(), mlps, &h)?
+                }
             };
-            let mut h = block.down.forward(&(gate * block.up.forward(&h)?)?)?;
             if let Some(w) = &block.post_ffn_norm {
                 h = norm(&h, w)?;
             }
@@ -150,6 +172,57 @@ impl CandleModel {
             }
             _ => Ok(ShardOutput::Hidden(x)),
         }
+    }
+
+    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
+        let (mut gate, mut up) = (mlp.gate.forward(x)?, mlp.up.forward(x)?);
+        if let Some([g, u, _]) = &mlp.biases {
+            (gate, up) = (gate.broadcast_add(g)?, up.broadcast_add(u)?);
+        }
+        let gated = match self.config.activation {
+            Activation::Silu => (candle_nn::ops::silu(&gate)? * up)?,
+            Activation::GeluTanh => (gate.gelu()? * up)?,
+            Activation::SwigluOai => {
+                const ALPHA: f64 = 1.702;
+                const LIMIT: f64 = 7.0;
+                let g = gate.clamp(f64::NEG_INFINITY, LIMIT)?;
+                let glu = (&g * candle_nn::ops::sigmoid(&(&g * ALPHA)?)?)?;
+                (glu * (up.clamp(-LIMIT, LIMIT)? + 1.0)?)?
+            }
+        };
+        let y = mlp.down.forward(&gated)?;
+        Ok(match &mlp.biases {
+            Some([_, _, d]) => y.broadcast_add(d)?,
+            None => y,
+        })
+    }
+
+    /// A mixture-of-experts layer: the router's logits come to the host to be routed; each chosen expert runs
+    /// once over the rows of the positions that chose it, and its weighted outputs are added back to them.
+    fn experts(
+        &self,
+        experts: Experts,
+        router: &QMatMul,
+        router_bias: Option<&Tensor>,
+        mlps: &[Mlp],
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let mut logits = router.forward(x)?;
+        if let Some(b) = router_bias {
+            logits = logits.broadcast_add(b)?;
+        }
+        let logits = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut routing = Routing::default();
+        routing.route(&logits, experts.count, experts.used);
+        let mut out = x.zeros_like()?;
+        for &(e, first, n) in &routing.groups {
+            let slots = &routing.slots[first..first + n];
+            let rows = Tensor::from_iter(slots.iter().map(|&(t, _)| t as u32), &self.device)?;
+            let weights = Tensor::from_iter(slots.iter().map(|&(_, w)| w), &self.device)?.reshape((n, 1))?;
+            let y = self.mlp(&mlps[e], &x.index_select(&rows, 0)?)?;
+            out = out.index_add(&rows, &y.broadcast_mul(&weights)?, 0)?;
+        }
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -194,10 +267,26 @@ impl CandleModel {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = match &attn.sinks {
+            None => candle_nn::ops::softmax_last_dim(&scores)?,
+            // Each row's softmax takes its head's sink as one more logit, then drops it. Row g * seq + s of a KV
+            // head's scores is query head kv_head * group + g.
+            Some(sinks) => {
+                let (kv_heads, rows, total) = scores.dims3()?;
+                let column: Vec<f32> =
+                    (0..kv_heads * rows).map(|i| sinks[(i / rows) * group + (i % rows) / seq]).collect();
+                let column = Tensor::from_vec(column, (kv_heads, rows, 1), &self.device)?;
+                let probs = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&scores, &column], 2)?)?;
+                probs.narrow(2, 0, total)?.contiguous()?
+            }
+        };
         let out = probs.matmul(&values)?;
         let out = out.reshape((c.n_heads, seq, c.head_dim))?.transpose(0, 1)?.reshape((seq, c.n_heads * c.head_dim))?;
-        Ok(attn.o.forward(&out)?)
+        let out = attn.o.forward(&out)?;
+        Ok(match &attn.o_bias {
+            Some(b) => out.broadcast_add(b)?,
+            None => out,
+        })
     }
 
     /// Applies rotary embeddings to (heads, seq, hd).
@@ -245,16 +334,78 @@ fn load_block(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
     let name = |t: &str| format!("blk.{layer}.{t}");
     let (h, kv) = (c.hidden_size, c.n_kv_heads * c.head_dim);
     let q_dim = c.n_heads * c.head_dim;
+    // Phi-3 fuses q, k and v into one tensor, and the gate and up matrices into `ffn_up` (gate rows first).
+    let split = |reader: &mut TensorReader<'_>, t: &str, parts: &[usize]| -> Result<Vec<QMatMul>> {
+        let parts = reader.quantized_split(&name(t), parts, h)?;
+        Ok(parts.into_iter().map(QMatMul::from_qtensor).collect::<candle_core::Result<Vec<_>>>()?)
+    };
+    let fused_qkv = reader.has(&name("attn_qkv.weight")).then(|| split(reader, "attn_qkv.weight", &[q_dim, kv, kv]));
+    let fused_gate_up = (!reader.has(&name("ffn_gate.weight")) && c.experts.is_none())
+        .then(|| split(reader, "ffn_up.weight", &[c.ffn_size, c.ffn_size]));
     let mut matrix = |t: &str, rows: usize, cols: usize| -> Result<QMatMul> {
         Ok(QMatMul::from_qtensor(reader.quantized(&name(t), &[rows, cols])?)?)
     };
-    let q = matrix("attn_q.weight", q_dim, h)?;
-    let k = matrix("attn_k.weight", kv, h)?;
-    let v = matrix("attn_v.weight", kv, h)?;
+    let (q, k, v) = match fused_qkv.transpose()? {
+        Some(mut qkv) if qkv.len() == 3 => {
+            let (v, k, q) = (qkv.remove(2), qkv.remove(1), qkv.remove(0));
+            (q, k, v)
+        }
+        _ => (matrix("attn_q.weight", q_dim, h)?, matrix("attn_k.weight", kv, h)?, matrix("attn_v.weight", kv, h)?),
+    };
     let o = matrix("attn_output.weight", h, q_dim)?;
-    let gate = matrix("ffn_gate.weight", c.ffn_size, h)?;
-    let up = matrix("ffn_up.weight", c.ffn_size, h)?;
-    let down = matrix("ffn_down.weight", h, c.ffn_size)?;
+    let ffn = match c.experts {
+        None => {
+            let (gate, up) = match fused_gate_up.transpose()? {
+                Some(mut gate_up) if gate_up.len() == 2 => {
+                    let up = gate_up.remove(1);
+                    (gate_up.remove(0), up)
+                }
+                _ => (matrix("ffn_gate.weight", c.ffn_size, h)?, matrix("ffn_up.weight", c.ffn_size, h)?),
+            };
+            FeedForward::Dense(Mlp { gate, up, down: matrix("ffn_down.weight", h, c.ffn_size)?, biases: None })
+        }
+        Some(e) => {
+            let router = matrix("ffn_gate_inp.weight", e.count, h)?;
+            // gpt-oss: biases on the router and on each expert's products, (experts, width) each.
+            let biases = match reader.has(&name("ffn_gate_inp.bias")) {
+                false => None,
+                true => {
+                    let mut rows = |t: &str, width: usize| -> Result<Vec<Tensor>> {
+                        let all = reader.dense(&name(t), &[e.count, width])?;
+                        (0..e.count).map(|i| Ok(all.get(i)?)).collect()
+                    };
+                    let (g, u, d) = (
+                        rows("ffn_gate_exps.bias", e.ffn_size)?,
+                        rows("ffn_up_exps.bias", e.ffn_size)?,
+                        rows("ffn_down_exps.bias", h)?,
+                    );
+                    Some((reader.dense(&name("ffn_gate_inp.bias"), &[e.count])?, g, u, d))
+                }
+            };
+            let mut stack = |t: &str, rows: usize, cols: usize| -> Result<Vec<QMatMul>> {
+                let parts = reader.quantized_stack(&name(t), e.count, rows, cols)?;
+                Ok(parts.into_iter().map(QMatMul::from_qtensor).collect::<candle_core::Result<Vec<_>>>()?)
+            };
+            let gate = stack("ffn_gate_exps.weight", e.ffn_size, h)?;
+            let up = stack("ffn_up_exps.weight", e.ffn_size, h)?;
+            let down = stack("ffn_down_exps.weight", h, e.ffn_size)?;
+            let (router_bias, mut expert_biases) = match biases {
+                Some((r, g, u, d)) => {
+                    let each = g.into_iter().zip(u).zip(d).map(|((g, u), d)| Some([g, u, d]));
+                    (Some(r), each.collect::<Vec<_>>())
+                }
+                None => (None, vec![None; e.count]),
+            };
+            let mlps = gate
+                .into_iter()
+                .zip(up)
+                .zip(down)
+                .zip(expert_biases.drain(..))
+                .map(|(((gate, up), down), biases)| Mlp { gate, up, down, biases })
+                .collect();
+            FeedForward::Experts { experts: e, router, router_bias, mlps }
+        }
+    };
     let hd = c.head_dim;
     let (q_norm, k_norm) = if c.qk_norm {
         (
@@ -284,13 +435,16 @@ fn load_block(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
             q_bias: reader.dense_if_present(&name("attn_q.bias"), &[q_dim])?,
             k_bias: reader.dense_if_present(&name("attn_k.bias"), &[kv])?,
             v_bias: reader.dense_if_present(&name("attn_v.bias"), &[kv])?,
+            o_bias: reader.dense_if_present(&name("attn_output.bias"), &[h])?,
+            sinks: match c.attn_sinks {
+                true => Some(reader.dense(&name("attn_sinks.weight"), &[c.n_heads])?.to_vec1::<f32>()?),
+                false => None,
+            },
             q_norm,
             k_norm,
             o,
         },
-        ffn_norm: reader.dense(&name("ffn_norm.weight"), &[h])?,
-        gate,
-        up,
-        down,
+        ffn_norm: reader.dense(&name(c.ffn_norm_tensor()), &[h])?,
+        ffn,
     })
 }

@@ -15,6 +15,7 @@
 //! | [`calibration`] | this machine's measured speed: a quantized matrix-vector product and memory reads |
 //! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
+//! | `moe` | routing tokens to the experts of a mixture-of-experts layer |
 //! | [`devices`] | the devices a shard runs on: `--devices` lists, this machine's GPUs, their memory |
 //! | `cuda_libs` | loading the CUDA driver and libraries at run time (`cuda` feature) |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
@@ -39,6 +40,7 @@ pub mod generation;
 pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
+mod moe;
 pub mod sampler;
 pub mod shard;
 pub mod stage;

@@ -83,6 +83,19 @@ impl std::fmt::Display for Shard {
 pub(crate) struct RopeFreqs {
     pub global: Vec<f32>,
     pub local: Vec<f32>,
+    /// The global layers' frequencies for sequences longer than the model's original context (Phi-3's
+    /// `rope_factors_long`), and that context.
+    pub long: Option<(Vec<f32>, usize)>,
+}
+
+impl RopeFreqs {
+    /// The global layers' frequencies for a sequence whose KV cache holds up to `max_len` positions.
+    pub fn global_for(&self, max_len: usize) -> &[f32] {
+        match &self.long {
+            Some((long, original)) if max_len > *original => long,
+            _ => &self.global,
+        }
+    }
 }
 
 /// What a shard's forward pass consumes.
@@ -172,16 +185,29 @@ impl ModelShard {
                 })
                 .collect()
         };
-        let mut global = freqs(config.rope_theta, config.rope_linear_factor);
-        // Llama 3.x stores its frequency-dependent rope scaling as per-pair divisors.
-        if let Some(factors) = reader.dense_if_present("rope_freqs.weight", &[half])? {
-            for (f, d) in global.iter_mut().zip(factors.to_vec1::<f32>()?) {
-                *f /= d;
-            }
+        let mut base = freqs(config.rope_theta, config.rope_linear_factor);
+        if let Some(yarn) = config.yarn {
+            yarn.scale(&mut base, config.rope_theta, config.head_dim);
         }
-        // Sliding-window layers rotate at their own base, unscaled.
-        let local = config.sliding_window.map_or_else(|| global.clone(), |w| freqs(w.rope_theta, 1.0));
-        let inv_freq = RopeFreqs { global, local };
+        // Llama 3.x stores its frequency-dependent rope scaling as per-pair divisors, Phi-3 two sets of them: for
+        // sequences within its original context and for longer ones.
+        let mut divided = |name: &str| -> Result<Option<Vec<f32>>> {
+            Ok(match reader.dense_if_present(name, &[half])? {
+                Some(factors) => Some(base.iter().zip(factors.to_vec1::<f32>()?).map(|(f, d)| f / d).collect()),
+                None => None,
+            })
+        };
+        let global = match divided("rope_freqs.weight")? {
+            Some(f) => f,
+            None => divided("rope_factors_short.weight")?.unwrap_or_else(|| base.clone()),
+        };
+        let long = divided("rope_factors_long.weight")?.map(|f| (f, config.rope_original_context));
+        // Sliding-window layers rotate at their own base, unscaled, where the model gives one.
+        let local = match config.sliding_window.and_then(|w| w.rope_theta) {
+            Some(theta) => freqs(theta, 1.0),
+            None => global.clone(),
+        };
+        let inv_freq = RopeFreqs { global, local, long };
 
         let unsupported = CpuModel::unsupported(&reader, shard);
         let use_cpu = match backend {

@@ -85,6 +85,34 @@ impl<'a> TensorReader<'a> {
         Ok(qtensor_from_ggml(candle_dtype(kind), &bytes, expected.to_vec(), &self.device)?)
     }
 
+    /// The `count` matrices of a 3-D tensor (ggml dims `[cols, rows, count]`, such as a layer's experts), each
+    /// as its own tensor of `[rows, cols]`.
+    pub fn quantized_stack(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QTensor>> {
+        let (kind, bytes) = self.raw(name, &[count, rows, cols])?;
+        let each = bytes.len() / count.max(1);
+        bytes
+            .chunks_exact(each)
+            .map(|b| Ok(qtensor_from_ggml(candle_dtype(kind), b, vec![rows, cols], &self.device)?))
+            .collect()
+    }
+
+    /// A matrix stored as consecutive row blocks of the sizes `parts` (Phi-3's fused q/k/v and gate/up tensors),
+    /// as one tensor per block.
+    pub fn quantized_split(&mut self, name: &str, parts: &[usize], cols: usize) -> Result<Vec<QTensor>> {
+        let rows: usize = parts.iter().sum();
+        let (kind, bytes) = self.raw(name, &[rows, cols])?;
+        let row_bytes = bytes.len() / rows.max(1);
+        let mut first = 0;
+        parts
+            .iter()
+            .map(|&n| {
+                let b = &bytes[first * row_bytes..(first + n) * row_bytes];
+                first += n;
+                Ok(qtensor_from_ggml(candle_dtype(kind), b, vec![n, cols], &self.device)?)
+            })
+            .collect()
+    }
+
     /// The tensor converted to f32 (norm weights, biases, rope factors).
     pub fn dense(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
         Ok(self.quantized(name, expected)?.dequantize(&self.device)?)

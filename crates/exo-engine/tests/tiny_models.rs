@@ -1,6 +1,8 @@
 //! The `qwen2` architecture (q/k/v biases, rope on the two halves of each head), Llama 3's `rope_freqs` (per-pair
 //! rope frequency divisors), `qwen3` (q/k norms), `gemma2` (soft caps, alternating sliding windows) and `gemma3`
-//! (q/k norms, five windowed layers to a global one, two rope bases) against llama.cpp, on tiny random-weight models that
+//! (q/k norms, five windowed layers to a global one, two rope bases), the mixtures of experts of Mixtral (8 experts,
+//! 2 per token) and `qwen3moe` (16, 4 per token), `phi3` (fused tensors, long-context rope factors) and `gpt-oss`
+//! (sinks, YaRN, biased experts, clamped SwiGLU) against llama.cpp, on tiny random-weight models that
 //! `scripts/make-tiny-models.py` writes afresh (needs Python 3 with `gguf` and `numpy`). llama.cpp's greedy tokens
 //! and log-probabilities on them are in `tests/data/tiny_models_llama_cpp.json` (`scripts/gen_tiny_model_fixture.py`),
 //! with the sha256 of the files they were computed on. The engine is teacher-forced with llama.cpp's tokens, whole and
@@ -11,6 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use exo_engine::config::Experts;
 use exo_engine::{Architecture, Backend, Device, Gguf, KvType, ModelConfig, Shard, ShardChain};
 use serde_json::Value;
 
@@ -186,5 +189,64 @@ fn tiny_gemma2_with_soft_caps_and_alternating_windows_matches_llama_cpp_whole_an
     assert_eq!(config.architecture, Architecture::Gemma2);
     assert_eq!((config.attn_softcap, config.final_softcap), (Some(2.0), Some(8.0)));
     assert_eq!((0..4).map(|l| config.window(l)).collect::<Vec<_>>(), [Some(4), None, Some(4), None]);
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_mixtral_with_8_experts_top_2_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("mixtral");
+    let reference = reference("tiny-mixtral.gguf");
+    let path = models.checked("tiny-mixtral.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!(config.architecture, Architecture::Llama);
+    assert_eq!(config.experts, Some(Experts { count: 8, used: 2, ffn_size: 64 }));
+    assert!(
+        gguf.tensors.contains_key("blk.1.ffn_down_exps.weight") && !gguf.tensors.contains_key("blk.1.ffn_down.weight")
+    );
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_qwen3moe_with_16_experts_top_4_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("qwen3moe");
+    let reference = reference("tiny-qwen3moe.gguf");
+    let path = models.checked("tiny-qwen3moe.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!((config.architecture, config.qk_norm), (Architecture::Qwen3Moe, true));
+    assert_eq!(config.experts, Some(Experts { count: 16, used: 4, ffn_size: 32 }));
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_phi3_with_fused_tensors_and_long_rope_factors_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("phi3");
+    let reference = reference("tiny-phi3.gguf");
+    let path = models.checked("tiny-phi3.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!((config.architecture, config.rope_original_context), (Architecture::Phi3, 64));
+    // The rope attention factor 1.2 scales every score by its square.
+    assert!((config.attention_scale - 1.44 / 32f32.sqrt()).abs() < 1e-6, "{}", config.attention_scale);
+    assert!(gguf.tensors.contains_key("blk.0.attn_qkv.weight") && !gguf.tensors.contains_key("blk.0.ffn_gate.weight"));
+    check_against_llama_cpp(&path, &reference);
+}
+
+#[test]
+fn tiny_gpt_oss_with_sinks_yarn_and_biased_experts_matches_llama_cpp_whole_and_split() {
+    let models = TinyModels::make("gpt-oss");
+    let reference = reference("tiny-gpt-oss.gguf");
+    let path = models.checked("tiny-gpt-oss.gguf", &reference);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert_eq!((config.architecture, config.attn_sinks), (Architecture::GptOss, true));
+    assert_eq!(config.experts, Some(Experts { count: 16, used: 4, ffn_size: 32 }));
+    assert_eq!(config.yarn.map(|y| (y.factor, y.original_context)), Some((4.0, 64)));
+    // Even layers see the last 4 positions.
+    assert_eq!((0..4).map(|l| config.window(l)).collect::<Vec<_>>(), [Some(4), None, Some(4), None]);
+    assert!(
+        gguf.tensors.contains_key("blk.3.ffn_down_exps.bias") && gguf.tensors.contains_key("blk.0.attn_sinks.weight")
+    );
     check_against_llama_cpp(&path, &reference);
 }

@@ -8,13 +8,14 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::{Activation, ModelConfig};
+use crate::config::{Activation, Experts, ModelConfig};
 use crate::cpu::ops;
 use crate::cpu::pool::{self, share, ThreadPool};
 use crate::error::{EngineError, Result};
 use crate::gguf::TensorType;
 use crate::kernels::{ActType, Kernels, WeightType};
 use crate::kv_cache::{HostBuf, HostLayer, KvCache};
+use crate::moe::Routing;
 use crate::shard::{RopeFreqs, Shard};
 use crate::weights::TensorReader;
 
@@ -54,6 +55,38 @@ struct Matrix {
 impl Matrix {
     fn load(reader: &mut TensorReader<'_>, name: &str, rows: usize, cols: usize) -> Result<Self> {
         let (kind, data) = reader.raw(name, &[rows, cols])?;
+        Self::checked(name, kind, data, rows, cols)
+    }
+
+    /// The `count` matrices of a 3-D tensor (ggml dims `[cols, rows, count]`, such as a layer's experts) held
+    /// as one matrix of `count * rows` rows; [`Matrix::part`] is one of them.
+    fn load_stacked(reader: &mut TensorReader<'_>, name: &str, count: usize, rows: usize, cols: usize) -> Result<Self> {
+        let (kind, data) = reader.raw(name, &[count, rows, cols])?;
+        Self::checked(name, kind, data, count * rows, cols)
+    }
+
+    /// A matrix stored as consecutive row blocks of the sizes `parts` (Phi-3's fused q/k/v and gate/up tensors),
+    /// as one matrix per block.
+    fn load_split(reader: &mut TensorReader<'_>, name: &str, parts: &[usize], cols: usize) -> Result<Vec<Self>> {
+        let (kind, data) = reader.raw(name, &[parts.iter().sum(), cols])?;
+        let whole = Self::checked(name, kind, data, parts.iter().sum(), cols)?;
+        let mut first = 0;
+        Ok(parts
+            .iter()
+            .map(|&rows| {
+                let part = whole.data[first * whole.row_bytes..(first + rows) * whole.row_bytes].to_vec();
+                first += rows;
+                Self { data: part, rows, ..whole.shape() }
+            })
+            .collect())
+    }
+
+    /// This matrix's type and width, holding no rows.
+    fn shape(&self) -> Self {
+        Self { ty: self.ty, rows: 0, cols: self.cols, row_bytes: self.row_bytes, data: Vec::new() }
+    }
+
+    fn checked(name: &str, kind: TensorType, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
         let ty = weight_type(kind).ok_or_else(|| {
             EngineError::InvalidShard(format!("tensor {name} is {}, which the CPU kernels do not handle", kind.name()))
         })?;
@@ -67,6 +100,28 @@ impl Matrix {
         Ok(Self { ty, rows, cols, row_bytes: ty.row_bytes(cols), data })
     }
 
+    fn view(&self) -> MatRef<'_> {
+        MatRef { ty: self.ty, rows: self.rows, cols: self.cols, row_bytes: self.row_bytes, data: &self.data }
+    }
+
+    /// Matrix `i` of a stack of matrices of `rows` rows each.
+    fn part(&self, i: usize, rows: usize) -> MatRef<'_> {
+        let data = &self.data[i * rows * self.row_bytes..(i + 1) * rows * self.row_bytes];
+        MatRef { ty: self.ty, rows, cols: self.cols, row_bytes: self.row_bytes, data }
+    }
+}
+
+/// Rows of a [`Matrix`], borrowed: all of it, or one matrix of a stack.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+impl MatRef<'_> {
     fn rows(&self, r: std::ops::Range<usize>) -> &[u8] {
         &self.data[r.start * self.row_bytes..r.end * self.row_bytes]
     }
@@ -89,10 +144,31 @@ struct Layer {
     k_bias: Option<Vec<f32>>,
     v_bias: Option<Vec<f32>>,
     o: Matrix,
+    o_bias: Option<Vec<f32>>,
+    /// Per-head attention sink logits (gpt-oss).
+    sinks: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
+    ffn: Ffn,
+}
+
+/// A layer's feed-forward weights.
+enum Ffn {
+    /// `down(act(gate x) * up x)`.
+    Dense { gate: Matrix, up: Matrix, down: Matrix },
+    /// A mixture of experts: the router's `count` rows score the experts; `gate` and `up` stack `count` matrices
+    /// of `ffn_size` rows, `down` `count` matrices of `hidden` rows.
+    Experts { experts: Experts, router: Matrix, gate: Matrix, up: Matrix, down: Matrix, biases: Option<ExpertBiases> },
+}
+
+/// gpt-oss's biases of the router and of each expert's products.
+struct ExpertBiases {
+    /// (experts).
+    router: Vec<f32>,
+    /// (experts, expert width).
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    /// (experts, hidden).
+    down: Vec<f32>,
 }
 
 /// Buffers reused from step to step; they grow only when a batch has more positions than any before it.
@@ -120,6 +196,12 @@ struct Scratch {
     sin_local: Vec<f32>,
     /// Keys or values of the new positions converted for the cache.
     half: Vec<u16>,
+    /// Mixture-of-experts layers: the router's logits (positions, experts), the positions grouped by expert, the
+    /// quantized inputs gathered in that order for each activation type, and the experts' outputs in that order.
+    router_logits: Vec<f32>,
+    routing: Routing,
+    gathered: [Vec<u8>; 3],
+    expert_out: Vec<f32>,
 }
 
 /// Per-thread buffers.
@@ -174,10 +256,21 @@ impl SharedOut {
     }
 }
 
-/// One product of a parallel step: `out[t * m.rows + r] = m.row(r) · input[t]`.
+/// One product of a parallel step: `out[t * m.rows + r] = m.row(r) · input[t]` for the `seq` quantized rows of
+/// `input`.
 struct Product<'a> {
-    m: &'a Matrix,
+    m: MatRef<'a>,
+    input: &'a [u8],
+    seq: usize,
     out: SharedOut,
+}
+
+impl<'a> Product<'a> {
+    /// `m` against the first `seq` rows of `acts` quantized for it (by [`CpuModel::quantize`]).
+    fn new(m: MatRef<'a>, acts: &'a [Vec<u8>; 3], seq: usize, out: SharedOut) -> Self {
+        let a = m.ty.act_type();
+        Self { m, input: &acts[act_index(a)][..seq * a.row_bytes(m.cols)], seq, out }
+    }
 }
 
 pub(crate) struct CpuModel {
@@ -201,7 +294,20 @@ impl CpuModel {
     pub(crate) fn unsupported(reader: &TensorReader<'_>, shard: Shard) -> Option<String> {
         let mut names: Vec<String> = Vec::new();
         for layer in shard.start..=shard.end {
-            for t in ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"] {
+            for t in [
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_qkv",
+                "attn_output",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+                "ffn_gate_inp",
+                "ffn_gate_exps",
+                "ffn_up_exps",
+                "ffn_down_exps",
+            ] {
                 names.push(format!("blk.{layer}.{t}.weight"));
             }
         }
@@ -285,7 +391,7 @@ impl CpuModel {
                     .as_ref()
                     .ok_or_else(|| EngineError::InvalidShard("this shard does not hold the token embeddings".into()))?;
                 for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
-                    k.dequantize_row(emb.ty, emb.rows(id as usize..id as usize + 1), row);
+                    k.dequantize_row(emb.ty, emb.view().rows(id as usize..id as usize + 1), row);
                     if c.embedding_scale != 1.0 {
                         row.iter_mut().for_each(|v| *v *= c.embedding_scale);
                     }
@@ -302,8 +408,8 @@ impl CpuModel {
         // Rotation angles of the new positions, shared by every global layer, and by every local one.
         let half = hd / 2;
         let tables = [
-            (&self.inv_freq.global, &mut s.cos, &mut s.sin),
-            (&self.inv_freq.local, &mut s.cos_local, &mut s.sin_local),
+            (self.inv_freq.global_for(cache.max_len()), &mut s.cos, &mut s.sin),
+            (&self.inv_freq.local[..], &mut s.cos_local, &mut s.sin_local),
         ];
         for (freqs, cos, sin) in tables.into_iter().take(if c.sliding_window.is_some() { 2 } else { 1 }) {
             let (cos, sin) = (fit(cos, seq * half), fit(sin, seq * half));
@@ -320,14 +426,19 @@ impl CpuModel {
         for (layer, kv) in self.layers.iter().zip(kv_layers.iter_mut()) {
             // Attention.
             self.norm(&s.x[..seq * h], &layer.attn_norm, fit(&mut s.xn, seq * h));
-            let (q, kk, v) = (fit(&mut s.q, seq * q_dim), fit(&mut s.k, seq * kv_dim), fit(&mut s.v, seq * kv_dim));
-            let products = [
-                Product { m: &layer.q, out: SharedOut::new(q) },
-                Product { m: &layer.k, out: SharedOut::new(kk) },
-                Product { m: &layer.v, out: SharedOut::new(v) },
+            let outs = [
+                SharedOut::new(fit(&mut s.q, seq * q_dim)),
+                SharedOut::new(fit(&mut s.k, seq * kv_dim)),
+                SharedOut::new(fit(&mut s.v, seq * kv_dim)),
             ];
-            self.quantize(&mut s.acts, &s.xn[..seq * h], h, &products);
-            self.run_products(pool, &products, &s.acts, seq, None);
+            self.quantize(&mut s.acts, &s.xn[..seq * h], h, &[layer.q.ty, layer.k.ty, layer.v.ty]);
+            let [q_out, k_out, v_out] = outs;
+            let products = [
+                Product::new(layer.q.view(), &s.acts, seq, q_out),
+                Product::new(layer.k.view(), &s.acts, seq, k_out),
+                Product::new(layer.v.view(), &s.acts, seq, v_out),
+            ];
+            self.run_products(pool, &products, None);
             for (buf, bias) in [(&mut s.q, &layer.q_bias), (&mut s.k, &layer.k_bias), (&mut s.v, &layer.v_bias)] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(b.len()).take(seq) {
@@ -349,12 +460,17 @@ impl CpuModel {
                 ops::rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, cs, sn, c.rope_style);
             }
             self.store_kv(kv, pos, seq, kv_dim, &s.k, &s.v, &mut s.half);
-            self.attention(pool, kv, pos, seq, layer.window, &s.q, fit(&mut s.attn, seq * q_dim));
+            let heads = Heads { window: layer.window, sinks: layer.sinks.as_deref() };
+            self.attention(pool, kv, pos, seq, heads, &s.q, fit(&mut s.attn, seq * q_dim));
 
-            let out = fit(&mut s.out, seq * h);
-            let products = [Product { m: &layer.o, out: SharedOut::new(out) }];
-            self.quantize(&mut s.acts, &s.attn[..seq * q_dim], q_dim, &products);
-            self.run_products(pool, &products, &s.acts, seq, None);
+            let out = SharedOut::new(fit(&mut s.out, seq * h));
+            self.quantize(&mut s.acts, &s.attn[..seq * q_dim], q_dim, &[layer.o.ty]);
+            self.run_products(pool, &[Product::new(layer.o.view(), &s.acts, seq, out)], None);
+            if let Some(b) = &layer.o_bias {
+                for row in s.out[..seq * h].chunks_exact_mut(h) {
+                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+            }
             if let Some(w) = &layer.post_attn_norm {
                 self.norm_in_place(&mut s.out[..seq * h], w);
             }
@@ -362,34 +478,12 @@ impl CpuModel {
 
             // Feed-forward.
             self.norm(&s.x[..seq * h], &layer.ffn_norm, fit(&mut s.xn, seq * h));
-            let ffn = c.ffn_size;
-            let (gate, up) = (fit(&mut s.gate, seq * ffn), fit(&mut s.up, seq * ffn));
-            let (gate_out, up_out) = (SharedOut::new(gate), SharedOut::new(up));
-            let products = [Product { m: &layer.gate, out: gate_out }, Product { m: &layer.up, out: up_out }];
-            self.quantize(&mut s.acts, &s.xn[..seq * h], h, &products);
-            // Each thread combines the gate and up rows it computed.
-            let activation = c.activation;
-            let swiglu = |rows: std::ops::Range<usize>| {
-                for t in 0..seq {
-                    // SAFETY: `rows` is this thread's share, disjoint from every other thread's.
-                    let (g, u) = unsafe {
-                        (
-                            gate_out.slice(t * ffn + rows.start, rows.len()),
-                            up_out.slice(t * ffn + rows.start, rows.len()),
-                        )
-                    };
-                    match activation {
-                        Activation::Silu => ops::swiglu(g, u),
-                        Activation::GeluTanh => ops::geglu(g, u),
-                    }
+            match &layer.ffn {
+                Ffn::Dense { gate, up, down } => self.dense_ffn(pool, s, seq, [gate, up, down]),
+                Ffn::Experts { experts, router, gate, up, down, biases } => {
+                    self.expert_ffn(pool, s, seq, *experts, router, [gate, up, down], biases.as_ref())
                 }
-            };
-            self.run_products(pool, &products, &s.acts, seq, Some(&swiglu));
-
-            let out = fit(&mut s.out, seq * h);
-            let products = [Product { m: &layer.down, out: SharedOut::new(out) }];
-            self.quantize(&mut s.acts, &s.gate[..seq * ffn], ffn, &products);
-            self.run_products(pool, &products, &s.acts, seq, None);
+            }
             if let Some(w) = &layer.post_ffn_norm {
                 self.norm_in_place(&mut s.out[..seq * h], w);
             }
@@ -402,9 +496,8 @@ impl CpuModel {
                 let last = &s.x[(seq - 1) * h..seq * h];
                 ops::rms_norm(last, norm, c.rms_eps, fit(&mut s.xn, h));
                 let mut logits = vec![0.0f32; head.rows];
-                let products = [Product { m: head, out: SharedOut::new(&mut logits) }];
-                self.quantize(&mut s.acts, &s.xn[..h], h, &products);
-                self.run_products(pool, &products, &s.acts, 1, None);
+                self.quantize(&mut s.acts, &s.xn[..h], h, &[head.ty]);
+                self.run_products(pool, &[Product::new(head.view(), &s.acts, 1, SharedOut::new(&mut logits))], None);
                 if let Some(cap) = c.final_softcap {
                     ops::softcap(&mut logits, cap);
                 }
@@ -427,11 +520,11 @@ impl CpuModel {
         }
     }
 
-    /// Quantizes `x` (rows of `cols` values) once for each activation type the products need.
-    fn quantize(&self, acts: &mut [Vec<u8>; 3], x: &[f32], cols: usize, products: &[Product<'_>]) {
+    /// Quantizes `x` (rows of `cols` values) once for each activation type that matrices of `types` take.
+    fn quantize(&self, acts: &mut [Vec<u8>; 3], x: &[f32], cols: usize, types: &[WeightType]) {
         let mut done = [false; 3];
-        for p in products {
-            let a = p.m.ty.act_type();
+        for ty in types {
+            let a = ty.act_type();
             let i = act_index(a);
             if done[i] {
                 continue;
@@ -445,37 +538,33 @@ impl CpuModel {
         }
     }
 
-    /// Runs `products` over `seq` quantized input rows in one parallel step; each thread takes the same share of
-    /// every product's rows and then calls `after` with that share.
+    /// Runs `products` in one parallel step: each thread takes the same share of every product's rows and then
+    /// calls `after` with each product's index and that share.
     fn run_products(
         &self,
         pool: &ThreadPool,
         products: &[Product<'_>],
-        acts: &[Vec<u8>; 3],
-        seq: usize,
-        after: Option<&(dyn Fn(std::ops::Range<usize>) + Sync)>,
+        after: Option<&(dyn Fn(usize, std::ops::Range<usize>) + Sync)>,
     ) {
         let k = self.kernels;
         pool.run(&|i, n| {
             let mut mine = None;
             for p in products {
-                let m = p.m;
+                let (m, seq) = (&p.m, p.seq);
                 let rows = share(m.rows, ROW_ALIGN, i, n);
                 if rows.is_empty() {
                     continue;
                 }
-                let act = &acts[act_index(m.ty.act_type())];
                 if seq == 1 {
                     // SAFETY: each thread's row share is disjoint.
                     let out = unsafe { p.out.slice(rows.start, rows.len()) };
-                    k.gemv(m.ty, m.cols, m.rows(rows.clone()), &act[..m.ty.act_type().row_bytes(m.cols)], out);
+                    k.gemv(m.ty, m.cols, m.rows(rows.clone()), p.input, out);
                 } else {
                     let mut ts = lock(mine.get_or_insert_with(|| &self.threads[i.min(self.threads.len() - 1)]));
-                    let rb = m.ty.act_type().row_bytes(m.cols);
                     for start in rows.clone().step_by(GEMM_TILE_ROWS) {
                         let end = (start + GEMM_TILE_ROWS).min(rows.end);
                         let tile = fit(&mut ts.tile, seq * (end - start));
-                        k.gemm(m.ty, m.cols, m.rows(start..end), end - start, &act[..seq * rb], seq, tile, end - start);
+                        k.gemm(m.ty, m.cols, m.rows(start..end), end - start, p.input, seq, tile, end - start);
                         for t in 0..seq {
                             // SAFETY: rows start..end of position t belong to this thread alone.
                             let out = unsafe { p.out.slice(t * m.rows + start, end - start) };
@@ -485,11 +574,145 @@ impl CpuModel {
                 }
             }
             if let Some(after) = after {
-                if let Some(p) = products.first() {
-                    after(share(p.m.rows, ROW_ALIGN, i, n));
+                for (index, p) in products.iter().enumerate() {
+                    after(index, share(p.m.rows, ROW_ALIGN, i, n));
                 }
             }
         });
+    }
+
+    /// The feed-forward layer of `s.xn` into `s.out`: the gate and up products with the activation (one
+    /// parallel step), then the down product.
+    fn dense_ffn(&self, pool: &ThreadPool, s: &mut Scratch, seq: usize, [gate, up, down]: [&Matrix; 3]) {
+        let (h, ffn) = (self.config.hidden_size, gate.rows);
+        let (gate_out, up_out) =
+            (SharedOut::new(fit(&mut s.gate, seq * ffn)), SharedOut::new(fit(&mut s.up, seq * ffn)));
+        self.quantize(&mut s.acts, &s.xn[..seq * h], h, &[gate.ty, up.ty]);
+        let products =
+            [Product::new(gate.view(), &s.acts, seq, gate_out), Product::new(up.view(), &s.acts, seq, up_out)];
+        // Each thread combines the gate and up rows it computed.
+        let activation = self.config.activation;
+        let combine = |index: usize, rows: std::ops::Range<usize>| {
+            if index != 0 {
+                return;
+            }
+            for t in 0..seq {
+                // SAFETY: `rows` is this thread's share, disjoint from every other thread's.
+                let (g, u) = unsafe {
+                    (gate_out.slice(t * ffn + rows.start, rows.len()), up_out.slice(t * ffn + rows.start, rows.len()))
+                };
+                activate(activation, g, u);
+            }
+        };
+        self.run_products(pool, &products, Some(&combine));
+
+        let out = SharedOut::new(fit(&mut s.out, seq * h));
+        self.quantize(&mut s.acts, &s.gate[..seq * ffn], ffn, &[down.ty]);
+        self.run_products(pool, &[Product::new(down.view(), &s.acts, seq, out)], None);
+    }
+
+    /// A mixture-of-experts layer of `s.xn` into `s.out`. The router's product gives each position's experts
+    /// ([`Routing`]); each chosen expert then runs once over the positions that chose it, all experts' gate and up
+    /// products in one parallel step and all their down products in another, and each position sums its
+    /// experts' outputs by weight. Only the chosen experts' rows are read.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_ffn(
+        &self,
+        pool: &ThreadPool,
+        s: &mut Scratch,
+        seq: usize,
+        experts: Experts,
+        router: &Matrix,
+        [gate, up, down]: [&Matrix; 3],
+        biases: Option<&ExpertBiases>,
+    ) {
+        let (h, ffn) = (self.config.hidden_size, experts.ffn_size);
+        let logits = SharedOut::new(fit(&mut s.router_logits, seq * experts.count));
+        self.quantize(&mut s.acts, &s.xn[..seq * h], h, &[router.ty, gate.ty, up.ty]);
+        self.run_products(pool, &[Product::new(router.view(), &s.acts, seq, logits)], None);
+        if let Some(b) = biases {
+            for row in s.router_logits[..seq * experts.count].chunks_exact_mut(experts.count) {
+                row.iter_mut().zip(&b.router).for_each(|(l, b)| *l += b);
+            }
+        }
+        s.routing.route(&s.router_logits[..seq * experts.count], experts.count, experts.used);
+        let Scratch { routing, acts, gathered, gate: gate_buf, up: up_buf, expert_out, out, .. } = s;
+        let slots = routing.slots.len();
+
+        // Each slot's input row, in slot order, for each activation type the gate and up products take.
+        for ty in [gate.ty, up.ty] {
+            let (a, i) = (ty.act_type(), act_index(ty.act_type()));
+            let rb = a.row_bytes(h);
+            let dst = fit(&mut gathered[i], slots * rb);
+            for (row, &(t, _)) in dst.chunks_exact_mut(rb).zip(&routing.slots) {
+                row.copy_from_slice(&acts[i][t * rb..(t + 1) * rb]);
+            }
+        }
+        let (gate_out, up_out) = (SharedOut::new(fit(gate_buf, slots * ffn)), SharedOut::new(fit(up_buf, slots * ffn)));
+        let expert_input = |m: MatRef<'_>, first: usize, n: usize| {
+            let rb = m.ty.act_type().row_bytes(m.cols);
+            &gathered[act_index(m.ty.act_type())][first * rb..(first + n) * rb]
+        };
+        let mut products = Vec::with_capacity(2 * routing.groups.len());
+        for &(e, first, n) in &routing.groups {
+            for (m, out) in [(gate.part(e, ffn), gate_out), (up.part(e, ffn), up_out)] {
+                // SAFETY: only the pointer is taken here; the parallel step writes each expert's rows once.
+                let out = SharedOut::new(unsafe { out.slice(first * ffn, n * ffn) });
+                products.push(Product { m, input: expert_input(m, first, n), seq: n, out });
+            }
+        }
+        let activation = self.config.activation;
+        let groups = &routing.groups;
+        let combine = |index: usize, rows: std::ops::Range<usize>| {
+            if !index.is_multiple_of(2) {
+                return;
+            }
+            let (e, first, n) = groups[index / 2];
+            for slot in first..first + n {
+                // SAFETY: `rows` is this thread's share of this expert's rows, disjoint from every other thread's.
+                let (g, u) = unsafe {
+                    (
+                        gate_out.slice(slot * ffn + rows.start, rows.len()),
+                        up_out.slice(slot * ffn + rows.start, rows.len()),
+                    )
+                };
+                if let Some(b) = biases {
+                    let at = e * ffn + rows.start..e * ffn + rows.end;
+                    g.iter_mut().zip(&b.gate[at.clone()]).for_each(|(g, b)| *g += b);
+                    u.iter_mut().zip(&b.up[at]).for_each(|(u, b)| *u += b);
+                }
+                activate(activation, g, u);
+            }
+        };
+        self.run_products(pool, &products, Some(&combine));
+        drop(products);
+
+        // The down products read the combined rows of each slot.
+        self.quantize(gathered, &gate_buf[..slots * ffn], ffn, &[down.ty]);
+        let down_out = SharedOut::new(fit(expert_out, slots * h));
+        let mut products = Vec::with_capacity(routing.groups.len());
+        for &(e, first, n) in &routing.groups {
+            let m = down.part(e, h);
+            let rb = m.ty.act_type().row_bytes(ffn);
+            let input = &gathered[act_index(m.ty.act_type())][first * rb..(first + n) * rb];
+            // SAFETY: as above.
+            let out = SharedOut::new(unsafe { down_out.slice(first * h, n * h) });
+            products.push(Product { m, input, seq: n, out });
+        }
+        self.run_products(pool, &products, None);
+
+        let out = fit(out, seq * h);
+        out.fill(0.0);
+        for &(e, first, n) in &routing.groups {
+            let bias = biases.map(|b| &b.down[e * h..(e + 1) * h]);
+            for (&(t, w), y) in routing.slots[first..first + n].iter().zip(expert_out[first * h..].chunks_exact(h)) {
+                let o = &mut out[t * h..(t + 1) * h];
+                match bias {
+                    Some(b) => o.iter_mut().zip(y).zip(b).for_each(|((o, y), b)| *o += w * (y + b)),
+                    None => o.iter_mut().zip(y).for_each(|(o, y)| *o += w * y),
+                }
+            }
+        }
     }
 
     /// Writes the new positions' keys and values into the cache.
@@ -527,13 +750,14 @@ impl CpuModel {
         kv: &HostLayer,
         pos: usize,
         seq: usize,
-        window: Option<usize>,
+        heads: Heads<'_>,
         q: &[f32],
         out: &mut [f32],
     ) {
         if seq > 1 {
-            return self.attention_blocked(pool, kv, pos, seq, window, q, out);
+            return self.attention_blocked(pool, kv, pos, seq, heads, q, out);
         }
+        let Heads { window, sinks } = heads;
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
         let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
@@ -560,7 +784,10 @@ impl CpuModel {
                 if let Some(cap) = c.attn_softcap {
                     ops::softcap(scores, cap);
                 }
-                ops::softmax(scores);
+                match sinks {
+                    Some(s) => ops::softmax_with_sink(scores, s[head]),
+                    None => ops::softmax(scores),
+                }
                 // SAFETY: each (position, head) pair is one thread's alone.
                 let o = unsafe { out.slice(t * q_dim + head * hd, hd) };
                 o.fill(0.0);
@@ -574,6 +801,13 @@ impl CpuModel {
             }
         });
     }
+}
+
+/// What a layer's attention heads see beyond the causal mask: a sliding window, and per-head sink logits.
+#[derive(Clone, Copy)]
+struct Heads<'a> {
+    window: Option<usize>,
+    sinks: Option<&'a [f32]>,
 }
 
 /// Query positions per work item of prefill attention.
@@ -607,10 +841,11 @@ impl CpuModel {
         kv: &HostLayer,
         pos: usize,
         seq: usize,
-        window: Option<usize>,
+        heads: Heads<'_>,
         q: &[f32],
         out: &mut [f32],
     ) {
+        let Heads { window, sinks } = heads;
         let c = &self.config;
         let (hd, n_heads) = (c.head_dim, c.n_heads);
         let (q_dim, kv_dim, group) = (n_heads * hd, c.n_kv_heads * hd, n_heads / c.n_kv_heads);
@@ -671,7 +906,10 @@ impl CpuModel {
                     if let Some(cap) = c.attn_softcap {
                         ops::softcap(&mut row[first..visible], cap);
                     }
-                    ops::softmax(&mut row[first..visible]);
+                    match sinks {
+                        Some(s) => ops::softmax_with_sink(&mut row[first..visible], s[kv_head * group + r % group]),
+                        None => ops::softmax(&mut row[first..visible]),
+                    }
                     row[..first].fill(0.0);
                     row[visible..].fill(0.0);
                 }
@@ -684,6 +922,15 @@ impl CpuModel {
                 }
             }
         });
+    }
+}
+
+/// `act(gate) * up` into `gate`.
+fn activate(activation: Activation, gate: &mut [f32], up: &[f32]) {
+    match activation {
+        Activation::Silu => ops::swiglu(gate, up),
+        Activation::GeluTanh => ops::geglu(gate, up),
+        Activation::SwigluOai => ops::swiglu_oai(gate, up),
     }
 }
 
@@ -723,6 +970,19 @@ fn load_layer(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
         }
         false => (None, None),
     };
+    // Phi-3 fuses q, k and v into one tensor, and the gate and up matrices into `ffn_up` (gate rows first).
+    let (q, k, v) = if reader.has(&name("attn_qkv.weight")) {
+        let [q, k, v]: [Matrix; 3] = Matrix::load_split(reader, &name("attn_qkv.weight"), &[q_dim, kv, kv], h)?
+            .try_into()
+            .map_err(|_| EngineError::InvalidShard("a fused q/k/v tensor splits in three".into()))?;
+        (q, k, v)
+    } else {
+        (
+            Matrix::load(reader, &name("attn_q.weight"), q_dim, h)?,
+            Matrix::load(reader, &name("attn_k.weight"), kv, h)?,
+            Matrix::load(reader, &name("attn_v.weight"), kv, h)?,
+        )
+    };
     Ok(Layer {
         window: c.window(layer),
         q_norm,
@@ -730,16 +990,56 @@ fn load_layer(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
         post_attn_norm,
         post_ffn_norm,
         attn_norm: dense(reader, "attn_norm.weight", h)?,
-        q: Matrix::load(reader, &name("attn_q.weight"), q_dim, h)?,
-        k: Matrix::load(reader, &name("attn_k.weight"), kv, h)?,
-        v: Matrix::load(reader, &name("attn_v.weight"), kv, h)?,
+        q,
+        k,
+        v,
         q_bias: bias(reader, "attn_q.bias", q_dim)?,
         k_bias: bias(reader, "attn_k.bias", kv)?,
         v_bias: bias(reader, "attn_v.bias", kv)?,
         o: Matrix::load(reader, &name("attn_output.weight"), h, q_dim)?,
-        ffn_norm: dense(reader, "ffn_norm.weight", h)?,
-        gate: Matrix::load(reader, &name("ffn_gate.weight"), c.ffn_size, h)?,
-        up: Matrix::load(reader, &name("ffn_up.weight"), c.ffn_size, h)?,
-        down: Matrix::load(reader, &name("ffn_down.weight"), h, c.ffn_size)?,
+        o_bias: bias(reader, "attn_output.bias", h)?,
+        sinks: match c.attn_sinks {
+            true => Some(dense(reader, "attn_sinks.weight", c.n_heads)?),
+            false => None,
+        },
+        ffn_norm: dense(reader, c.ffn_norm_tensor(), h)?,
+        ffn: match c.experts {
+            None => {
+                let (gate, up) = if reader.has(&name("ffn_gate.weight")) {
+                    (
+                        Matrix::load(reader, &name("ffn_gate.weight"), c.ffn_size, h)?,
+                        Matrix::load(reader, &name("ffn_up.weight"), c.ffn_size, h)?,
+                    )
+                } else {
+                    let [gate, up]: [Matrix; 2] =
+                        Matrix::load_split(reader, &name("ffn_up.weight"), &[c.ffn_size, c.ffn_size], h)?
+                            .try_into()
+                            .map_err(|_| EngineError::InvalidShard("a fused gate/up tensor splits in two".into()))?;
+                    (gate, up)
+                };
+                Ffn::Dense { gate, up, down: Matrix::load(reader, &name("ffn_down.weight"), h, c.ffn_size)? }
+            }
+            Some(e) => Ffn::Experts {
+                experts: e,
+                router: Matrix::load(reader, &name("ffn_gate_inp.weight"), e.count, h)?,
+                gate: Matrix::load_stacked(reader, &name("ffn_gate_exps.weight"), e.count, e.ffn_size, h)?,
+                up: Matrix::load_stacked(reader, &name("ffn_up_exps.weight"), e.count, e.ffn_size, h)?,
+                down: Matrix::load_stacked(reader, &name("ffn_down_exps.weight"), e.count, h, e.ffn_size)?,
+                biases: match reader.has(&name("ffn_gate_inp.bias")) {
+                    false => None,
+                    true => {
+                        let mut stack = |t: &str, rows: usize| -> Result<Vec<f32>> {
+                            Ok(reader.dense(&name(t), &[e.count, rows])?.flatten_all()?.to_vec1::<f32>()?)
+                        };
+                        Some(ExpertBiases {
+                            gate: stack("ffn_gate_exps.bias", e.ffn_size)?,
+                            up: stack("ffn_up_exps.bias", e.ffn_size)?,
+                            down: stack("ffn_down_exps.bias", h)?,
+                            router: dense(reader, "ffn_gate_inp.bias", e.count)?,
+                        })
+                    }
+                },
+            },
+        },
     })
 }

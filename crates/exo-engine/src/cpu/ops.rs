@@ -64,6 +64,31 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// Softmax in place as if `sink` were one more logit, which takes its share of the mass and is then dropped
+/// (gpt-oss's attention sinks).
+pub fn softmax_with_sink(x: &mut [f32], sink: f32) {
+    let max = x.iter().copied().fold(sink, f32::max);
+    let mut sum = (sink - max).exp();
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// gpt-oss's clamped SwiGLU: `g = min(gate, 7)`, `u = clamp(up, -7, 7)`, `gate = g * sigmoid(1.702 g) * (u + 1)`.
+pub fn swiglu_oai(gate: &mut [f32], up: &[f32]) {
+    const ALPHA: f32 = 1.702;
+    const LIMIT: f32 = 7.0;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = g.min(LIMIT);
+        *g = x / (1.0 + (-ALPHA * x).exp()) * (u.clamp(-LIMIT, LIMIT) + 1.0);
+    }
+}
+
 /// `gate = silu(gate) * up`, SwiGLU's combination of the two feed-forward projections.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
@@ -91,6 +116,25 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_takes_its_share_of_the_softmax() {
+        let mut x = [1.0f32, 2.0];
+        softmax_with_sink(&mut x, 3.0);
+        let sum = 1f32.exp() + 2f32.exp() + 3f32.exp();
+        assert!((x[0] - 1f32.exp() / sum).abs() < 1e-6 && (x[1] - 2f32.exp() / sum).abs() < 1e-6, "{x:?}");
+    }
+
+    #[test]
+    fn the_clamped_swiglu_clamps_both_inputs() {
+        let mut g = [1.0f32, 10.0, -2.0];
+        swiglu_oai(&mut g, &[0.5, 20.0, -9.0]);
+        let glu = |x: f32| x / (1.0 + (-1.702 * x).exp());
+        let expect = [glu(1.0) * 1.5, glu(7.0) * 8.0, glu(-2.0) * -6.0];
+        for (a, b) in g.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-5, "{g:?} against {expect:?}");
+        }
+    }
 
     #[test]
     fn rms_norm_scales_to_unit_rms() {
