@@ -99,7 +99,20 @@ mod tests {
                 }
             }
         }
-        for name in ["smollm2-135m", "llama-3.2-1b", "llama-3.1-70b", "llama-3.3-70b", "mistral-7b", "qwen-2.5-72b"] {
+        for name in [
+            "smollm2-135m",
+            "llama-3.2-1b",
+            "llama-3.1-70b",
+            "llama-3.3-70b",
+            "mistral-7b",
+            "qwen-2.5-72b",
+            "qwen-3-8b",
+            "qwen-3-30b-a3b",
+            "qwen-3-235b-a22b",
+            "gemma-2-9b",
+            "gemma-3-27b",
+            "mistral-small-24b",
+        ] {
             assert!(lookup(name).is_some(), "{name}");
         }
         assert_eq!(lookup("LLAMA-3.1-70B").map(|e| e.layers), Some(80));
