@@ -39,6 +39,9 @@ pub(crate) fn weight_type(kind: TensorType) -> Option<WeightType> {
         TensorType::Q4K => WeightType::Q4K,
         TensorType::Q5K => WeightType::Q5K,
         TensorType::Q6K => WeightType::Q6K,
+        TensorType::Iq4Nl => WeightType::Iq4Nl,
+        TensorType::Iq4Xs => WeightType::Iq4Xs,
+        TensorType::Mxfp4 => WeightType::Mxfp4,
     })
 }
 

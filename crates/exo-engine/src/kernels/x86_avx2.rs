@@ -4,7 +4,9 @@
 //! Inner loops are `#[inline(always)]` const-generic tiles (R weight rows x T tokens) inlined into the
 //! target-feature drivers, so they get AVX2 code generation without `-C target-cpu`.
 
-use super::{q8_32_at, scalar, Isa, Kernels, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+use super::{
+    q8_32_at, scalar, Isa, Kernels, WeightType, IQ4NL_VALUES, MXFP4_VALUES, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES,
+};
 use core::arch::x86_64::*;
 
 /// Whether this CPU runs these kernels.
@@ -59,6 +61,9 @@ fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
             WeightType::Q4K => gemv_q4k(nb, w, act, out),
             WeightType::Q5K => gemv_q5k(nb, w, act, out),
             WeightType::Q6K => gemv_q6k(nb, w, act, out),
+            WeightType::Iq4Nl => gemv_iq4nl(nb, w, act, out),
+            WeightType::Iq4Xs => gemv_iq4xs(nb, w, act, out),
+            WeightType::Mxfp4 => gemv_mxfp4(nb, w, act, out),
         }
     }
 }
@@ -82,6 +87,9 @@ fn gemm(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok
             WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q5K => gemm_q5k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Iq4Nl => gemm_iq4nl(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Iq4Xs => gemm_iq4xs(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Mxfp4 => gemm_mxfp4(nb, w, n_rows, acts, n_tok, o, os),
         }
     }
 }
@@ -796,6 +804,143 @@ unsafe fn tile_q6k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const
 }
 
 drivers!(gemv_q6k, gemm_q6k, tile_q6k, 210, Q8K_BYTES, false);
+
+// ---- IQ4_NL / MXFP4 / IQ4_XS: 4-bit indices into a 16-entry signed table ----
+
+/// A 16-entry i8 table in both 128-bit lanes, for `_mm256_shuffle_epi8` lookups by nibble.
+#[inline(always)]
+unsafe fn table16(t: &[i8; 16]) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
+/// The scale of an IQ4_NL block (f16 `d`) or an MXFP4 block (`MX`: E8M0 `e`, halved) at `wb`.
+#[inline(always)]
+unsafe fn nl_scale<const MX: bool>(wb: *const u8) -> f32 {
+    if MX {
+        scalar::e8m0_half(*wb)
+    } else {
+        ld_f16(wb)
+    }
+}
+
+/// IQ4_NL (`{ d: f16, qs }`, 18 bytes) or MXFP4 (`MX`: `{ e: u8, qs }`, 17 bytes, scale 2^(e - 128)) against
+/// Q8_32. Two blocks at a time as in [`tile_q45`]: the low nibbles of both blocks in one register, the high
+/// nibbles in another, looked up in the table; the products are signed x signed as in Q8_0 (every table value
+/// is within ±127, so `maddubs` does not saturate).
+#[inline(always)]
+unsafe fn tile_nl<const MX: bool, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    a: [*const u8; T],
+    nb: usize,
+) -> [[f32; T]; R] {
+    let (bb, qoff) = if MX { (17, 1) } else { (18, 2) };
+    let table = table16(if MX { &MXFP4_VALUES } else { &IQ4NL_VALUES });
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for p in 0..nb / 2 {
+        for r in 0..R {
+            let wb = w[r].add(2 * p * bb);
+            prefetch(wb);
+            let dw = _mm_setr_ps(nl_scale::<MX>(wb), nl_scale::<MX>(wb.add(bb)), 0.0, 0.0);
+            let q =
+                _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(qoff))), ldu128(wb.add(bb + qoff)));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+            let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+            for t in 0..T {
+                let ab = a[t].add(2 * p * Q8_32_BYTES);
+                let s = _mm256_add_epi32(dot_i8(alo, lo, ldu(ab.add(16))), dot_i8(ahi, hi, ldu(ab.add(48))));
+                let sc = lanes2(_mm_mul_ps(dw, ld_2f32(ab)));
+                acc[r][t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(s), acc[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(acc[r][t]);
+        }
+    }
+    if nb % 2 == 1 {
+        // The odd last block: plain activation layout { d, s, qs }.
+        let b = nb - 1;
+        for r in 0..R {
+            let wb = w[r].add(b * bb);
+            let q = ldu128(wb.add(qoff));
+            let idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
+            let v = _mm256_shuffle_epi8(table, idx);
+            let av = _mm256_abs_epi8(v);
+            for t in 0..T {
+                let ab = a[t].add(b * Q8_32_BYTES);
+                let p = dot_i8(av, v, ldu(ab.add(8)));
+                res[r][t] += nl_scale::<MX>(wb) * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p));
+            }
+        }
+    }
+    res
+}
+
+#[inline(always)]
+unsafe fn tile_iq4nl<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_nl::<false, R, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_mxfp4<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    tile_nl::<true, R, T>(w, a, nb)
+}
+
+drivers!(gemv_iq4nl, gemm_iq4nl, tile_iq4nl, 18, Q8_32_BYTES, false);
+drivers!(gemv_mxfp4, gemm_mxfp4, tile_mxfp4, 17, Q8_32_BYTES, false);
+
+/// IQ4_XS against Q8K. Each 32 quant bytes hold two sub-blocks (16 bytes each: elements j and 16 + j in the low
+/// and high nibble of byte j); after the lookup the lanes are regrouped so that one register holds one
+/// sub-block in element order, matching 32 consecutive activations. The sub-block scale (ls - 32) multiplies
+/// in `madd`: each i32 lane then sums 4 products within 2 * 127 * 127 * 32, 8 sub-blocks well inside i32.
+#[inline(always)]
+unsafe fn tile_iq4xs<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    let table = table16(&IQ4NL_VALUES);
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wb = w[r].add(b * 136);
+            prefetch(wb);
+            prefetch(wb.wrapping_add(64));
+            let sc = scalar::iq4xs_scales(core::slice::from_raw_parts(wb, 8));
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for k in 0..4 {
+                let q = ldu(wb.add(8 + 32 * k));
+                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+                let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+                let w0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                let w1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                let (a0, a1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+                let (s0, s1) = (_mm256_set1_epi16(sc[2 * k] as i16), _mm256_set1_epi16(sc[2 * k + 1] as i16));
+                for t in 0..T {
+                    let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * k);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(ldu(ap), w0)), s0);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(ldu(ap.add(32)), w1)), s1);
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+                }
+            }
+            let d = ld_f16(wb);
+            for t in 0..T {
+                let da = ld_f32(a[t].add(b * Q8K_BYTES));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sumi[t]), acc[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(acc[r][t]);
+        }
+    }
+    res
+}
+
+drivers!(gemv_iq4xs, gemm_iq4xs, tile_iq4xs, 136, Q8K_BYTES, false);
 
 // ---- F32 / F16 / BF16 weights against f32 activations ----
 
