@@ -563,7 +563,7 @@ unsafe fn tile_q6k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], n
     acc.map(|v| vaddvq_f32(v))
 }
 
-// ---- IQ4_NL / MXFP4 / IQ4_XS: 4-bit indices into a 16-entry signed table (`tbl`) ----
+// ---- IQ4_NL / MXFP4 / IQ4_XS: 4-bit indices into a 16-entry signed table (`vqtbl1q_s8`) ----
 
 /// The table values of the 32 nibbles of 16 quant bytes at `q`: elements 0..16 (low nibbles) and 16..32 (high).
 #[inline(always)]
@@ -581,7 +581,7 @@ unsafe fn tile_nl<D: IntDot, const MX: bool, const T: usize>(w: *const u8, a: [*
     let mut acc = [vdupq_n_f32(0.0); T];
     for b in 0..nb {
         let wb = w.add(b * bb);
-        let dw = if MX { scalar::e8m0_half(*wb) } else { ld_f16(wb) };
+        let dw = if MX { scalar::E8M0_HALF[*wb as usize] } else { ld_f16(wb) };
         let (lo, hi) = lookup32(table, wb.add(qoff));
         let (od, _, ol, oh) = q8_32_at(nb, b);
         for t in 0..T {

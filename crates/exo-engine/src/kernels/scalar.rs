@@ -204,8 +204,27 @@ pub(super) fn q6k_quant(b: &[u8], i: usize) -> i32 {
 /// (`e < 2` gives the subnormals 2^-128 and 2^-127).
 #[inline]
 pub(super) fn e8m0_half(e: u8) -> f32 {
-    f32::from_bits(if e < 2 { 0x0020_0000 << e } else { ((e as u32) - 1) << 23 })
+    f32::from_bits(e8m0_half_bits(e))
 }
+
+const fn e8m0_half_bits(e: u8) -> u32 {
+    if e < 2 {
+        0x0020_0000 << e
+    } else {
+        ((e as u32) - 1) << 23
+    }
+}
+
+/// [`e8m0_half`] of every exponent, for the SIMD kernels (a load instead of a branch per block).
+pub(super) static E8M0_HALF: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut e = 0;
+    while e < 256 {
+        t[e] = f32::from_bits(e8m0_half_bits(e as u8));
+        e += 1;
+    }
+    t
+};
 
 /// The 32 nibbles of 16 quant bytes in element order: element `j < 16` is the low nibble of byte `j`, element
 /// `16 + j` its high nibble (IQ4_NL, MXFP4, and each 32-value sub-block of IQ4_XS).

@@ -331,6 +331,9 @@ fn e8m0_half_scale_is_ggml() {
     for (e, p) in cases {
         assert_eq!(scalar::e8m0_half(e), 2f64.powi(p) as f32, "e = {e}");
     }
+    for e in 0..=255u8 {
+        assert_eq!(scalar::E8M0_HALF[e as usize], 2f64.powi(e as i32 - 128) as f32, "table at e = {e}");
+    }
     // One hand-made MXFP4 block: e = 129 (scale 2), nibbles 7 (12) and 15 (-12) in byte 0, 5 (6) in byte 15.
     let mut b = [0u8; 17];
     b[0] = 129;

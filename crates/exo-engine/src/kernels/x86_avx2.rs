@@ -8,6 +8,7 @@ use super::{
     q8_32_at, scalar, Isa, Kernels, WeightType, IQ4NL_VALUES, MXFP4_VALUES, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES,
 };
 use core::arch::x86_64::*;
+use scalar::E8M0_HALF;
 
 /// Whether this CPU runs these kernels.
 pub(super) fn detected() -> bool {
@@ -813,37 +814,23 @@ unsafe fn table16(t: &[i8; 16]) -> __m256i {
     _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
 }
 
-/// The scale of an IQ4_NL block (f16 `d`) or an MXFP4 block (`MX`: E8M0 `e`, halved) at `wb`.
+/// IQ4_NL (`{ d: f16, qs: [u8; 16] }`, value = d * IQ4NL_VALUES[nibble]) against Q8_32. Two blocks at a time as
+/// in [`tile_q45`]: the low nibbles of both blocks in one register, the high nibbles in another, looked up in the
+/// table; the products are signed x signed as in Q8_0 (every table value is within ±127, so `maddubs` does not
+/// saturate).
 #[inline(always)]
-unsafe fn nl_scale<const MX: bool>(wb: *const u8) -> f32 {
-    if MX {
-        scalar::e8m0_half(*wb)
-    } else {
-        ld_f16(wb)
-    }
-}
-
-/// IQ4_NL (`{ d: f16, qs }`, 18 bytes) or MXFP4 (`MX`: `{ e: u8, qs }`, 17 bytes, scale 2^(e - 128)) against
-/// Q8_32. Two blocks at a time as in [`tile_q45`]: the low nibbles of both blocks in one register, the high
-/// nibbles in another, looked up in the table; the products are signed x signed as in Q8_0 (every table value
-/// is within ±127, so `maddubs` does not saturate).
-#[inline(always)]
-unsafe fn tile_nl<const MX: bool, const R: usize, const T: usize>(
-    w: [*const u8; R],
-    a: [*const u8; T],
-    nb: usize,
-) -> [[f32; T]; R] {
-    let (bb, qoff) = if MX { (17, 1) } else { (18, 2) };
-    let table = table16(if MX { &MXFP4_VALUES } else { &IQ4NL_VALUES });
+unsafe fn tile_iq4nl<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    let table = table16(&IQ4NL_VALUES);
     let mask = _mm256_set1_epi8(0x0f);
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for p in 0..nb / 2 {
         for r in 0..R {
-            let wb = w[r].add(2 * p * bb);
+            let wb = w[r].add(2 * p * 18);
             prefetch(wb);
-            let dw = _mm_setr_ps(nl_scale::<MX>(wb), nl_scale::<MX>(wb.add(bb)), 0.0, 0.0);
-            let q =
-                _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(qoff))), ldu128(wb.add(bb + qoff)));
+            let h0 = (wb as *const u16).read_unaligned() as u32;
+            let h1 = (wb.add(18) as *const u16).read_unaligned() as u32;
+            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128((h0 | (h1 << 16)) as i32));
+            let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(2))), ldu128(wb.add(20)));
             let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
             let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
             let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
@@ -865,62 +852,129 @@ unsafe fn tile_nl<const MX: bool, const R: usize, const T: usize>(
         // The odd last block: plain activation layout { d, s, qs }.
         let b = nb - 1;
         for r in 0..R {
-            let wb = w[r].add(b * bb);
-            let q = ldu128(wb.add(qoff));
-            let idx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask);
-            let v = _mm256_shuffle_epi8(table, idx);
+            let wb = w[r].add(b * 18);
+            let q = ldu128(wb.add(2));
+            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask));
             let av = _mm256_abs_epi8(v);
             for t in 0..T {
                 let ab = a[t].add(b * Q8_32_BYTES);
                 let p = dot_i8(av, v, ldu(ab.add(8)));
-                res[r][t] += nl_scale::<MX>(wb) * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p));
+                res[r][t] += ld_f16(wb) * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p));
             }
         }
     }
     res
 }
 
-#[inline(always)]
-unsafe fn tile_iq4nl<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
-    tile_nl::<false, R, T>(w, a, nb)
-}
+/// MXFP4's table plus 12: unsigned (0..=24), so that the codes go straight into `maddubs` as Q4_0's nibbles do,
+/// the 12 coming back through the activation sums.
+const MXFP4_PLUS_12: [i8; 16] = {
+    let mut t = [0i8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = MXFP4_VALUES[i] + 12;
+        i += 1;
+    }
+    t
+};
 
+/// MXFP4 (`{ e: u8, qs: [u8; 16] }`, value = 2^(e - 128) * MXFP4_VALUES[nibble]) against Q8_32, as [`tile_q45`]
+/// with the nibbles looked up in [`MXFP4_PLUS_12`] and the offset -12 * scale. Each `maddubs` pair is within
+/// 2 * 24 * 127, so the low- and high-nibble products add in i16.
 #[inline(always)]
 unsafe fn tile_mxfp4<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
-    tile_nl::<true, R, T>(w, a, nb)
+    let table = table16(&MXFP4_PLUS_12);
+    let mask = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut off = [[_mm_setzero_ps(); T]; R];
+    for p in 0..nb / 2 {
+        for r in 0..R {
+            let wb = w[r].add(2 * p * 17);
+            prefetch(wb);
+            let dw = _mm_setr_ps(E8M0_HALF[*wb as usize], E8M0_HALF[*wb.add(17) as usize], 0.0, 0.0);
+            let m = _mm_mul_ps(dw, _mm_set1_ps(-12.0));
+            let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(1))), ldu128(wb.add(18)));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+            for t in 0..T {
+                let ab = a[t].add(2 * p * Q8_32_BYTES);
+                let s16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, ldu(ab.add(16))),
+                    _mm256_maddubs_epi16(hi, ldu(ab.add(48))),
+                );
+                let sc = lanes2(_mm_mul_ps(dw, ld_2f32(ab)));
+                acc[r][t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), acc[r][t]);
+                off[r][t] = _mm_fmadd_ps(m, ld_2f32(ab.add(8)), off[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let o = off[r][t];
+            res[r][t] = hsum(acc[r][t]) + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+        }
+    }
+    if nb % 2 == 1 {
+        let b = nb - 1;
+        for r in 0..R {
+            let wb = w[r].add(b * 17);
+            let dw = E8M0_HALF[*wb as usize];
+            let q = ldu128(wb.add(1));
+            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask));
+            for t in 0..T {
+                let ab = a[t].add(b * Q8_32_BYTES);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(v, ldu(ab.add(8))), ones);
+                res[r][t] += dw * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p)) - 12.0 * dw * ld_f32(ab.add(4));
+            }
+        }
+    }
+    res
 }
 
 drivers!(gemv_iq4nl, gemm_iq4nl, tile_iq4nl, 18, Q8_32_BYTES, false);
 drivers!(gemv_mxfp4, gemm_mxfp4, tile_mxfp4, 17, Q8_32_BYTES, false);
 
 /// IQ4_XS against Q8K. Each 32 quant bytes hold two sub-blocks (16 bytes each: elements j and 16 + j in the low
-/// and high nibble of byte j); after the lookup the lanes are regrouped so that one register holds one
-/// sub-block in element order, matching 32 consecutive activations. The sub-block scale (ls - 32) multiplies
-/// in `madd`: each i32 lane then sums 4 products within 2 * 127 * 127 * 32, 8 sub-blocks well inside i32.
+/// and high nibble of byte j): after the lookup the low nibbles give elements 0..16 of both sub-blocks (one per
+/// lane), the high nibbles elements 16..32, and the activations are loaded to match (two 128-bit halves each).
+/// The sub-block scales (ls - 32) multiply in `madd`, lane 0 by the first sub-block's, lane 1 by the second's:
+/// each i32 lane then sums within 2 * 2 * 127 * 127 * 32 per pair, 4 pairs well inside i32.
 #[inline(always)]
 unsafe fn tile_iq4xs<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
     let table = table16(&IQ4NL_VALUES);
     let mask = _mm256_set1_epi8(0x0f);
+    let ctrls = [pair_bcast(0), pair_bcast(1), pair_bcast(2), pair_bcast(3)];
     let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
         for r in 0..R {
             let wb = w[r].add(b * 136);
             prefetch(wb);
             prefetch(wb.wrapping_add(64));
-            let sc = scalar::iq4xs_scales(core::slice::from_raw_parts(wb, 8));
+            // The eight 6-bit scales as bytes: low nibbles from scales_l, top two bits from scales_h.
+            let (h, l) =
+                ((wb.add(2) as *const u16).read_unaligned() as u64, (wb.add(4) as *const u32).read_unaligned());
+            let mut ls = 0u64;
+            for s in 0..8 {
+                let v = ((l >> (4 * s)) & 0x0f) as u64 | (((h >> (2 * s)) & 3) << 4);
+                ls |= v << (8 * s);
+            }
+            let sc = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(ls as i64)), _mm_set1_epi16(32));
+            let sc = _mm256_broadcastsi128_si256(sc);
             let mut sumi = [_mm256_setzero_si256(); T];
-            for k in 0..4 {
+            for (k, &ctrl) in ctrls.iter().enumerate() {
                 let q = ldu(wb.add(8 + 32 * k));
                 let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
                 let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
-                let w0 = _mm256_permute2x128_si256::<0x20>(lo, hi);
-                let w1 = _mm256_permute2x128_si256::<0x31>(lo, hi);
-                let (a0, a1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
-                let (s0, s1) = (_mm256_set1_epi16(sc[2 * k] as i16), _mm256_set1_epi16(sc[2 * k + 1] as i16));
+                let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+                let s2 = _mm256_shuffle_epi8(sc, ctrl);
                 for t in 0..T {
                     let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * k);
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(ldu(ap), w0)), s0);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(ldu(ap.add(32)), w1)), s1);
+                    let a_lo = _mm256_loadu2_m128i(ap.add(32) as *const __m128i, ap as *const __m128i);
+                    let a_hi = _mm256_loadu2_m128i(ap.add(48) as *const __m128i, ap.add(16) as *const __m128i);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(a_lo, lo)), s2);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(a_hi, hi)), s2);
                     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
                 }
             }
