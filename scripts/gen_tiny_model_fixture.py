@@ -17,7 +17,10 @@ Per step it records, as in tests/data/smollm2-135m-instruct-q4_1.json (see ../sh
 The sha256 of each model file is recorded: the test regenerates the models and checks it.
 
 Usage: python3 scripts/gen_tiny_model_fixture.py [--bin LLAMA_CPP_BIN_DIR] [--models DIR] [--out OUT.json]
-       (without --models, the models are made in a temporary folder by scripts/make-tiny-models.py)
+                                                [--only FILE ...]
+       (without --models, the models are made in a temporary folder by scripts/make-tiny-models.py; with --only,
+       only those models' entries are computed, replacing or appending to the ones in OUT.json, whose other
+       entries stay as they are)
 """
 
 import argparse
@@ -36,7 +39,8 @@ import gguf
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = ["tiny-qwen2.gguf", "tiny-llama3.gguf", "tiny-qwen3.gguf", "tiny-gemma2.gguf", "tiny-gemma3.gguf"]
+MODELS = ["tiny-qwen2.gguf", "tiny-llama3.gguf", "tiny-qwen3.gguf", "tiny-gemma2.gguf", "tiny-gemma3.gguf",
+          "tiny-quants.gguf"]
 N_PREDICT = 16
 N_TOP = 5
 # Enough candidates that the gap can skip masked tokens.
@@ -196,19 +200,32 @@ def main() -> None:
     p.add_argument("--models", help="folder holding the models of make-tiny-models.py (made afresh when absent)")
     p.add_argument("--out", default=os.path.join(HERE, "..", "crates", "exo-engine", "tests", "data",
                                                  "tiny_models_llama_cpp.json"))
+    p.add_argument("--only", nargs="+", choices=MODELS, help="recompute just these models' entries in OUT.json")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         models = a.models
         if models is None:
             models = tmp
             subprocess.run([sys.executable, os.path.join(HERE, "make-tiny-models.py"), models], check=True)
-        fixture = {
-            "source": "scripts/gen_tiny_model_fixture.py: llama.cpp's llama-server -t 2 (llama-cpp-python 0.3.36 "
-                      "sdist), /completion with temperature 0, ignore_eos, n_probs, post_sampling_probs off",
-            # The model files' bytes depend on these (scripts/make-tiny-models.py).
-            "made_with": {pkg: importlib.metadata.version(pkg) for pkg in ("numpy", "gguf")},
-            "models": [model_fixture(a.bin, os.path.join(models, m)) for m in MODELS],
-        }
+        made_with = {pkg: importlib.metadata.version(pkg) for pkg in ("numpy", "gguf")}
+        if a.only:
+            with open(a.out, encoding="utf-8") as f:
+                fixture = json.load(f)
+            if fixture["made_with"] != made_with:
+                sys.exit(f"{a.out} was made with {fixture['made_with']}, this Python has {made_with}: the models "
+                         "would not be the same bytes; regenerate every entry (without --only)")
+            entries = {m["file"]: m for m in fixture["models"]}
+            entries.update({m: model_fixture(a.bin, os.path.join(models, m)) for m in a.only})
+            fixture["models"] = [entries[m] for m in MODELS if m in entries]
+        else:
+            fixture = {
+                "source": "scripts/gen_tiny_model_fixture.py: llama.cpp's llama-server -t 2 (llama-cpp-python "
+                          "0.3.36 sdist), /completion with temperature 0, ignore_eos, n_probs, post_sampling_probs "
+                          "off",
+                # The model files' bytes depend on these (scripts/make-tiny-models.py).
+                "made_with": made_with,
+                "models": [model_fixture(a.bin, os.path.join(models, m)) for m in MODELS],
+            }
     with open(a.out, "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")
