@@ -936,6 +936,21 @@ unsafe fn tile_mxfp4<const R: usize, const T: usize>(w: [*const u8; R], a: [*con
 drivers!(gemv_iq4nl, gemm_iq4nl, tile_iq4nl, 18, Q8_32_BYTES, false);
 drivers!(gemv_mxfp4, gemm_mxfp4, tile_mxfp4, 17, Q8_32_BYTES, false);
 
+/// The eight 6-bit IQ4_XS scales `ls` as the bytes of a u64 (sub-block s in byte s), from `scales_h` (2 bits each)
+/// and `scales_l` (4 bits each), by spreading the bit fields apart with shifts and masks.
+#[inline(always)]
+fn iq4xs_scales_x8(scales_h: u16, scales_l: u32) -> u64 {
+    let mut lo = scales_l as u64;
+    lo = (lo | (lo << 16)) & 0x0000_ffff_0000_ffff;
+    lo = (lo | (lo << 8)) & 0x00ff_00ff_00ff_00ff;
+    lo = (lo | (lo << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let mut hi = scales_h as u64;
+    hi = (hi | (hi << 24)) & 0x0000_00ff_0000_00ff;
+    hi = (hi | (hi << 12)) & 0x000f_000f_000f_000f;
+    hi = (hi | (hi << 6)) & 0x0303_0303_0303_0303;
+    lo | (hi << 4)
+}
+
 /// IQ4_XS against Q8K. Each 32 quant bytes hold two sub-blocks (16 bytes each: elements j and 16 + j in the low
 /// and high nibble of byte j): after the lookup the low nibbles give elements 0..16 of both sub-blocks (one per
 /// lane), the high nibbles elements 16..32, and the activations are loaded to match (two 128-bit halves each).
@@ -952,15 +967,9 @@ unsafe fn tile_iq4xs<const R: usize, const T: usize>(w: [*const u8; R], a: [*con
             let wb = w[r].add(b * 136);
             prefetch(wb);
             prefetch(wb.wrapping_add(64));
-            // The eight 6-bit scales as bytes: low nibbles from scales_l, top two bits from scales_h.
-            let (h, l) =
-                ((wb.add(2) as *const u16).read_unaligned() as u64, (wb.add(4) as *const u32).read_unaligned());
-            let mut ls = 0u64;
-            for s in 0..8 {
-                let v = ((l >> (4 * s)) & 0x0f) as u64 | (((h >> (2 * s)) & 3) << 4);
-                ls |= v << (8 * s);
-            }
-            let sc = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(ls as i64)), _mm_set1_epi16(32));
+            let sc =
+                iq4xs_scales_x8((wb.add(2) as *const u16).read_unaligned(), (wb.add(4) as *const u32).read_unaligned());
+            let sc = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)), _mm_set1_epi16(32));
             let sc = _mm256_broadcastsi128_si256(sc);
             let mut sumi = [_mm256_setzero_si256(); T];
             for (k, &ctrl) in ctrls.iter().enumerate() {
