@@ -40,7 +40,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["tiny-qwen2.gguf", "tiny-llama3.gguf", "tiny-qwen3.gguf", "tiny-gemma2.gguf", "tiny-gemma3.gguf",
           "tiny-mixtral.gguf", "tiny-qwen3moe.gguf", "tiny-phi3.gguf",
-          "tiny-gpt-oss.gguf"]
+          "tiny-gpt-oss.gguf", "tiny-quants.gguf"]
 N_PREDICT = 16
 N_TOP = 5
 # Enough candidates that the gap can skip masked tokens.

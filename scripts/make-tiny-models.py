@@ -17,10 +17,14 @@ Llama 3 code paths against llama.cpp (crates/exo-engine/tests/tiny_models.rs, sc
 - `tiny-qwen3moe.gguf`: architecture `qwen3moe` (q/k norms) with 16 experts per layer, 4 used per token, 2 layers;
 - `tiny-phi3.gguf`: architecture `phi3` (fused q/k/v and gate/up tensors, long-context rope factors), 2 layers;
 - `tiny-gpt-oss.gguf`: architecture `gpt-oss` (biases, attention sinks, alternating sliding windows, YaRN rope, 16
-  experts with biases, 4 per token, the clamped SwiGLU), 4 layers.
+  experts with biases, 4 per token, the clamped SwiGLU), 4 layers;
+- `tiny-quants.gguf`: architecture `llama`, 256 wide (so that 256-value super-blocks fit; FFN 512, head size 64),
+  6 layers whose matrices are IQ4_NL, IQ4_XS, MXFP4, Q2_K, Q3_K and Q5_K in turn (quantized by
+  scripts/tiny_quants.py, or gguf-py for MXFP4), for checking those weight types, not an architecture (being
+  quantized, its log-probabilities agree with llama.cpp's only to about 0.1 on average; see tiny_models.rs).
 
-Both are 128 wide with 4 query heads sharing 2 KV heads (head size 32), and take the real tokenizer (49152 tokens)
-of the donor model. The layers' matrices are F32, so that llama.cpp computes them without rounding its activations
+The others are 128 wide with 4 query heads sharing 2 KV heads (head size 32); all take the real tokenizer (49152
+tokens) of the donor model. The layers' matrices are F32, so that llama.cpp computes them without rounding its activations
 to 8 bits (with Q8_0 matrices, its log-probabilities move by about 0.06 on average from an exact float64 forward
 pass, as much as a small bug would); the token embeddings and the output head are Q8_0, to keep the files small.
 The weights are random but scaled so that attention is peaked (positions, hence rope, matter) and the logits are
@@ -40,6 +44,8 @@ import os
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
+
+import tiny_quants
 
 HIDDEN, HEADS, KV_HEADS, FFN, CONTEXT = 128, 4, 2, 256, 512
 HEAD_DIM = HIDDEN // HEADS
@@ -95,6 +101,8 @@ class Model:
         x = self.normal((rows, cols), std)
         if kind == T.F32:
             self.w.add_tensor(name, x)
+        elif kind in tiny_quants.QUANTIZERS:
+            self.w.add_tensor(name, tiny_quants.quantize(x, kind), raw_dtype=kind)
         else:
             self.w.add_tensor(name, gguf.quants.quantize(x, kind), raw_dtype=kind)
 
@@ -336,6 +344,41 @@ def write_gpt_oss(path: str, tokenizer: list[tuple]) -> None:
     m.close()
 
 
+def write_quants(path: str, tokenizer: list[tuple]) -> None:
+    hidden, heads, kv_heads, ffn = 256, 4, 2, 512
+    head_dim = hidden // heads
+    kinds = [T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.Q2_K, T.Q3_K, T.Q5_K]
+    m = Model(path, "llama", seed=7, tokenizer=tokenizer)
+    w = m.w
+    w.add_block_count(len(kinds))
+    w.add_context_length(CONTEXT)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10_000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    m.matrix("token_embd.weight", m.vocab, hidden, 0.5, kind=T.Q8_0)
+    # The standard deviations of the 128-wide models, over √2 for the rows twice as long.
+    s = 1 / math.sqrt(2)
+    kv = kv_heads * head_dim
+    for i, kind in enumerate(kinds):
+        b = f"blk.{i}."
+        m.vector(b + "attn_norm.weight", hidden, 1.0, 0.1)
+        m.matrix(b + "attn_q.weight", hidden, hidden, 0.12 * s, kind)
+        m.matrix(b + "attn_k.weight", kv, hidden, 0.12 * s, kind)
+        m.matrix(b + "attn_v.weight", kv, hidden, 0.1 * s, kind)
+        m.matrix(b + "attn_output.weight", hidden, hidden, 0.1 * s, kind)
+        m.vector(b + "ffn_norm.weight", hidden, 1.0, 0.1)
+        m.matrix(b + "ffn_gate.weight", ffn, hidden, 0.1 * s, kind)
+        m.matrix(b + "ffn_up.weight", ffn, hidden, 0.1 * s, kind)
+        m.matrix(b + "ffn_down.weight", hidden, ffn, 0.1 * s, kind)
+    m.vector("output_norm.weight", hidden, 1.0, 0.1)
+    m.matrix("output.weight", m.vocab, hidden, 0.3 * s, kind=T.Q8_0)
+    m.close()
+
+
 def main() -> None:
     home = os.path.expanduser("~")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -354,8 +397,9 @@ def main() -> None:
     write_qwen3moe(os.path.join(a.out_dir, "tiny-qwen3moe.gguf"), tokenizer)
     write_phi3(os.path.join(a.out_dir, "tiny-phi3.gguf"), tokenizer)
     write_gpt_oss(os.path.join(a.out_dir, "tiny-gpt-oss.gguf"), tokenizer)
+    write_quants(os.path.join(a.out_dir, "tiny-quants.gguf"), tokenizer)
     print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2, tiny-gemma3, tiny-mixtral, tiny-qwen3moe, "
-          f"tiny-phi3 and tiny-gpt-oss (.gguf) to {a.out_dir}")
+          f"tiny-phi3, tiny-gpt-oss and tiny-quants (.gguf) to {a.out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! `CandleModel`: a shard's forward pass on candle tensors.
 //!
-//! This is the backend for GPUs (candle's CUDA and Metal features) and for weight types the CPU kernels do not
-//! handle. Weights stay in candle's quantized tensors; keys and values go to a [`KvCache`] of device tensors.
+//! This is the backend for GPUs (candle's CUDA and Metal features); on the CPU it runs when asked for (tests
+//! compare it with the CPU kernels' backend). Weights stay in candle's quantized tensors; keys and values go to a [`KvCache`] of device tensors.
 
 use std::sync::Arc;
 

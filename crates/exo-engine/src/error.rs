@@ -6,7 +6,7 @@ use crate::gguf::GgufError;
 pub enum EngineError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported model architecture '{0}' (supported: llama, qwen2)")]
+    #[error("unsupported model architecture '{0}' (supported: llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, gpt-oss)")]
     UnsupportedArchitecture(String),
     #[error("{path}: metadata {key} is {found}, expected {expected}")]
     Metadata { path: String, key: String, found: String, expected: String },

@@ -46,7 +46,7 @@ pub enum GgufError {
     Corrupt { path: PathBuf, what: String },
     #[error("{path} is truncated: tensor data needs {needed} bytes, the file has {actual}")]
     Truncated { path: PathBuf, needed: u64, actual: u64 },
-    #[error("{path}: tensor {tensor} has quantization type {kind}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
+    #[error("{path}: tensor {tensor} has quantization type {kind}, which this engine does not support (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4)")]
     UnsupportedType { path: PathBuf, tensor: String, kind: String },
     #[error("{path}: I/O error reading {what}: {source}")]
     Io { path: PathBuf, what: String, source: std::io::Error },
@@ -77,6 +77,12 @@ pub enum TensorType {
     Q4K,
     Q5K,
     Q6K,
+    /// 32 values: an f16 scale and 4-bit indices into a 16-entry non-linear table.
+    Iq4Nl,
+    /// 256 values: an f16 scale, eight 6-bit sub-block scales, 4-bit indices into IQ4_NL's table.
+    Iq4Xs,
+    /// 32 values: an E8M0 shared exponent and 4-bit FP4 (E2M1) codes.
+    Mxfp4,
 }
 
 impl TensorType {
@@ -95,7 +101,10 @@ impl TensorType {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            20 => Self::Iq4Nl,
+            23 => Self::Iq4Xs,
             30 => Self::Bf16,
+            39 => Self::Mxfp4,
             other => {
                 let name = match other {
                     // ggml's 8-bit activation formats: candle cannot load them, and model files do not use them.
@@ -105,10 +114,8 @@ impl TensorType {
                     17 => "IQ2_XS",
                     18 => "IQ3_XXS",
                     19 => "IQ1_S",
-                    20 => "IQ4_NL",
                     21 => "IQ3_S",
                     22 => "IQ2_S",
-                    23 => "IQ4_XS",
                     24 => "I8",
                     25 => "I16",
                     26 => "I32",
@@ -117,7 +124,6 @@ impl TensorType {
                     29 => "IQ1_M",
                     34 => "TQ1_0",
                     35 => "TQ2_0",
-                    39 => "MXFP4",
                     _ => return Err(format!("unknown type id {other}")),
                 };
                 return Err(format!("{name} (id {other})"));
@@ -140,6 +146,9 @@ impl TensorType {
             Self::Q4K => (256, 144),
             Self::Q5K => (256, 176),
             Self::Q6K => (256, 210),
+            Self::Iq4Nl => (32, 18),
+            Self::Iq4Xs => (256, 136),
+            Self::Mxfp4 => (32, 17),
         }
     }
 
@@ -158,6 +167,9 @@ impl TensorType {
             Self::Q4K => "Q4_K",
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
+            Self::Iq4Nl => "IQ4_NL",
+            Self::Iq4Xs => "IQ4_XS",
+            Self::Mxfp4 => "MXFP4",
         }
     }
 }
@@ -835,6 +847,23 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let e = Gguf::open(&p).unwrap_err();
         assert!(e.to_string().contains("IQ2_XXS"), "{e}");
+    }
+
+    #[test]
+    fn iq4_and_mxfp4_tensors_open_with_ggml_block_sizes() {
+        let table_end = 4 + 4 + 8 + 8 + (8 + 1) + 4 + 8 + 4 + 8;
+        for (id, kind, size) in
+            [(20u32, TensorType::Iq4Nl, 8 * 18), (23, TensorType::Iq4Xs, 136), (39, TensorType::Mxfp4, 8 * 17)]
+        {
+            let p = tmp(&format!("type{id}.gguf"));
+            write_gguf(&p, &[], 256, None);
+            let mut bytes = std::fs::read(&p).unwrap();
+            bytes[table_end - 12..table_end - 8].copy_from_slice(&id.to_le_bytes());
+            std::fs::write(&p, &bytes).unwrap();
+            let g = Gguf::open(&p).unwrap();
+            let t = &g.tensors["t"];
+            assert_eq!((t.kind, t.size), (kind, size), "{}", kind.name());
+        }
     }
 
     #[test]

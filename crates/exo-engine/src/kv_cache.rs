@@ -3,8 +3,8 @@
 //! Keys and values are written in place into buffers that grow by doubling (up to the model's context), so a
 //! decode step writes only the new token's entries. They are stored in f16 by default (`KvType::F16`, as
 //! llama.cpp does), halving the cache; `KvType::F32` keeps full precision. The CPU backend keeps them in plain
-//! host buffers, one row of `n_kv_heads * head_dim` values per position; the candle backend (GPUs, and weight
-//! types the CPU kernels do not handle) keeps device tensors. The cache tracks the sequence position;
+//! host buffers, one row of `n_kv_heads * head_dim` values per position; the candle backend (GPUs, and the CPU
+//! when asked for) keeps device tensors. The cache tracks the sequence position;
 //! `truncate` rewinds it (the entries past the new end are simply overwritten later), `reset` empties it.
 //! Sizes come from a model file's metadata, so they are multiplied with checked arithmetic: a cache too large to
 //! count is an error, not a wrapped size.

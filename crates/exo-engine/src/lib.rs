@@ -13,7 +13,7 @@
 //! | [`kernels`] | the CPU matrix kernels: quantized dot products, SIMD variants chosen at run time |
 //! | [`cpu`] | the CPU backend: forward pass on the kernels, thread pool |
 //! | [`calibration`] | this machine's measured speed: a quantized matrix-vector product and memory reads |
-//! | [`candle_backend`] | the candle backend: GPUs and weight types the CPU kernels do not handle |
+//! | [`candle_backend`] | the candle backend: GPUs (CUDA, Metal), and the CPU on request |
 //! | [`kv_cache`] | `KvCache`: one sequence's keys and values for a shard's layers |
 //! | `moe` | routing tokens to the experts of a mixture-of-experts layer |
 //! | [`devices`] | the devices a shard runs on: `--devices` lists, this machine's GPUs, their memory |

@@ -5,8 +5,8 @@
 //! last position. A model run on one machine is the shard `0..=L-1`; a ring is a chain of shards whose hidden
 //! states are passed from one to the next.
 //!
-//! A shard runs on one of two backends: our CPU kernels ([`crate::cpu`]), the default on a CPU when every weight
-//! type is one they handle, or candle ([`crate::candle_backend`]) for GPUs and other weight types.
+//! A shard runs on one of two backends: our CPU kernels ([`crate::cpu`]), the default on a CPU (they handle every
+//! weight type the engine reads), or candle ([`crate::candle_backend`]) for GPUs.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -122,7 +122,7 @@ pub enum ShardOutput {
 /// Which implementation runs a shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The CPU kernels when the device is the CPU and they handle every weight type; candle otherwise.
+    /// The CPU kernels when the device is the CPU; candle otherwise.
     #[default]
     Auto,
     /// The CPU kernels, or an error if they cannot run this model.
@@ -209,26 +209,18 @@ impl ModelShard {
         };
         let inv_freq = RopeFreqs { global, local, long };
 
-        let unsupported = CpuModel::unsupported(&reader, shard);
+        // The CPU kernels handle every weight type the engine reads.
         let use_cpu = match backend {
             Backend::Candle => false,
-            Backend::Auto => device.is_cpu() && unsupported.is_none(),
-            Backend::Cpu => match (&unsupported, device.is_cpu()) {
-                (_, false) => {
-                    return Err(EngineError::InvalidShard("the CPU backend runs on the CPU device only".into()))
-                }
-                (Some(why), _) => {
-                    return Err(EngineError::InvalidShard(format!("the CPU kernels cannot run this model: {why}")))
-                }
-                (None, true) => true,
-            },
+            Backend::Auto => device.is_cpu(),
+            Backend::Cpu if !device.is_cpu() => {
+                return Err(EngineError::InvalidShard("the CPU backend runs on the CPU device only".into()))
+            }
+            Backend::Cpu => true,
         };
         let engine = if use_cpu {
             Engine::Cpu(Box::new(CpuModel::load(&mut reader, &config, shard, inv_freq)?))
         } else {
-            if let (Some(why), true) = (&unsupported, device.is_cpu()) {
-                tracing::info!("using candle's CPU kernels: {why}, a type our kernels do not handle");
-            }
             let model = CandleModel::load(&mut reader, &config, shard, inv_freq, device)
                 .map_err(|e| out_of_memory(e, device, &format!("loading {shard}")))?;
             Engine::Candle(Box::new(model))

@@ -24,9 +24,9 @@ const ROW_ALIGN: usize = 8;
 /// Rows per tile when several positions go through a product at once.
 const GEMM_TILE_ROWS: usize = 64;
 
-/// The weight types the CPU kernels handle.
-pub(crate) fn weight_type(kind: TensorType) -> Option<WeightType> {
-    Some(match kind {
+/// The CPU kernels' layout of each weight type the engine reads (all of them).
+pub(crate) fn weight_type(kind: TensorType) -> WeightType {
+    match kind {
         TensorType::F32 => WeightType::F32,
         TensorType::F16 => WeightType::F16,
         TensorType::Bf16 => WeightType::Bf16,
@@ -40,7 +40,10 @@ pub(crate) fn weight_type(kind: TensorType) -> Option<WeightType> {
         TensorType::Q4K => WeightType::Q4K,
         TensorType::Q5K => WeightType::Q5K,
         TensorType::Q6K => WeightType::Q6K,
-    })
+        TensorType::Iq4Nl => WeightType::Iq4Nl,
+        TensorType::Iq4Xs => WeightType::Iq4Xs,
+        TensorType::Mxfp4 => WeightType::Mxfp4,
+    }
 }
 
 /// A weight matrix of `rows` rows of `cols` values, in the file's own block layout.
@@ -87,9 +90,7 @@ impl Matrix {
     }
 
     fn checked(name: &str, kind: TensorType, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
-        let ty = weight_type(kind).ok_or_else(|| {
-            EngineError::InvalidShard(format!("tensor {name} is {}, which the CPU kernels do not handle", kind.name()))
-        })?;
+        let ty = weight_type(kind);
         if !cols.is_multiple_of(ty.block_len()) || data.len() != rows * ty.row_bytes(cols) {
             return Err(EngineError::InvalidShard(format!(
                 "tensor {name}: {} bytes do not hold {rows} rows of {cols} {} values",
@@ -290,42 +291,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CpuModel {
-    /// Why the CPU kernels cannot run `shard` of this file (a weight type they do not handle), or `None`.
-    pub(crate) fn unsupported(reader: &TensorReader<'_>, shard: Shard) -> Option<String> {
-        let mut names: Vec<String> = Vec::new();
-        for layer in shard.start..=shard.end {
-            for t in [
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_qkv",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-                "ffn_gate_inp",
-                "ffn_gate_exps",
-                "ffn_up_exps",
-                "ffn_down_exps",
-            ] {
-                names.push(format!("blk.{layer}.{t}.weight"));
-            }
-        }
-        if shard.is_first() || (shard.is_last() && !reader.has("output.weight")) {
-            names.push("token_embd.weight".into());
-        }
-        if shard.is_last() && reader.has("output.weight") {
-            names.push("output.weight".into());
-        }
-        for name in names {
-            match reader.kind(&name) {
-                Some(kind) if weight_type(kind).is_none() => return Some(format!("{name} is {}", kind.name())),
-                _ => {}
-            }
-        }
-        None
-    }
-
     pub(crate) fn load(
         reader: &mut TensorReader<'_>,
         config: &ModelConfig,

@@ -13,7 +13,9 @@
 //! Inner loops are `#[inline(always)]` const-generic tiles (1 weight row x T tokens, generic over the
 //! [`IntDot`]); gemv uses T = 1, gemm T = 4.
 
-use super::{q8_32_at, scalar, Isa, Kernels, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+use super::{
+    q8_32_at, scalar, Isa, Kernels, WeightType, IQ4NL_VALUES, MXFP4_VALUES, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES,
+};
 use core::arch::aarch64::*;
 use core::arch::asm;
 
@@ -561,6 +563,70 @@ unsafe fn tile_q6k<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], n
     acc.map(|v| vaddvq_f32(v))
 }
 
+// ---- IQ4_NL / MXFP4 / IQ4_XS: 4-bit indices into a 16-entry signed table (`vqtbl1q_s8`) ----
+
+/// The table values of the 32 nibbles of 16 quant bytes at `q`: elements 0..16 (low nibbles) and 16..32 (high).
+#[inline(always)]
+unsafe fn lookup32(table: int8x16_t, q: *const u8) -> (int8x16_t, int8x16_t) {
+    let v = vld1q_u8(q);
+    (vqtbl1q_s8(table, vandq_u8(v, vdupq_n_u8(0x0f))), vqtbl1q_s8(table, vshrq_n_u8::<4>(v)))
+}
+
+/// IQ4_NL (`{ d: f16, qs }`, 18 bytes) or MXFP4 (`MX`: `{ e: u8, qs }`, 17 bytes, scale 2^(e - 128)) against
+/// Q8_32. Every table value is within ±127, as [`IntDot`] needs.
+#[inline(always)]
+unsafe fn tile_nl<D: IntDot, const MX: bool, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let (bb, qoff) = if MX { (17, 1) } else { (18, 2) };
+    let table = vld1q_s8(if MX { MXFP4_VALUES.as_ptr() } else { IQ4NL_VALUES.as_ptr() });
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for b in 0..nb {
+        let wb = w.add(b * bb);
+        let dw = if MX { scalar::E8M0_HALF[*wb as usize] } else { ld_f16(wb) };
+        let (lo, hi) = lookup32(table, wb.add(qoff));
+        let (od, _, ol, oh) = q8_32_at(nb, b);
+        for t in 0..T {
+            let s = D::dot(D::dot(vdupq_n_s32(0), lo, ld_s8(a[t].add(ol))), hi, ld_s8(a[t].add(oh)));
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(s), dw * ld_f32(a[t].add(od)));
+        }
+    }
+    acc.map(|v| vaddvq_f32(v))
+}
+
+#[inline(always)]
+unsafe fn tile_iq4nl<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_nl::<D, false, T>(w, a, nb)
+}
+
+#[inline(always)]
+unsafe fn tile_mxfp4<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    tile_nl::<D, true, T>(w, a, nb)
+}
+
+/// IQ4_XS against Q8K: eight sub-blocks of 32, each laid out as an IQ4_NL block's quants, with a 6-bit scale.
+#[inline(always)]
+unsafe fn tile_iq4xs<D: IntDot, const T: usize>(w: *const u8, a: [*const u8; T], nb: usize) -> [f32; T] {
+    let table = vld1q_s8(IQ4NL_VALUES.as_ptr());
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for b in 0..nb {
+        let wb = w.add(b * 136);
+        let sc = scalar::iq4xs_scales(core::slice::from_raw_parts(wb, 8));
+        let mut sumi = [vdupq_n_s32(0); T];
+        for (s, &ls) in sc.iter().enumerate() {
+            let (lo, hi) = lookup32(table, wb.add(8 + 16 * s));
+            for t in 0..T {
+                let ap = a[t].add(b * Q8K_BYTES + 4 + 32 * s);
+                let p = D::dot(D::dot(vdupq_n_s32(0), lo, ld_s8(ap)), hi, ld_s8(ap.add(16)));
+                sumi[t] = vmlaq_n_s32(sumi[t], p, ls);
+            }
+        }
+        let d = ld_f16(wb);
+        for t in 0..T {
+            acc[t] = vfmaq_n_f32(acc[t], vcvtq_f32_s32(sumi[t]), d * ld_f32(a[t].add(b * Q8K_BYTES)));
+        }
+    }
+    acc.map(|v| vaddvq_f32(v))
+}
+
 // ---- quantized drivers and gemv/gemm dispatch, once per integer dot ----
 
 /// Defines module `$m` with the quantized drivers over the integer dot `$D` (each carrying `$attr`) and its
@@ -580,6 +646,9 @@ macro_rules! int_variant {
             drivers!($(#[$attr])* gemv_q4k, gemm_q4k, tile_q4k[$D], 144, Q8K_BYTES);
             drivers!($(#[$attr])* gemv_q5k, gemm_q5k, tile_q5k[$D], 176, Q8K_BYTES);
             drivers!($(#[$attr])* gemv_q6k, gemm_q6k, tile_q6k[$D], 210, Q8K_BYTES);
+            drivers!($(#[$attr])* gemv_iq4nl, gemm_iq4nl, tile_iq4nl[$D], 18, Q8_32_BYTES);
+            drivers!($(#[$attr])* gemv_iq4xs, gemm_iq4xs, tile_iq4xs[$D], 136, Q8K_BYTES);
+            drivers!($(#[$attr])* gemv_mxfp4, gemm_mxfp4, tile_mxfp4[$D], 17, Q8_32_BYTES);
 
             /// # Safety
             /// `w` holds `out.len()` rows and `act` one activation row; the CPU has the target features of this
@@ -600,6 +669,9 @@ macro_rules! int_variant {
                     WeightType::Q4K => gemv_q4k(nb, w, act, out),
                     WeightType::Q5K => gemv_q5k(nb, w, act, out),
                     WeightType::Q6K => gemv_q6k(nb, w, act, out),
+                    WeightType::Iq4Nl => gemv_iq4nl(nb, w, act, out),
+                    WeightType::Iq4Xs => gemv_iq4xs(nb, w, act, out),
+                    WeightType::Mxfp4 => gemv_mxfp4(nb, w, act, out),
                 }
             }
 
@@ -632,6 +704,9 @@ macro_rules! int_variant {
                     WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q5K => gemm_q5k(nb, w, n_rows, acts, n_tok, o, os),
                     WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Iq4Nl => gemm_iq4nl(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Iq4Xs => gemm_iq4xs(nb, w, n_rows, acts, n_tok, o, os),
+                    WeightType::Mxfp4 => gemm_mxfp4(nb, w, n_rows, acts, n_tok, o, os),
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! CPU matrix kernels of the engine: GGUF/ggml weight rows (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
-//! Q3_K, Q4_K, Q5_K, Q6_K, read byte-for-byte as they lie in the file) dotted with activations.
+//! Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4, read byte-for-byte as they lie in the file) dotted with
+//! activations.
 //!
 //! As in ggml, an activation row is quantized once per matrix product to 8 bits ([`ActType`]), then integer SIMD
 //! dot products run over every weight row ([`Kernels::gemv`] for one token, [`Kernels::gemm`] for a batch of
@@ -65,15 +66,38 @@ pub enum WeightType {
     Q4K,
     Q5K,
     Q6K,
+    /// `{ d: f16, qs: [u8; 16] }` per 32: value = d * IQ4NL_VALUES[nibble].
+    Iq4Nl,
+    /// `{ d: f16, scales_h: u16, scales_l: [u8; 4], qs: [u8; 128] }` per 256: eight sub-blocks of 32 (laid out as
+    /// IQ4_NL's quants) with 6-bit scales ls, value = d * (ls - 32) * IQ4NL_VALUES[nibble].
+    Iq4Xs,
+    /// `{ e: u8, qs: [u8; 16] }` per 32: value = 2^(e - 128) * MXFP4_VALUES[nibble] (E8M0 scale, E2M1 codes doubled).
+    Mxfp4,
 }
+
+/// ggml's `kvalues_iq4nl`: the 16 non-linear levels of IQ4_NL and IQ4_XS.
+pub(crate) const IQ4NL_VALUES: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+/// ggml's `kvalues_mxfp4`: the FP4 E2M1 values, doubled (so that they are integers; the scale is halved).
+pub(crate) const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 impl WeightType {
     /// Elements per block.
     pub fn block_len(self) -> usize {
         match self {
             WeightType::F32 | WeightType::F16 | WeightType::Bf16 => 1,
-            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => 32,
-            WeightType::Q2K | WeightType::Q3K | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => 256,
+            WeightType::Q4_0
+            | WeightType::Q4_1
+            | WeightType::Q5_0
+            | WeightType::Q5_1
+            | WeightType::Q8_0
+            | WeightType::Iq4Nl
+            | WeightType::Mxfp4 => 32,
+            WeightType::Q2K
+            | WeightType::Q3K
+            | WeightType::Q4K
+            | WeightType::Q5K
+            | WeightType::Q6K
+            | WeightType::Iq4Xs => 256,
         }
     }
 
@@ -92,6 +116,9 @@ impl WeightType {
             WeightType::Q4K => 144,
             WeightType::Q5K => 176,
             WeightType::Q6K => 210,
+            WeightType::Iq4Nl => 18,
+            WeightType::Iq4Xs => 136,
+            WeightType::Mxfp4 => 17,
         }
     }
 
@@ -104,10 +131,19 @@ impl WeightType {
     pub fn act_type(self) -> ActType {
         match self {
             WeightType::F32 | WeightType::F16 | WeightType::Bf16 => ActType::F32,
-            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_0 | WeightType::Q5_1 | WeightType::Q8_0 => {
-                ActType::Q8_32
-            }
-            WeightType::Q2K | WeightType::Q3K | WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => ActType::Q8K,
+            WeightType::Q4_0
+            | WeightType::Q4_1
+            | WeightType::Q5_0
+            | WeightType::Q5_1
+            | WeightType::Q8_0
+            | WeightType::Iq4Nl
+            | WeightType::Mxfp4 => ActType::Q8_32,
+            WeightType::Q2K
+            | WeightType::Q3K
+            | WeightType::Q4K
+            | WeightType::Q5K
+            | WeightType::Q6K
+            | WeightType::Iq4Xs => ActType::Q8K,
         }
     }
 }
@@ -193,6 +229,11 @@ impl Kernels {
     pub fn best() -> &'static Kernels {
         static BEST: OnceLock<&'static Kernels> = OnceLock::new();
         BEST.get_or_init(|| Self::supported().pop().unwrap_or(&SCALAR))
+    }
+
+    /// The plain reference variant (every CPU runs it).
+    pub fn scalar() -> &'static Kernels {
+        &SCALAR
     }
 
     /// Every variant this CPU can run, scalar first, fastest last.

@@ -1,7 +1,7 @@
 //! Plain reference kernels: written for clarity, used as the truth by the tests and as the fallback everywhere.
 //! Dot products follow the same integer formulation as the SIMD kernels.
 
-use super::{q8_32_at, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+use super::{q8_32_at, WeightType, IQ4NL_VALUES, MXFP4_VALUES, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
 
 /// IEEE half (bits) to f32, exact.
 pub(super) fn f16_to_f32(h: u16) -> f32 {
@@ -200,6 +200,55 @@ pub(super) fn q6k_quant(b: &[u8], i: usize) -> i32 {
     (lo | (hi << 4)) as i32
 }
 
+/// ggml's `GGML_E8M0_TO_FP32_HALF`: half the E8M0 scale `2^(e - 127)`, i.e. `2^(e - 128)`, exact for every `e`
+/// (`e < 2` gives the subnormals 2^-128 and 2^-127).
+#[inline]
+pub(super) fn e8m0_half(e: u8) -> f32 {
+    f32::from_bits(e8m0_half_bits(e))
+}
+
+const fn e8m0_half_bits(e: u8) -> u32 {
+    if e < 2 {
+        0x0020_0000 << e
+    } else {
+        ((e as u32) - 1) << 23
+    }
+}
+
+/// [`e8m0_half`] of every exponent, for the SIMD kernels (a load instead of a branch per block).
+pub(super) static E8M0_HALF: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut e = 0;
+    while e < 256 {
+        t[e] = f32::from_bits(e8m0_half_bits(e as u8));
+        e += 1;
+    }
+    t
+};
+
+/// The 32 nibbles of 16 quant bytes in element order: element `j < 16` is the low nibble of byte `j`, element
+/// `16 + j` its high nibble (IQ4_NL, MXFP4, and each 32-value sub-block of IQ4_XS).
+pub(super) fn nibbles(qs: &[u8]) -> [usize; 32] {
+    let mut q = [0usize; 32];
+    for j in 0..16 {
+        q[j] = (qs[j] & 0x0f) as usize;
+        q[j + 16] = (qs[j] >> 4) as usize;
+    }
+    q
+}
+
+/// The eight signed sub-block scales `ls - 32` of an IQ4_XS block: the low four bits of `ls` of sub-block `s` in
+/// nibble `s % 2` of `scales_l[s / 2]`, the top two bits in bits `2s..2s+2` of the little-endian `scales_h`.
+pub(super) fn iq4xs_scales(b: &[u8]) -> [i32; 8] {
+    let h = u16::from_le_bytes([b[2], b[3]]) as u32;
+    let mut sc = [0i32; 8];
+    for (s, v) in sc.iter_mut().enumerate() {
+        let lo = (b[4 + s / 2] >> (4 * (s % 2))) as u32 & 0x0f;
+        *v = (lo | (((h >> (2 * s)) & 3) << 4)) as i32 - 32;
+    }
+    sc
+}
+
 /// Dequantizes one block of `ty` into `out` (`ty.block_len()` values).
 fn dequant_block(ty: WeightType, b: &[u8], out: &mut [f32]) {
     match ty {
@@ -262,6 +311,27 @@ fn dequant_block(ty: WeightType, b: &[u8], out: &mut [f32]) {
                 *o = d * (b[192 + i / 16] as i8) as f32 * (q6k_quant(b, i) - 32) as f32;
             }
         }
+        WeightType::Iq4Nl => {
+            let d = rd_f16(b, 0);
+            for (o, q) in out.iter_mut().zip(nibbles(&b[2..18])) {
+                *o = d * IQ4NL_VALUES[q] as f32;
+            }
+        }
+        WeightType::Mxfp4 => {
+            let d = e8m0_half(b[0]);
+            for (o, q) in out.iter_mut().zip(nibbles(&b[1..17])) {
+                *o = d * MXFP4_VALUES[q] as f32;
+            }
+        }
+        WeightType::Iq4Xs => {
+            let d = rd_f16(b, 0);
+            for (s, ls) in iq4xs_scales(b).into_iter().enumerate() {
+                let dl = d * ls as f32;
+                for (o, q) in out[32 * s..32 * s + 32].iter_mut().zip(nibbles(&b[8 + 16 * s..24 + 16 * s])) {
+                    *o = dl * IQ4NL_VALUES[q] as f32;
+                }
+            }
+        }
     }
 }
 
@@ -299,6 +369,34 @@ pub(super) fn dot_row(ty: WeightType, w: &[u8], a: &[u8]) -> f32 {
                         dw * da * s as f32 + offset * sa
                     }
                 };
+            }
+            acc
+        }
+        WeightType::Iq4Nl | WeightType::Mxfp4 => {
+            // Signed table values: no offset, so the activation sums s are not needed.
+            let nb = (w.len() / ty.block_bytes()).min(a.len() / Q8_32_BYTES);
+            let mut acc = 0f32;
+            for (b, wb) in w.chunks_exact(ty.block_bytes()).enumerate().take(nb) {
+                let (da, _, aq) = q8_32_block(a, nb, b);
+                let (dw, table, qs) = match ty {
+                    WeightType::Iq4Nl => (rd_f16(wb, 0), &IQ4NL_VALUES, &wb[2..18]),
+                    _ => (e8m0_half(wb[0]), &MXFP4_VALUES, &wb[1..17]),
+                };
+                let s: i32 = nibbles(qs).iter().zip(aq).map(|(&q, a)| table[q] as i32 * a as i32).sum();
+                acc += dw * da * s as f32;
+            }
+            acc
+        }
+        WeightType::Iq4Xs => {
+            let mut acc = 0f32;
+            for (wb, ab) in w.chunks_exact(136).zip(a.chunks_exact(Q8K_BYTES)) {
+                let mut sum = 0i32;
+                for (s, ls) in iq4xs_scales(wb).into_iter().enumerate() {
+                    let q = nibbles(&wb[8 + 16 * s..24 + 16 * s]);
+                    let p: i32 = (0..32).map(|j| IQ4NL_VALUES[q[j]] as i32 * (ab[4 + 32 * s + j] as i8 as i32)).sum();
+                    sum += ls * p;
+                }
+                acc += rd_f32(ab, 0) * rd_f16(wb, 0) * sum as f32;
             }
             acc
         }

@@ -25,7 +25,7 @@ impl Rng {
     }
 }
 
-const ALL: [WeightType; 13] = [
+const ALL: [WeightType; 16] = [
     WeightType::F32,
     WeightType::F16,
     WeightType::Bf16,
@@ -39,6 +39,9 @@ const ALL: [WeightType; 13] = [
     WeightType::Q4K,
     WeightType::Q5K,
     WeightType::Q6K,
+    WeightType::Iq4Nl,
+    WeightType::Iq4Xs,
+    WeightType::Mxfp4,
 ];
 
 fn put_f16(b: &mut [u8], at: usize, v: f32) {
@@ -76,6 +79,8 @@ fn random_weights(rng: &mut Rng, ty: WeightType, rows: usize, cols: usize) -> Ve
                     }
                     WeightType::Q3K => put_f16(b, 108, scale(rng)),
                     WeightType::Q6K => put_f16(b, 208, scale(rng)),
+                    // E8M0 exponents of 2^-10..2^-3 (the scale is 2^(e - 128)).
+                    WeightType::Mxfp4 => b[0] = 118 + (rng.u64() % 8) as u8,
                     _ => put_f16(b, 0, scale(rng)),
                 }
             }
@@ -294,6 +299,9 @@ fn scalar_dequantize_matches_gguf_py() {
         WeightType::Q3K,
         WeightType::Q5K,
         WeightType::Bf16,
+        WeightType::Iq4Nl,
+        WeightType::Iq4Xs,
+        WeightType::Mxfp4,
     ];
     let rd = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
     let (mut at, mut seen) = (0, 0);
@@ -314,6 +322,26 @@ fn scalar_dequantize_matches_gguf_py() {
         seen += 1;
     }
     assert_eq!(seen, types.len());
+}
+
+/// ggml's `GGML_E8M0_TO_FP32_HALF`: 2^(e - 128), with the two subnormal cases.
+#[test]
+fn e8m0_half_scale_is_ggml() {
+    let cases = [(0u8, -128), (1, -127), (2, -126), (127, -1), (128, 0), (130, 2), (254, 126), (255, 127)];
+    for (e, p) in cases {
+        assert_eq!(scalar::e8m0_half(e), 2f64.powi(p) as f32, "e = {e}");
+    }
+    for e in 0..=255u8 {
+        assert_eq!(scalar::E8M0_HALF[e as usize], 2f64.powi(e as i32 - 128) as f32, "table at e = {e}");
+    }
+    // One hand-made MXFP4 block: e = 129 (scale 2), nibbles 7 (12) and 15 (-12) in byte 0, 5 (6) in byte 15.
+    let mut b = [0u8; 17];
+    b[0] = 129;
+    b[1] = 0xf7;
+    b[16] = 0x05;
+    let mut out = [1f32; 32];
+    SCALAR.dequantize_row(WeightType::Mxfp4, &b, &mut out);
+    assert_eq!((out[0], out[16], out[15], out[31], out[1]), (24.0, -24.0, 12.0, 0.0, 0.0));
 }
 
 #[test]
@@ -440,7 +468,10 @@ fn best_is_supported_and_sizes_are_ggml() {
         assert_eq!(isas, [Isa::Scalar, Isa::Neon]);
     }
     let bytes: Vec<usize> = ALL.iter().map(|t| t.block_bytes()).collect();
-    assert_eq!(bytes, [4, 2, 2, 18, 20, 22, 24, 34, 84, 110, 144, 176, 210]);
+    assert_eq!(bytes, [4, 2, 2, 18, 20, 22, 24, 34, 84, 110, 144, 176, 210, 18, 136, 17]);
+    assert_eq!(WeightType::Iq4Xs.row_bytes(512), 2 * 136);
+    assert_eq!((WeightType::Iq4Nl.act_type(), WeightType::Mxfp4.act_type()), (ActType::Q8_32, ActType::Q8_32));
+    assert_eq!(WeightType::Iq4Xs.act_type(), ActType::Q8K);
     assert_eq!(WeightType::Q4K.row_bytes(4096), 16 * 144);
     assert_eq!(ActType::Q8K.row_bytes(512), 2 * Q8K_BYTES);
     assert_eq!(ActType::Q8_32.row_bytes(64), 80);

@@ -4,8 +4,11 @@
 //! Inner loops are `#[inline(always)]` const-generic tiles (R weight rows x T tokens) inlined into the
 //! target-feature drivers, so they get AVX2 code generation without `-C target-cpu`.
 
-use super::{q8_32_at, scalar, Isa, Kernels, WeightType, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES};
+use super::{
+    q8_32_at, scalar, Isa, Kernels, WeightType, IQ4NL_VALUES, MXFP4_VALUES, Q8K_BSUMS, Q8K_BYTES, Q8_32_BYTES,
+};
 use core::arch::x86_64::*;
+use scalar::E8M0_HALF;
 
 /// Whether this CPU runs these kernels.
 pub(super) fn detected() -> bool {
@@ -59,6 +62,9 @@ fn gemv(ty: WeightType, cols: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
             WeightType::Q4K => gemv_q4k(nb, w, act, out),
             WeightType::Q5K => gemv_q5k(nb, w, act, out),
             WeightType::Q6K => gemv_q6k(nb, w, act, out),
+            WeightType::Iq4Nl => gemv_iq4nl(nb, w, act, out),
+            WeightType::Iq4Xs => gemv_iq4xs(nb, w, act, out),
+            WeightType::Mxfp4 => gemv_mxfp4(nb, w, act, out),
         }
     }
 }
@@ -82,6 +88,9 @@ fn gemm(ty: WeightType, cols: usize, w: &[u8], n_rows: usize, acts: &[u8], n_tok
             WeightType::Q4K => gemm_q4k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q5K => gemm_q5k(nb, w, n_rows, acts, n_tok, o, os),
             WeightType::Q6K => gemm_q6k(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Iq4Nl => gemm_iq4nl(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Iq4Xs => gemm_iq4xs(nb, w, n_rows, acts, n_tok, o, os),
+            WeightType::Mxfp4 => gemm_mxfp4(nb, w, n_rows, acts, n_tok, o, os),
         }
     }
 }
@@ -796,6 +805,205 @@ unsafe fn tile_q6k<const R: usize, const T: usize>(w: [*const u8; R], a: [*const
 }
 
 drivers!(gemv_q6k, gemm_q6k, tile_q6k, 210, Q8K_BYTES, false);
+
+// ---- IQ4_NL / MXFP4 / IQ4_XS: 4-bit indices into a 16-entry signed table ----
+
+/// A 16-entry i8 table in both 128-bit lanes, for `_mm256_shuffle_epi8` lookups by nibble.
+#[inline(always)]
+unsafe fn table16(t: &[i8; 16]) -> __m256i {
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
+/// IQ4_NL (`{ d: f16, qs: [u8; 16] }`, value = d * IQ4NL_VALUES[nibble]) against Q8_32. Two blocks at a time as
+/// in [`tile_q45`]: the low nibbles of both blocks in one register, the high nibbles in another, looked up in the
+/// table; the products are signed x signed as in Q8_0 (every table value is within ±127, so `maddubs` does not
+/// saturate).
+#[inline(always)]
+unsafe fn tile_iq4nl<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    let table = table16(&IQ4NL_VALUES);
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for p in 0..nb / 2 {
+        for r in 0..R {
+            let wb = w[r].add(2 * p * 18);
+            prefetch(wb);
+            let h0 = (wb as *const u16).read_unaligned() as u32;
+            let h1 = (wb.add(18) as *const u16).read_unaligned() as u32;
+            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128((h0 | (h1 << 16)) as i32));
+            let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(2))), ldu128(wb.add(20)));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+            let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+            for t in 0..T {
+                let ab = a[t].add(2 * p * Q8_32_BYTES);
+                let s = _mm256_add_epi32(dot_i8(alo, lo, ldu(ab.add(16))), dot_i8(ahi, hi, ldu(ab.add(48))));
+                let sc = lanes2(_mm_mul_ps(dw, ld_2f32(ab)));
+                acc[r][t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(s), acc[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(acc[r][t]);
+        }
+    }
+    if nb % 2 == 1 {
+        // The odd last block: plain activation layout { d, s, qs }.
+        let b = nb - 1;
+        for r in 0..R {
+            let wb = w[r].add(b * 18);
+            let q = ldu128(wb.add(2));
+            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask));
+            let av = _mm256_abs_epi8(v);
+            for t in 0..T {
+                let ab = a[t].add(b * Q8_32_BYTES);
+                let p = dot_i8(av, v, ldu(ab.add(8)));
+                res[r][t] += ld_f16(wb) * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p));
+            }
+        }
+    }
+    res
+}
+
+/// MXFP4's table plus 12: unsigned (0..=24), so that the codes go straight into `maddubs` as Q4_0's nibbles do,
+/// the 12 coming back through the activation sums.
+const MXFP4_PLUS_12: [i8; 16] = {
+    let mut t = [0i8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = MXFP4_VALUES[i] + 12;
+        i += 1;
+    }
+    t
+};
+
+/// MXFP4 (`{ e: u8, qs: [u8; 16] }`, value = 2^(e - 128) * MXFP4_VALUES[nibble]) against Q8_32, as [`tile_q45`]
+/// with the nibbles looked up in [`MXFP4_PLUS_12`] and the offset -12 * scale. Each `maddubs` pair is within
+/// 2 * 24 * 127, so the low- and high-nibble products add in i16.
+#[inline(always)]
+unsafe fn tile_mxfp4<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    let table = table16(&MXFP4_PLUS_12);
+    let mask = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut off = [[_mm_setzero_ps(); T]; R];
+    for p in 0..nb / 2 {
+        for r in 0..R {
+            let wb = w[r].add(2 * p * 17);
+            prefetch(wb);
+            let dw = _mm_setr_ps(E8M0_HALF[*wb as usize], E8M0_HALF[*wb.add(17) as usize], 0.0, 0.0);
+            let m = _mm_mul_ps(dw, _mm_set1_ps(-12.0));
+            let q = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(ldu128(wb.add(1))), ldu128(wb.add(18)));
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+            for t in 0..T {
+                let ab = a[t].add(2 * p * Q8_32_BYTES);
+                let s16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, ldu(ab.add(16))),
+                    _mm256_maddubs_epi16(hi, ldu(ab.add(48))),
+                );
+                let sc = lanes2(_mm_mul_ps(dw, ld_2f32(ab)));
+                acc[r][t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), acc[r][t]);
+                off[r][t] = _mm_fmadd_ps(m, ld_2f32(ab.add(8)), off[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let o = off[r][t];
+            res[r][t] = hsum(acc[r][t]) + _mm_cvtss_f32(_mm_add_ss(o, _mm_movehdup_ps(o)));
+        }
+    }
+    if nb % 2 == 1 {
+        let b = nb - 1;
+        for r in 0..R {
+            let wb = w[r].add(b * 17);
+            let dw = E8M0_HALF[*wb as usize];
+            let q = ldu128(wb.add(1));
+            let v = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), mask));
+            for t in 0..T {
+                let ab = a[t].add(b * Q8_32_BYTES);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(v, ldu(ab.add(8))), ones);
+                res[r][t] += dw * ld_f32(ab) * hsum(_mm256_cvtepi32_ps(p)) - 12.0 * dw * ld_f32(ab.add(4));
+            }
+        }
+    }
+    res
+}
+
+drivers!(gemv_iq4nl, gemm_iq4nl, tile_iq4nl, 18, Q8_32_BYTES, false);
+drivers!(gemv_mxfp4, gemm_mxfp4, tile_mxfp4, 17, Q8_32_BYTES, false);
+
+/// The eight 6-bit IQ4_XS scales `ls` as the bytes of a u64 (sub-block s in byte s), from `scales_h` (2 bits each)
+/// and `scales_l` (4 bits each), by spreading the bit fields apart with shifts and masks.
+#[inline(always)]
+fn iq4xs_scales_x8(scales_h: u16, scales_l: u32) -> u64 {
+    let mut lo = scales_l as u64;
+    lo = (lo | (lo << 16)) & 0x0000_ffff_0000_ffff;
+    lo = (lo | (lo << 8)) & 0x00ff_00ff_00ff_00ff;
+    lo = (lo | (lo << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let mut hi = scales_h as u64;
+    hi = (hi | (hi << 24)) & 0x0000_00ff_0000_00ff;
+    hi = (hi | (hi << 12)) & 0x000f_000f_000f_000f;
+    hi = (hi | (hi << 6)) & 0x0303_0303_0303_0303;
+    lo | (hi << 4)
+}
+
+/// IQ4_XS against Q8K. Each 32 quant bytes hold two sub-blocks (16 bytes each: elements j and 16 + j in the low
+/// and high nibble of byte j): after the lookup the low nibbles give elements 0..16 of both sub-blocks (one per
+/// lane), the high nibbles elements 16..32, and the activations are loaded to match (two 128-bit halves each).
+/// The sub-block scales (ls - 32) multiply in `madd`, lane 0 by the first sub-block's, lane 1 by the second's:
+/// each i32 lane then sums within 2 * 2 * 127 * 127 * 32 per pair, 4 pairs well inside i32.
+#[inline(always)]
+unsafe fn tile_iq4xs<const R: usize, const T: usize>(w: [*const u8; R], a: [*const u8; T], nb: usize) -> [[f32; T]; R] {
+    let table = table16(&IQ4NL_VALUES);
+    let mask = _mm256_set1_epi8(0x0f);
+    let ctrls = [pair_bcast(0), pair_bcast(1), pair_bcast(2), pair_bcast(3)];
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for b in 0..nb {
+        for r in 0..R {
+            let wb = w[r].add(b * 136);
+            prefetch(wb);
+            prefetch(wb.wrapping_add(64));
+            let sc =
+                iq4xs_scales_x8((wb.add(2) as *const u16).read_unaligned(), (wb.add(4) as *const u32).read_unaligned());
+            let sc = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)), _mm_set1_epi16(32));
+            let sc = _mm256_broadcastsi128_si256(sc);
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for (k, &ctrl) in ctrls.iter().enumerate() {
+                let q = ldu(wb.add(8 + 32 * k));
+                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, mask));
+                let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask));
+                let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+                let s2 = _mm256_shuffle_epi8(sc, ctrl);
+                for t in 0..T {
+                    let ap = a[t].add(b * Q8K_BYTES + 4 + 64 * k);
+                    let a_lo = _mm256_loadu2_m128i(ap.add(32) as *const __m128i, ap as *const __m128i);
+                    let a_hi = _mm256_loadu2_m128i(ap.add(48) as *const __m128i, ap.add(16) as *const __m128i);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(alo, _mm256_sign_epi8(a_lo, lo)), s2);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ahi, _mm256_sign_epi8(a_hi, hi)), s2);
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p0, p1));
+                }
+            }
+            let d = ld_f16(wb);
+            for t in 0..T {
+                let da = ld_f32(a[t].add(b * Q8K_BYTES));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sumi[t]), acc[r][t]);
+            }
+        }
+    }
+    let mut res = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            res[r][t] = hsum(acc[r][t]);
+        }
+    }
+    res
+}
+
+drivers!(gemv_iq4xs, gemm_iq4xs, tile_iq4xs, 136, Q8K_BYTES, false);
 
 // ---- F32 / F16 / BF16 weights against f32 activations ----
 

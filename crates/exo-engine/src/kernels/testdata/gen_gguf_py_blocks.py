@@ -7,7 +7,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 rng = np.random.default_rng(1234)
-# (id in the fixture, type, block bytes, offsets of the f16 scale fields; None for BF16).
+# (id in the fixture, type, block bytes, offsets of the f16 scale fields; None for BF16, "e8m0" for MXFP4's
+# exponent byte).
 types = [
     (0, T.Q4_0, 18, [0]),
     (1, T.Q4_1, 20, [0, 2]),
@@ -20,6 +21,9 @@ types = [
     (8, T.Q3_K, 110, [108]),
     (9, T.Q5_K, 176, [0, 2]),
     (10, T.BF16, 2, None),
+    (11, T.IQ4_NL, 18, [0]),
+    (12, T.IQ4_XS, 136, [0]),
+    (13, T.MXFP4, 17, "e8m0"),
 ]
 out = b""
 for tid, t, bb, f16_at in types:
@@ -28,6 +32,11 @@ for tid, t, bb, f16_at in types:
         nb = 64
         top = (rng.normal(0.0, 0.05, nb).astype("<f4").view("<u4") >> 16).astype("<u2")
         raw = top.view(np.uint8).reshape(nb, bb)
+    elif f16_at == "e8m0":
+        # Realistic exponents (scales 2^-10..2^-3), and the two subnormal scales e = 0 and 1.
+        nb = 4
+        raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
+        raw[:, 0] = [int(rng.integers(118, 126)), int(rng.integers(118, 126)), 0, 1]
     else:
         nb = 3
         raw = rng.integers(0, 256, size=(nb, bb), dtype=np.uint8)
