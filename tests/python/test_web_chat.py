@@ -134,6 +134,55 @@ def test_code_fences_render_as_code_and_model_text_is_never_html(page):
     assert partial == "let a = 1;"
 
 
+def chat_stream(*deltas, finish="stop"):
+    """An SSE body in the shape the node streams a chat in (crates/exo-api/src/server.rs): the role chunk, one chunk
+    per delta, the finish chunk, [DONE]."""
+    def chunk(delta, reason=None):
+        return {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+    events = [chunk({"role": "assistant", "content": ""}), *map(chunk, deltas), chunk({}, finish)]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def test_a_thinking_models_reasoning_is_folded_above_its_answer(page):
+    # The test model does not think: the page is given a thinking model's stream (reasoning_content deltas, then
+    # content), the shape crates/exo-api/src/server.rs's tests and crates/exo/tests/reasoning.rs check.
+    streams = [
+        chat_stream({"reasoning_content": "The user asks"}, {"reasoning_content": " for a capital."},
+                    {"content": "Paris"}, {"content": "."}),
+        chat_stream({"reasoning_content": "Still thinking"}, finish="length"),
+    ]
+    sent = []
+
+    def fake(route):
+        sent.append(json.loads(route.request.post_data))
+        route.fulfill(status=200, content_type="text/event-stream", body=streams[len(sent) - 1])
+
+    page.route("**/v1/chat/completions", fake)
+    page.fill("#prompt", "What is the capital of France?")
+    page.click("#send")
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_be_visible(timeout=TIMEOUT_MS)
+    thinking = answer.locator("details.reasoning")
+    expect(thinking.locator("summary")).to_have_text(re.compile(r"^Thought for \d+\.\d s$"))
+    expect(thinking.locator(".reasoning-text")).to_have_text("The user asks for a capital.")
+    assert thinking.evaluate("d => d.open") is False, "the reasoning stays open after the answer started"
+    expect(answer.locator(".content")).to_have_text("Paris.")
+    assert answer.evaluate("m => m.firstElementChild.matches('details.reasoning')"), "the reasoning is not first"
+
+    # The next question sends the answer back without its reasoning; reasoning with no answer after it stays open.
+    page.fill("#prompt", "And of Italy?")
+    page.click("#send")
+    second = page.locator(".message.assistant").nth(1)
+    expect(second.locator(".stats")).to_contain_text("cut off", timeout=TIMEOUT_MS)
+    assert sent[1]["messages"][1] == {"role": "assistant", "content": "Paris."}, sent[1]["messages"]
+    expect(second.locator("details.reasoning .reasoning-text")).to_have_text("Still thinking")
+    expect(second.locator("details.reasoning summary")).to_have_text(re.compile(r"^Thought for "))
+    assert second.locator("details.reasoning").evaluate("d => d.open") is True
+    expect(second.locator(".error")).to_have_count(0)
+
+
 def test_downloads_show_in_the_cluster_panel(page, node):
     # A model by hf: reference, fetched from the stand-in hub through the API; the panel lists the download.
     from conftest import HUB_REFERENCE, MODEL_FILE

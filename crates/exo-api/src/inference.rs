@@ -18,6 +18,7 @@ use exo_cluster::memory::model_needs;
 use exo_cluster::{Cluster, ClusterError, ModelStore, RingRequest};
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::generation::{FinishReason, Generation};
+use exo_engine::reasoning::{self, ThinkStart};
 use exo_engine::tokenizer::Tokenizer;
 use exo_engine::{EngineError, Gguf, ModelConfig};
 use exo_models::ModelRef;
@@ -59,6 +60,8 @@ pub enum Event {
     Started {
         model: String,
         prompt_tokens: usize,
+        /// For a chat with a model that thinks: where its output starts (inside an open `<think>` or not).
+        reasoning: Option<ThinkStart>,
     },
     Text {
         text: String,
@@ -230,6 +233,8 @@ struct Model {
     info: ModelInfo,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// Whether it writes `<think>` reasoning before its answers.
+    thinks: bool,
 }
 
 struct Worker {
@@ -293,7 +298,8 @@ impl Worker {
                 needs,
                 context,
             };
-            Ok(Model { info, tokenizer, template })
+            let thinks = reasoning::model_thinks(&template, &tokenizer);
+            Ok(Model { info, tokenizer, template, thinks })
         };
         let m = read().map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?;
         Ok(self.model.insert(m))
@@ -318,13 +324,14 @@ impl Worker {
         let cluster = self.cluster.clone();
         let m = self.model(&o.model)?;
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
-        let prompt = match &job.prompt {
+        let (prompt, reasoning) = match &job.prompt {
             Prompt::Chat(messages) => {
                 let rendered =
                     m.template.render(messages, true).map_err(|e| ApiError::field("messages", e.to_string()))?;
-                m.tokenizer.encode_chat(&rendered).map_err(engine)?
+                let reasoning = m.thinks.then(|| ThinkStart::after_prompt(&rendered));
+                (m.tokenizer.encode_chat(&rendered).map_err(engine)?, reasoning)
             }
-            Prompt::Text(text) => m.tokenizer.encode(text, true, false).map_err(engine)?,
+            Prompt::Text(text) => (m.tokenizer.encode(text, true, false).map_err(engine)?, None),
         };
         let context = m.info.context;
         let room = context.saturating_sub(prompt.len());
@@ -343,7 +350,8 @@ impl Worker {
         // Every stage must draw the same way: the origin picks the seed.
         params.sampling.seed = Some(params.sampling.seed.unwrap_or_else(rand::random));
         let mut generation = Generation::new(&m.tokenizer, &prompt, &params).map_err(engine)?;
-        if job.events.send(Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len() }).is_err() {
+        let first = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning };
+        if job.events.send(first).is_err() {
             return Ok((Outcome::Cancelled, 0, None));
         }
         let started = Instant::now();

@@ -23,4 +23,4 @@ pub use access::Access;
 pub use error::ApiError;
 pub use inference::{Inference, InferenceConfig};
 pub use server::router;
-pub use validation::{ChatRequest, CompletionRequest, Options};
+pub use validation::{ChatRequest, CompletionRequest, Options, ReasoningFormat};

@@ -3,7 +3,9 @@
 //! Handlers read the body themselves (so that malformed JSON and oversized bodies get OpenAI-shaped 400 and 413
 //! responses, not axum's defaults), validate it ([`crate::validation`]), queue a job ([`crate::inference`]) and
 //! wait for its first event: a failure there (unknown model, prompt too long) becomes the response's status; after
-//! it, output streams as SSE chunks or is collected into one JSON response. The web chat's files are compiled
+//! it, output streams as SSE chunks or is collected into one JSON response. A chat with a model that thinks gets its
+//! `<think>` reasoning in `reasoning_content`, apart from the answer in `content` (llama-server's and DeepSeek's
+//! shape; `reasoning_format: "none"` keeps it all in `content`). The web chat's files are compiled
 //! into the binary and served at `/`. Every request passes [`crate::access`] first: the API key and cross-origin
 //! checks, for every route but the public ones ([`is_public`]).
 
@@ -18,6 +20,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use exo_engine::reasoning::{ReasoningSplitter, Split};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,7 +29,7 @@ use crate::access::{self, Access, Guard};
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt, TokenLogprob};
 use crate::topology;
-use crate::validation::{self, Options};
+use crate::validation::{self, Options, ReasoningFormat};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -195,20 +198,29 @@ fn usage(prompt: usize, completion: usize) -> Value {
 }
 
 async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: Kind) -> Response {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Err(e) = inference.submit(Job { prompt, options: options.clone(), events: tx }) {
+        return e.into_response();
+    }
+    answer(rx, &options, kind).await
+}
+
+/// The response to a job, from its events: a failure before output as the response's status, then SSE chunks or
+/// one JSON body.
+async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind: Kind) -> Response {
     let stream = options.stream;
     let include_usage = options.include_usage;
     let logprobs = options.logprobs;
     let model = options.model.clone();
-    if let Err(e) = inference.submit(Job { prompt, options, events: tx }) {
-        return e.into_response();
-    }
     // The first event says whether the request can be served at all.
-    match rx.recv().await {
-        Some(Event::Started { .. }) => {}
+    let reasoning = match rx.recv().await {
+        Some(Event::Started { reasoning, .. }) => reasoning,
         Some(Event::Failed(e)) => return e.into_response(),
         _ => return ApiError::Internal("the inference thread stopped".into()).into_response(),
-    }
+    };
+    // Only chats with a thinking model have reasoning to split off, and only unless the request asked for none.
+    let mut split =
+        reasoning.filter(|_| options.reasoning_format == ReasoningFormat::Deepseek).map(ReasoningSplitter::new);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shape = Shape { id: response_id(kind), created, model, kind };
     if stream {
@@ -234,9 +246,17 @@ async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: K
                 let ok = match event {
                     Event::Text { text, logprob } => {
                         let lp = logprob.map(|l| shape.logprobs(std::slice::from_ref(&l), 0));
-                        send(shape.chunk(json!({"content": text}), lp, None)).await
+                        match split.as_mut().map(|s| s.push(&text)) {
+                            None => send(shape.chunk(json!({"content": text}), lp, None)).await,
+                            // Held back (it may be the start of a tag), and no token to report.
+                            Some(piece) if piece.is_empty() && lp.is_none() => true,
+                            Some(piece) => send(shape.chunk(split_delta(&piece), lp, None)).await,
+                        }
                     }
                     Event::Done { finish, prompt_tokens, completion_tokens, .. } => {
+                        if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish).filter(|r| !r.is_empty()) {
+                            let _ = send(shape.chunk(split_delta(&rest), None, None)).await;
+                        }
                         let _ = send(shape.chunk(json!({}), None, Some(finish.as_str()))).await;
                         if include_usage {
                             let mut u = shape.envelope();
@@ -262,15 +282,25 @@ async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: K
         return Sse::new(ReceiverStream::new(sse_rx)).into_response();
     }
 
-    let mut text = String::new();
+    let (mut text, mut reasoning_text) = (String::new(), String::new());
     let mut tokens: Vec<TokenLogprob> = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text { text: t, logprob } => {
-                text.push_str(&t);
+                match split.as_mut().map(|s| s.push(&t)) {
+                    None => text.push_str(&t),
+                    Some(piece) => {
+                        reasoning_text.push_str(&piece.reasoning);
+                        text.push_str(&piece.content);
+                    }
+                }
                 tokens.extend(logprob);
             }
             Event::Done { finish, prompt_tokens, completion_tokens, .. } => {
+                if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish) {
+                    reasoning_text.push_str(&rest.reasoning);
+                    text.push_str(&rest.content);
+                }
                 let lp = logprobs.map(|_| shape.logprobs(&tokens, 0));
                 let mut body = shape.envelope();
                 body["object"] = json!(match kind {
@@ -278,8 +308,14 @@ async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: K
                     Kind::Text => "text_completion",
                 });
                 body["choices"] = json!([match kind {
-                    Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text},
-                        "logprobs": lp, "finish_reason": finish.as_str()}),
+                    Kind::Chat => {
+                        let mut message = json!({"role": "assistant", "content": text});
+                        // As llama-server: the field is there when there was reasoning.
+                        if !reasoning_text.is_empty() {
+                            message["reasoning_content"] = json!(reasoning_text);
+                        }
+                        json!({"index": 0, "message": message, "logprobs": lp, "finish_reason": finish.as_str()})
+                    }
                     Kind::Text => json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish.as_str()}),
                 }]);
                 body["usage"] = usage(prompt_tokens, completion_tokens);
@@ -290,6 +326,19 @@ async fn respond(inference: Inference, prompt: Prompt, options: Options, kind: K
         }
     }
     ApiError::Internal("the inference thread stopped".into()).into_response()
+}
+
+/// A chunk's delta for output split into reasoning and answer: the fields that have text (`content: ""` when
+/// neither has, as a chunk that only carries a token's log-probability).
+fn split_delta(piece: &Split) -> Value {
+    let mut delta = json!({});
+    if !piece.reasoning.is_empty() {
+        delta["reasoning_content"] = json!(piece.reasoning);
+    }
+    if !piece.content.is_empty() || piece.reasoning.is_empty() {
+        delta["content"] = json!(piece.content);
+    }
+    delta
 }
 
 /// What every response and chunk of one request shares.
@@ -342,5 +391,116 @@ impl Shape {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use exo_engine::generation::FinishReason;
+    use exo_engine::reasoning::ThinkStart;
+
+    use super::*;
+
+    /// The events a worker sends for a job whose output is `pieces`, one token each (with its log-probability).
+    fn events(reasoning: Option<ThinkStart>, pieces: &[&str]) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Event::Started { model: "m".into(), prompt_tokens: 5, reasoning }).unwrap();
+        for piece in pieces {
+            let logprob = TokenLogprob { token: piece.to_string(), logprob: -0.5, top: Vec::new() };
+            tx.send(Event::Text { text: piece.to_string(), logprob: Some(logprob) }).unwrap();
+        }
+        let done =
+            Event::Done { finish: FinishReason::Stop, prompt_tokens: 5, completion_tokens: pieces.len(), seconds: 0.1 };
+        tx.send(done).unwrap();
+        rx
+    }
+
+    /// The response to a chat request with `fields` (besides model and messages) whose output is `pieces`.
+    async fn reply(fields: &str, reasoning: Option<ThinkStart>, pieces: &[&str]) -> String {
+        let body = format!(
+            r#"{{"model": "m", "messages": [{{"role": "user", "content": "Hi"}}], "logprobs": true {fields}}}"#
+        );
+        let options = validation::chat_request(body.as_bytes()).unwrap().options;
+        let response = answer(events(reasoning, pieces), &options, Kind::Chat).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// The chunks of an SSE body, `[DONE]` left out.
+    fn chunks(body: &str) -> Vec<Value> {
+        let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+    }
+
+    /// The concatenated `delta.{field}` of chunks.
+    fn streamed(chunks: &[Value], field: &str) -> String {
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"][field].as_str()).collect()
+    }
+
+    const THOUGHT: [&str; 8] = ["Let", " me", " see.", "</th", "ink>", "\n\n", "Paris", "."];
+
+    #[tokio::test]
+    async fn a_chat_answer_carries_the_reasoning_apart_with_every_tokens_logprob() {
+        let r: Value = serde_json::from_str(&reply("", Some(ThinkStart::Open), &THOUGHT).await).unwrap();
+        let message = &r["choices"][0]["message"];
+        assert_eq!(
+            (message["reasoning_content"].as_str(), message["content"].as_str()),
+            (Some("Let me see."), Some("Paris."))
+        );
+        assert_eq!(r["choices"][0]["logprobs"]["content"].as_array().unwrap().len(), THOUGHT.len());
+        assert_eq!(r["usage"]["completion_tokens"], THOUGHT.len());
+    }
+
+    #[tokio::test]
+    async fn a_streamed_chat_sends_reasoning_chunks_then_content_chunks() {
+        let chunks = chunks(&reply(r#", "stream": true"#, Some(ThinkStart::Open), &THOUGHT).await);
+        assert_eq!(streamed(&chunks, "reasoning_content"), "Let me see.");
+        assert_eq!(streamed(&chunks, "content"), "Paris.");
+        let last_reasoning = chunks.iter().rposition(|c| c["choices"][0]["delta"]["reasoning_content"].is_string());
+        let first_answer =
+            chunks.iter().position(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(last_reasoning < first_answer, "{chunks:?}");
+        let logprobs: usize =
+            chunks.iter().filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array()).map(Vec::len).sum();
+        assert_eq!(logprobs, THOUGHT.len());
+    }
+
+    #[tokio::test]
+    async fn reasoning_format_none_leaves_the_tags_in_the_content() {
+        let r: Value =
+            serde_json::from_str(&reply(r#", "reasoning_format": "none""#, Some(ThinkStart::Open), &THOUGHT).await)
+                .unwrap();
+        let message = &r["choices"][0]["message"];
+        assert_eq!(message["content"], "Let me see.</think>\n\nParis.");
+        assert!(message.get("reasoning_content").is_none(), "{message}");
+        let chunks =
+            chunks(&reply(r#", "stream": true, "reasoning_format": "none""#, Some(ThinkStart::Open), &THOUGHT).await);
+        assert_eq!(streamed(&chunks, "content"), "Let me see.</think>\n\nParis.");
+        assert_eq!(streamed(&chunks, "reasoning_content"), "");
+    }
+
+    #[tokio::test]
+    async fn a_model_that_does_not_think_keeps_its_text_as_it_is() {
+        let pieces = ["<think>", "x", "</think>", " y"];
+        let r: Value = serde_json::from_str(&reply("", None, &pieces).await).unwrap();
+        let message = &r["choices"][0]["message"];
+        assert_eq!(message["content"], "<think>x</think> y");
+        assert!(message.get("reasoning_content").is_none(), "{message}");
+    }
+
+    #[tokio::test]
+    async fn reasoning_cut_off_before_its_end_is_all_reasoning() {
+        let pieces = ["<think>", "\nStill", " going", " </thi"];
+        let r: Value = serde_json::from_str(&reply("", Some(ThinkStart::Closed), &pieces).await).unwrap();
+        let message = &r["choices"][0]["message"];
+        assert_eq!(
+            (message["reasoning_content"].as_str(), message["content"].as_str()),
+            (Some("Still going </thi"), Some(""))
+        );
+        let chunks = chunks(&reply(r#", "stream": true"#, Some(ThinkStart::Closed), &pieces).await);
+        assert_eq!(streamed(&chunks, "reasoning_content"), "Still going </thi");
+        assert_eq!(streamed(&chunks, "content"), "");
     }
 }

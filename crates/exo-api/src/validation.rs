@@ -30,6 +30,18 @@ pub struct Options {
     pub include_usage: bool,
     /// Log-probabilities: `None` for none, `Some(k)` for the chosen token's and the `k` most likely.
     pub logprobs: Option<usize>,
+    /// Where a thinking model's reasoning goes; always `None` for `/v1/completions`, whose raw text is never split.
+    pub reasoning_format: ReasoningFormat,
+}
+
+/// Where a thinking model's `<think>` reasoning goes (llama-server's `reasoning_format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReasoningFormat {
+    /// In `content` with the answer, tags and all (`"none"`).
+    None,
+    /// In `reasoning_content`, apart from the answer in `content` (`"deepseek"`, or `"auto"`, the default).
+    #[default]
+    Deepseek,
 }
 
 impl Options {
@@ -70,7 +82,18 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
         _ => None,
     };
-    Ok(ChatRequest { messages, options: options(&fields, logprobs)? })
+    let reasoning_format = match fields.get("reasoning_format") {
+        None => ReasoningFormat::default(),
+        Some(Value::String(f)) if f == "none" => ReasoningFormat::None,
+        Some(Value::String(f)) if f == "deepseek" || f == "auto" => ReasoningFormat::Deepseek,
+        Some(v) => {
+            return Err(ApiError::field(
+                "reasoning_format",
+                format!("reasoning_format must be one of \"none\", \"deepseek\", \"auto\", got {v}"),
+            ))
+        }
+    };
+    Ok(ChatRequest { messages, options: Options { reasoning_format, ..options(&fields, logprobs)? } })
 }
 
 /// Parses and checks a `/v1/completions` body.
@@ -91,7 +114,8 @@ pub fn completion_request(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     }
     // The legacy completions API gives the number of alternatives in `logprobs` itself (at most 5).
     let logprobs = fields.uint("logprobs", 0, 5)?.map(|k| k as usize);
-    Ok(CompletionRequest { prompt, options: options(&fields, logprobs)? })
+    let options = Options { reasoning_format: ReasoningFormat::None, ..options(&fields, logprobs)? };
+    Ok(CompletionRequest { prompt, options })
 }
 
 fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -222,7 +246,8 @@ fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiE
         },
         Some(_) => return Err(ApiError::field("stream_options", "stream_options must be an object")),
     };
-    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs })
+    let reasoning_format = ReasoningFormat::default();
+    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs, reasoning_format })
 }
 
 /// Typed access to a request's fields, with OpenAI-style messages for wrong types and ranges.
@@ -325,6 +350,7 @@ mod tests {
         let r = chat(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": null}"#).unwrap();
         let o = r.options;
         assert_eq!((o.max_tokens, o.stream, o.include_usage, o.logprobs), (None, false, false, None));
+        assert_eq!(o.reasoning_format, ReasoningFormat::Deepseek);
         assert_eq!(o.sampling, SamplingParams::default());
         assert!(o.stop.is_empty());
     }
@@ -393,6 +419,26 @@ mod tests {
         rejects(with(r#""logprobs": 1"#), "logprobs", "boolean");
         rejects(with(r#""top_logprobs": 2"#), "top_logprobs", "needs logprobs");
         rejects(with(r#""logprobs": true, "top_logprobs": 21"#), "top_logprobs", "from 0 to 20");
+        rejects(with(r#""reasoning_format": "html""#), "reasoning_format", "one of \"none\", \"deepseek\"");
+        rejects(with(r#""reasoning_format": false"#), "reasoning_format", "got false");
+    }
+
+    #[test]
+    fn reasoning_format_is_read_for_chat_and_never_splits_completions() {
+        let with = |format: &str| {
+            chat(&format!(
+                r#"{{"model": "m", "messages": [{{"role": "user", "content": "x"}}], "reasoning_format": {format}}}"#
+            ))
+            .unwrap()
+            .options
+            .reasoning_format
+        };
+        assert_eq!(with(r#""none""#), ReasoningFormat::None);
+        assert_eq!(with(r#""deepseek""#), ReasoningFormat::Deepseek);
+        assert_eq!(with(r#""auto""#), ReasoningFormat::Deepseek);
+        assert_eq!(with("null"), ReasoningFormat::Deepseek);
+        let r = completion_request(br#"{"model": "m", "prompt": "a", "reasoning_format": "deepseek"}"#).unwrap();
+        assert_eq!(r.options.reasoning_format, ReasoningFormat::None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 // The chat page's behaviour: the model picker (/v1/models), streaming chat over /v1/chat/completions (SSE) with
-// Stop and per-answer token rates, rendering of code fences, and the cluster panel polled from /v1/topology
+// Stop and per-answer token rates, a thinking model's reasoning (delta.reasoning_content) folded above its answer,
+// rendering of code fences, and the cluster panel polled from /v1/topology
 // (with this node's downloads from /v1/downloads). A node with an API key answers 401: the page then asks for the
 // key once, keeps it in localStorage and sends it with every request, and asks again only if it is refused.
 // Text from the model or the network only reaches the page as text nodes (append / textContent), never as HTML.
@@ -125,6 +126,24 @@ function addMessage(role, text = "") {
   return msg;
 }
 
+// The folded box a thinking model's reasoning streams into, above the answer: open while the reasoning comes,
+// closed once the answer starts (a click opens it again).
+function addThinking(msg) {
+  const summary = el("summary", {}, "Thinking…");
+  const text = el("div", { class: "reasoning-text" });
+  const box = el("details", { class: "reasoning", open: "" }, summary, text);
+  msg.prepend(box);
+  return { box, summary, text, t0: performance.now(), done: false };
+}
+
+// The reasoning is over (the answer started, or the stream ended): say for how long, and fold it if `fold`.
+function endThinking(thinking, fold) {
+  if (thinking.done) return;
+  thinking.done = true;
+  thinking.summary.textContent = `Thought for ${((performance.now() - thinking.t0) / 1000).toFixed(1)} s`;
+  if (fold) thinking.box.open = false;
+}
+
 function setBusy(busy) {
   ui.send.disabled = busy;
   ui.stop.disabled = !busy;
@@ -172,11 +191,13 @@ async function send() {
   const body = msg.querySelector(".content");
   msg.classList.add("pending");
 
-  let answer = "", chunks = 0, usage = null, finish = null, failure = null, stopped = false;
+  let answer = "", reasoning = "", chunks = 0, usage = null, finish = null, failure = null, stopped = false;
+  let thinking = null; // the reasoning's box, made at its first chunk
   let painting = false;
   const paint = () => {
     painting = false;
     const stick = nearBottom();
+    if (thinking) thinking.text.textContent = reasoning;
     body.replaceChildren(render(answer));
     if (stick) scrollDown();
   };
@@ -200,10 +221,19 @@ async function send() {
       if (chunk.error) { failure = chunk.error.message || "the node reported an error"; return false; }
       if (chunk.usage) usage = chunk.usage;
       const choice = chunk.choices?.[0];
-      if (choice?.delta?.content) {
+      const delta = choice?.delta;
+      if (delta?.reasoning_content) {
         tFirst ??= performance.now();
         chunks++;
-        answer += choice.delta.content;
+        thinking ??= addThinking(msg);
+        reasoning += delta.reasoning_content;
+        if (!painting) { painting = true; requestAnimationFrame(paint); }
+      }
+      if (delta?.content) {
+        tFirst ??= performance.now();
+        chunks++;
+        if (thinking) endThinking(thinking, true);
+        answer += delta.content;
         if (!painting) { painting = true; requestAnimationFrame(paint); }
       }
       if (choice?.finish_reason) finish = choice.finish_reason;
@@ -217,12 +247,14 @@ async function send() {
   controller = null;
   setBusy(false);
   const stick = nearBottom();
+  if (thinking) endThinking(thinking, false); // reasoning without an answer stays open
   paint();
   msg.classList.remove("pending");
+  // The reasoning is not sent back with the next question (DeepSeek's API refuses it; templates drop it).
   if (answer) conversation.push({ role: "assistant", content: answer });
   else if (failure) conversation.pop(); // nothing came back: don't resend this question with the next one
 
-  // Rate: completion tokens over the time from the first content token to the end.
+  // Rate: completion tokens (reasoning included) over the time from the first token to the end.
   const n = usage?.completion_tokens ?? chunks;
   let seconds = (tEnd - (tFirst ?? t0)) / 1000;
   if (seconds < 0.001) seconds = (tEnd - t0) / 1000;

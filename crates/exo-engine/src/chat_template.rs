@@ -92,6 +92,15 @@ impl ChatTemplate {
         self.is_default
     }
 
+    /// Whether the template's source (ChatML's when the model has none) contains `text`.
+    pub fn mentions(&self, text: &str) -> bool {
+        self.env
+            .get_template(TEMPLATE_NAME)
+            .expect("the template was added when the ChatTemplate was built")
+            .source()
+            .contains(text)
+    }
+
     /// The prompt for `messages`; with `add_generation_prompt` it ends with the header of the assistant's turn.
     /// A template that rejects the conversation (e.g. roles that do not alternate) gives an error carrying its
     /// message.

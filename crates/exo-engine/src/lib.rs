@@ -20,6 +20,7 @@
 //! | `cuda_libs` | loading the CUDA driver and libraries at run time (`cuda` feature) |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
 //! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
+//! | [`reasoning`] | a thinking model's `<think>` reasoning apart from its answer, as the text streams |
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
 
@@ -41,6 +42,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod kv_cache;
 mod moe;
+pub mod reasoning;
 pub mod sampler;
 pub mod shard;
 pub mod stage;

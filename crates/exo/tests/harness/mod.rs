@@ -8,7 +8,7 @@ pub mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,8 +59,12 @@ impl Node {
     /// As `start_with`, with environment variables. Unless `env` says otherwise, a node's Hugging Face cache is
     /// `home/hf` and its hub an address nothing listens on: no test touches the machine's cache or the internet.
     pub fn start_env(home: &Home, extra: &[&str], env: &[(&str, String)]) -> Self {
-        let model = common::model_path();
-        let dir = model.parent().unwrap().to_str().unwrap().to_string();
+        Self::start_in(common::model_path().parent().unwrap(), home, extra, env)
+    }
+
+    /// As `start_env`, serving the models in `models_dir` instead of the test model's folder.
+    pub fn start_in(models_dir: &Path, home: &Home, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = models_dir.to_str().unwrap().to_string();
         let mut args = vec!["--api-host", "127.0.0.1", "--api-port", "0", "--models-dir", &dir, "--discovery", "none"];
         // Defaults the test may override.
         for (flag, value) in [("--threads", "2"), ("--listen-port", "0")] {
