@@ -30,6 +30,9 @@ pub struct CatalogEntry {
     pub architecture: String,
     pub layers: usize,
     pub description: String,
+    /// The quantization a bare name picks, where it is not the catalog's (gpt-oss comes in MXFP4 only).
+    #[serde(default)]
+    pub default: Option<String>,
     /// Quantization name (`Q4_K_M`) to file.
     pub files: BTreeMap<String, CatalogFile>,
 }
@@ -69,6 +72,11 @@ impl CatalogEntry {
         self.files.iter().find(|(q, _)| q.eq_ignore_ascii_case(quant)).map(|(q, f)| (q.as_str(), f))
     }
 
+    /// The quantization a bare name picks: the entry's own, or the catalog's.
+    pub fn default_quantization(&self) -> &str {
+        self.default.as_deref().unwrap_or(default_quantization())
+    }
+
     pub fn quantizations(&self) -> Vec<&str> {
         self.files.keys().map(String::as_str).collect()
     }
@@ -90,7 +98,7 @@ mod tests {
             // Only architectures the engine runs.
             assert!(exo_engine::Architecture::from_name(&e.architecture).is_some(), "{}: {}", e.name, e.architecture);
             assert!(e.layers > 0);
-            let (_, f) = e.file(default_quantization()).unwrap_or_else(|| panic!("{} has no default file", e.name));
+            let (_, f) = e.file(e.default_quantization()).unwrap_or_else(|| panic!("{} has no default file", e.name));
             assert!(f.file.ends_with(".gguf") && f.size > 0);
             for f in e.files.values() {
                 if f.parts > 1 {
@@ -112,10 +120,16 @@ mod tests {
             "gemma-2-9b",
             "gemma-3-27b",
             "mistral-small-24b",
+            "phi-4",
+            "gpt-oss-20b",
         ] {
             assert!(lookup(name).is_some(), "{name}");
         }
         assert_eq!(lookup("LLAMA-3.1-70B").map(|e| e.layers), Some(80));
         assert!(lookup("llama-3.1-70b").unwrap().file("q8_0").is_some());
+        // gpt-oss is published in MXFP4 only: a bare name picks that.
+        let oss = lookup("gpt-oss-120b").unwrap();
+        assert_eq!((oss.default_quantization(), oss.file("mxfp4").map(|(_, f)| f.parts)), ("MXFP4", Some(3)));
+        assert_eq!(lookup("qwen-3-8b").unwrap().default_quantization(), "Q4_K_M");
     }
 }

@@ -133,7 +133,7 @@ impl ModelRef {
             None => (reference, None),
         };
         let Some(entry) = catalog::lookup(name) else { return Ok(None) };
-        let quant = quant.unwrap_or(catalog::default_quantization());
+        let quant = quant.unwrap_or(entry.default_quantization());
         let (_, file) = entry.file(quant).ok_or_else(|| ModelsError::UnknownQuantization {
             name: entry.name.clone(),
             quant: quant.into(),

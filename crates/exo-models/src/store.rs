@@ -666,7 +666,7 @@ impl ModelStore {
                             .map_or(0, |p| p.held().len());
                     }
                 }
-                let id = if quant == catalog::default_quantization() {
+                let id = if quant == e.default_quantization() {
                     e.name.clone()
                 } else {
                     format!("{}:{}", e.name, quant.to_ascii_lowercase())
