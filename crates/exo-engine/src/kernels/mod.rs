@@ -127,23 +127,13 @@ impl WeightType {
         cols / self.block_len() * self.block_bytes()
     }
 
-    /// The activation format this weight type is dotted with.
+    /// The activation format this weight type is dotted with: follows its block size (plain f32 for the float
+    /// types, 32-value blocks for the 32-value formats, super-blocks for the 256-value ones).
     pub fn act_type(self) -> ActType {
-        match self {
-            WeightType::F32 | WeightType::F16 | WeightType::Bf16 => ActType::F32,
-            WeightType::Q4_0
-            | WeightType::Q4_1
-            | WeightType::Q5_0
-            | WeightType::Q5_1
-            | WeightType::Q8_0
-            | WeightType::Iq4Nl
-            | WeightType::Mxfp4 => ActType::Q8_32,
-            WeightType::Q2K
-            | WeightType::Q3K
-            | WeightType::Q4K
-            | WeightType::Q5K
-            | WeightType::Q6K
-            | WeightType::Iq4Xs => ActType::Q8K,
+        match self.block_len() {
+            1 => ActType::F32,
+            32 => ActType::Q8_32,
+            _ => ActType::Q8K,
         }
     }
 }
