@@ -14,7 +14,9 @@ Per step it records, as in tests/data/smollm2-135m-instruct-q4_1.json (see ../sh
   - `id`: the chosen token;
   - `top`: the five most likely tokens before the mask, as [id, log-probability];
   - `gap`: the log-probability gap between the chosen token and the next candidate, both unmasked.
-The sha256 of each model file is recorded: the test regenerates the models and checks it.
+The sha256 of each model file is recorded: the test regenerates the models and checks it. `spread` is how far
+llama.cpp moves from itself on the model when only its attention path changes (flash attention off), teacher-forced
+with the recorded tokens: the floor under any other engine's agreement (tiny_models.rs uses it for tiny-quants).
 
 Usage: python3 scripts/gen_tiny_model_fixture.py [--bin LLAMA_CPP_BIN_DIR] [--models DIR] [--out OUT.json]
                                                 [--only FILE ...]
@@ -78,12 +80,12 @@ def post(port: int, path: str, body: dict) -> dict:
 class Server:
     """llama-server on one model, on a free local port, for the life of a `with` block."""
 
-    def __init__(self, bin_dir: str, model: str):
+    def __init__(self, bin_dir: str, model: str, extra: tuple[str, ...] = ()):
         self.port = free_port()
         env = dict(os.environ, LD_LIBRARY_PATH=bin_dir + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "llama-server"), "-m", model, "-t", "2", "--port", str(self.port)],
+            [os.path.join(bin_dir, "llama-server"), "-m", model, "-t", "2", "--port", str(self.port), *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def __enter__(self) -> "Server":
@@ -172,6 +174,37 @@ def greedy(port: int, prompt_ids: list[int], banned: list[int]) -> tuple[list[in
     return ids, steps, sorted(masked)
 
 
+# llama.cpp's other attention path: its log-probabilities there, on its own tokens, measure how far llama.cpp
+# moves from itself on a model (`spread` in the fixture).
+SPREAD_ARGS = ("-fa", "off")
+
+
+def spread(bin_dir: str, path: str, cases: list[dict], banned: list[int]) -> dict:
+    """|Δ log-probability| between llama.cpp as the fixture ran it and llama.cpp with SPREAD_ARGS, teacher-forced
+    with the fixture's tokens (each step a new request whose prompt holds the tokens before it), over every step
+    whose token is among the second run's top candidates."""
+    diffs = []
+    with Server(bin_dir, path, SPREAD_ARGS) as server:
+        for case in cases:
+            for k, step in enumerate(case["steps"]):
+                r = post(server.port, "/completion", {
+                    "prompt": case["prompt_ids"] + case["ids"][:k],
+                    "n_predict": 1,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                    "n_probs": N_PROBS,
+                    "post_sampling_probs": False,
+                    "cache_prompt": False,
+                    "logit_bias": [[i, False] for i in banned],
+                })
+                theirs = {t["id"]: t["logprob"] for t in r["completion_probabilities"][0]["top_logprobs"]}
+                ours = dict((i, lp) for i, lp in step["top"])
+                if step["id"] in theirs:
+                    diffs.append(abs(theirs[step["id"]] - ours[step["id"]]))
+    return {"llama_server_args": " ".join(SPREAD_ARGS), "steps": len(diffs),
+            "mean": round(sum(diffs) / len(diffs), 4), "max": round(max(diffs), 4)}
+
+
 def model_fixture(bin_dir: str, path: str) -> dict:
     vocab, banned = non_utf8_tokens(path)
     with Server(bin_dir, path) as server:
@@ -189,7 +222,12 @@ def model_fixture(bin_dir: str, path: str) -> dict:
             gaps = [s["gap"] for s in steps]
             print(f"{os.path.basename(path)} {text[:30]!r}: gaps >= 0.3 at {sum(g >= 0.3 for g in gaps)} of "
                   f"{len(gaps)} steps, smallest {min(gaps):.3f}", file=sys.stderr)
-    return {"file": os.path.basename(path), "sha256": sha256(path), "masked_ids": masked_ids, "greedy": cases}
+    entry = {"file": os.path.basename(path), "sha256": sha256(path), "masked_ids": masked_ids, "greedy": cases}
+    entry["spread"] = spread(bin_dir, path, cases, banned)
+    print(f"{os.path.basename(path)}: llama.cpp against itself with {entry['spread']['llama_server_args']}: mean "
+          f"{entry['spread']['mean']}, max {entry['spread']['max']} over {entry['spread']['steps']} steps",
+          file=sys.stderr)
+    return entry
 
 
 def main() -> None:

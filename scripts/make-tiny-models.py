@@ -14,6 +14,8 @@ Llama 3 code paths against llama.cpp (crates/exo-engine/tests/tiny_models.rs, sc
   norms, GeGLU, a tied head) with 6 layers, the first five over a sliding window of 4 positions (so that every
   prompt runs past it) at rope base 10,000 and the last global at 1,000,000;
 - `tiny-mixtral.gguf`: architecture `llama` with 8 experts per layer, 2 used per token (Mixtral's layout), 2 layers;
+- `tiny-mixtral-split.gguf`: the same model in the old layout of one tensor per expert (`blk.N.ffn_gate.E.weight`,
+  as llama.cpp wrote Mixtral files before it merged them, and llama.cpp no longer reads);
 - `tiny-qwen3moe.gguf`: architecture `qwen3moe` (q/k norms) with 16 experts per layer, 4 used per token, 2 layers;
 - `tiny-phi3.gguf`: architecture `phi3` (fused q/k/v and gate/up tensors, long-context rope factors), 2 layers;
 - `tiny-gpt-oss.gguf`: architecture `gpt-oss` (biases, attention sinks, alternating sliding windows, YaRN rope, 16
@@ -110,8 +112,9 @@ class Model:
         self.w.add_tensor(name, np.float32(mean) + self.normal(n, std))
 
     def blocks(self, layers: int, biases: bool, qk_norm: bool = False, post_norms: bool = False,
-               experts: tuple[int, int] | None = None) -> None:
-        """`experts` = (count, width): mixture-of-experts feed-forward layers (a router and 3-D expert tensors)."""
+               experts: tuple[int, int] | None = None, split_experts: bool = False) -> None:
+        """`experts` = (count, width): mixture-of-experts feed-forward layers (a router and 3-D expert tensors, or
+        with `split_experts` the same values as one 2-D tensor per expert)."""
         kv = KV_HEADS * HEAD_DIM
         for i in range(layers):
             b = f"blk.{i}."
@@ -141,9 +144,15 @@ class Model:
                 # Router logits about 2 apart: which experts win, and by how much, changes from token to token.
                 self.matrix(b + "ffn_gate_inp.weight", count, HIDDEN, 0.18)
                 # numpy (experts, rows, columns) is ggml's [columns, rows, experts].
-                self.w.add_tensor(b + "ffn_gate_exps.weight", self.normal((count, width, HIDDEN), 0.15))
-                self.w.add_tensor(b + "ffn_up_exps.weight", self.normal((count, width, HIDDEN), 0.15))
-                self.w.add_tensor(b + "ffn_down_exps.weight", self.normal((count, HIDDEN, width), 0.2))
+                stacks = [("gate", self.normal((count, width, HIDDEN), 0.15)),
+                          ("up", self.normal((count, width, HIDDEN), 0.15)),
+                          ("down", self.normal((count, HIDDEN, width), 0.2))]
+                for kind, stack in stacks:
+                    if split_experts:
+                        for e in range(count):
+                            self.w.add_tensor(f"{b}ffn_{kind}.{e}.weight", np.ascontiguousarray(stack[e]))
+                    else:
+                        self.w.add_tensor(f"{b}ffn_{kind}_exps.weight", stack)
             if post_norms:
                 self.vector(b + "post_ffw_norm.weight", HIDDEN, 1.0, 0.1)
 
@@ -232,16 +241,16 @@ def write_gemma3(path: str, tokenizer: list[tuple]) -> None:
     m.close()
 
 
-def write_mixtral(path: str, tokenizer: list[tuple]) -> None:
+def write_mixtral(path: str, tokenizer: list[tuple], split_experts: bool = False) -> None:
     """Mixtral's layout: a `llama` file with `expert_count` 8, 2 used per token, each expert `feed_forward_length`
-    wide."""
+    wide; with `split_experts`, one tensor per expert (the same values)."""
     layers, count, width = 2, 8, 64
-    m = Model(path, "llama", seed=7, tokenizer=tokenizer)
+    m = Model(path, "llama", seed=7, tokenizer=tokenizer, name="tiny-mixtral")
     hparams(m.w, layers, rope_base=1_000_000.0, rms_eps=1e-5, ffn=width)
     m.w.add_expert_count(count)
     m.w.add_expert_used_count(2)
     m.matrix("token_embd.weight", m.vocab, HIDDEN, 0.5, kind=T.Q8_0)
-    m.blocks(layers, biases=False, experts=(count, width))
+    m.blocks(layers, biases=False, experts=(count, width), split_experts=split_experts)
     m.vector("output_norm.weight", HIDDEN, 1.0, 0.1)
     m.matrix("output.weight", m.vocab, HIDDEN, 0.3, kind=T.Q8_0)
     m.close()
@@ -394,11 +403,12 @@ def main() -> None:
     write_gemma2(os.path.join(a.out_dir, "tiny-gemma2.gguf"), tokenizer)
     write_gemma3(os.path.join(a.out_dir, "tiny-gemma3.gguf"), tokenizer)
     write_mixtral(os.path.join(a.out_dir, "tiny-mixtral.gguf"), tokenizer)
+    write_mixtral(os.path.join(a.out_dir, "tiny-mixtral-split.gguf"), tokenizer, split_experts=True)
     write_qwen3moe(os.path.join(a.out_dir, "tiny-qwen3moe.gguf"), tokenizer)
     write_phi3(os.path.join(a.out_dir, "tiny-phi3.gguf"), tokenizer)
     write_gpt_oss(os.path.join(a.out_dir, "tiny-gpt-oss.gguf"), tokenizer)
     write_quants(os.path.join(a.out_dir, "tiny-quants.gguf"), tokenizer)
-    print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2, tiny-gemma3, tiny-mixtral, tiny-qwen3moe, "
+    print(f"wrote tiny-qwen2, tiny-llama3, tiny-qwen3, tiny-gemma2, tiny-gemma3, tiny-mixtral(-split), tiny-qwen3moe, "
           f"tiny-phi3, tiny-gpt-oss and tiny-quants (.gguf) to {a.out_dir}")
 
 

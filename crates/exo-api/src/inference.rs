@@ -60,7 +60,8 @@ pub enum Event {
     Started {
         model: String,
         prompt_tokens: usize,
-        /// For a chat with a model that thinks: where its output starts (inside an open `<think>` or not).
+        /// For a chat with a model that thinks: where its output starts (inside an open `<think>` or not, or in
+        /// harmony's channel messages).
         reasoning: Option<ThinkStart>,
     },
     Text {

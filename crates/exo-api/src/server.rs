@@ -490,6 +490,36 @@ mod tests {
         assert!(message.get("reasoning_content").is_none(), "{message}");
     }
 
+    /// gpt-oss's harmony output: the analysis channel becomes reasoning_content, the final channel the content,
+    /// streamed or not; the markers reach neither.
+    #[tokio::test]
+    async fn a_harmony_answer_splits_by_channel() {
+        let pieces = [
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "Capital",
+            " of France.",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|channel|>",
+            "final",
+            "<|message|>",
+            "Paris",
+            ".",
+        ];
+        let r: Value = serde_json::from_str(&reply("", Some(ThinkStart::Harmony), &pieces).await).unwrap();
+        let message = &r["choices"][0]["message"];
+        assert_eq!(
+            (message["reasoning_content"].as_str(), message["content"].as_str()),
+            (Some("Capital of France."), Some("Paris."))
+        );
+        let chunks = chunks(&reply(r#", "stream": true"#, Some(ThinkStart::Harmony), &pieces).await);
+        assert_eq!(streamed(&chunks, "reasoning_content"), "Capital of France.");
+        assert_eq!(streamed(&chunks, "content"), "Paris.");
+    }
+
     #[tokio::test]
     async fn reasoning_cut_off_before_its_end_is_all_reasoning() {
         let pieces = ["<think>", "\nStill", " going", " </thi"];

@@ -754,6 +754,29 @@ mod tests {
         );
     }
 
+    /// gpt-oss's own template (harmony): a system message with the date and reasoning effort, the request's system
+    /// prompt as the developer's instructions, and the turn handed to the assistant, whose output then starts with
+    /// a channel header (so the reasoning splitter reads it as harmony). An earlier answer renders on the final
+    /// channel.
+    #[test]
+    fn gpt_oss_harmony_template_hands_the_turn_to_the_assistant() {
+        const GPT_OSS: &str = include_str!("../tests/data/templates/gpt-oss.jinja");
+        let t = ChatTemplate::new(Some(GPT_OSS), "<|startoftext|>", "<|return|>").unwrap();
+        let messages = [msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!"), msg("user", "2+2?")];
+        let out = t.render(&messages, true).unwrap();
+        let date = strftime_now("%Y-%m-%d").unwrap();
+        let expected = format!(
+            "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n\
+             Knowledge cutoff: 2024-06\nCurrent date: {date}\n\nReasoning: medium\n\n\
+             # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>\
+             <|start|>developer<|message|># Instructions\n\nBe brief.\n\n<|end|>\
+             <|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>Hello!<|end|>\
+             <|start|>user<|message|>2+2?<|end|><|start|>assistant"
+        );
+        assert_eq!(out, expected);
+        assert_eq!(crate::reasoning::ThinkStart::after_prompt(&out), crate::reasoning::ThinkStart::Harmony);
+    }
+
     #[test]
     fn qwen25_adds_its_default_system_prompt() {
         let t = template(QWEN_2_5);

@@ -8,6 +8,11 @@
 //! templates do) the output starts inside the reasoning; the reasoning is stripped of surrounding whitespace, and so
 //! is the start of the answer after `</think>`; reasoning that never closes is all reasoning.
 //!
+//! gpt-oss writes OpenAI's "harmony" format instead: a turn is a run of messages, each
+//! `<|channel|>NAME<|message|>TEXT<|end|>`, the later ones after `<|start|>assistant`. Its reasoning is the
+//! `analysis` channel's text, its answer the `final` channel's (and `commentary`'s, its preambles); the markers
+//! are left out (llama.cpp renders them as text, so they reach us in the output).
+//!
 //! Owns the tags and the splitting; knows nothing of the API's fields or of which requests want the split.
 
 use crate::chat_template::ChatTemplate;
@@ -18,25 +23,41 @@ pub const OPEN_TAG: &str = "<think>";
 /// The tag that closes it.
 pub const CLOSE_TAG: &str = "</think>";
 
-/// Whether a model thinks: its chat template or its vocabulary has the `<think>` tag.
+/// Harmony's markers (gpt-oss): a message's channel, its text, its end, and the next message's start.
+const CHANNEL: &str = "<|channel|>";
+const MESSAGE: &str = "<|message|>";
+const END: &str = "<|end|>";
+const START: &str = "<|start|>";
+/// The harmony channel whose messages are reasoning.
+const ANALYSIS: &str = "analysis";
+
+/// Whether a model thinks: its chat template or its vocabulary has the `<think>` tag, or it speaks harmony (its
+/// vocabulary has `<|channel|>`, as gpt-oss's does).
 pub fn model_thinks(template: &ChatTemplate, tokenizer: &Tokenizer) -> bool {
     template.mentions(OPEN_TAG)
-        || (0..tokenizer.vocab_size() as u32).any(|id| tokenizer.token_text(id) == Some(OPEN_TAG))
+        || (0..tokenizer.vocab_size() as u32)
+            .any(|id| matches!(tokenizer.token_text(id), Some(t) if t == OPEN_TAG || t == CHANNEL))
 }
 
-/// Where a thinking model's output starts.
+/// Where a thinking model's output starts, and in which syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThinkStart {
     /// Outside the reasoning: the output may open one with `<think>`.
     Closed,
     /// Inside the reasoning: the prompt ended with an open `<think>`.
     Open,
+    /// Harmony (gpt-oss): the prompt ended with `<|start|>assistant`, so the output is channel messages.
+    Harmony,
 }
 
 impl ThinkStart {
-    /// From the rendered prompt: `Open` when it ends with `<think>` (and whitespace).
+    /// From the rendered prompt: `Harmony` when it ends with `<|start|>assistant`, `Open` when it ends with
+    /// `<think>` (and whitespace).
     pub fn after_prompt(prompt: &str) -> Self {
-        if prompt.trim_end().ends_with(OPEN_TAG) {
+        let end = prompt.trim_end();
+        if end.ends_with(&format!("{START}assistant")) {
+            ThinkStart::Harmony
+        } else if end.ends_with(OPEN_TAG) {
             ThinkStart::Open
         } else {
             ThinkStart::Closed
@@ -69,10 +90,23 @@ enum State {
     Content,
 }
 
+/// Where the splitter is in harmony output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Harmony {
+    /// Before a message's text: in `<|start|>assistant<|channel|>NAME`, up to `<|message|>`.
+    Header,
+    /// In a message's text, up to `<|end|>`: reasoning or answer, by its channel.
+    Message { reasoning: bool },
+    /// The output is not harmony after all (it did not open with a header): text passes through.
+    Plain,
+}
+
 /// Splits a thinking model's streamed output into reasoning and answer; tags may arrive split across pieces.
 #[derive(Debug, Clone)]
 pub struct ReasoningSplitter {
     state: State,
+    /// Harmony output (gpt-oss) is split by its channels instead of by tags.
+    harmony: Option<Harmony>,
     /// Text not given out yet: what may still turn out to be a tag, and whitespace that may turn out to be the
     /// reasoning's end.
     held: String,
@@ -80,16 +114,20 @@ pub struct ReasoningSplitter {
 
 impl ReasoningSplitter {
     pub fn new(start: ThinkStart) -> Self {
-        let state = match start {
-            ThinkStart::Closed => State::Start,
-            ThinkStart::Open => State::Reasoning { started: false },
+        let (state, harmony) = match start {
+            ThinkStart::Closed => (State::Start, None),
+            ThinkStart::Open => (State::Reasoning { started: false }, None),
+            ThinkStart::Harmony => (State::Start, Some(Harmony::Header)),
         };
-        Self { state, held: String::new() }
+        Self { state, harmony, held: String::new() }
     }
 
     /// Takes the next piece of output; returns what of it (and of what was held before) is now known.
     pub fn push(&mut self, piece: &str) -> Split {
         self.held.push_str(piece);
+        if self.harmony.is_some() {
+            return self.push_harmony();
+        }
         let mut out = Split::default();
         loop {
             match self.state {
@@ -139,11 +177,72 @@ impl ReasoningSplitter {
         }
     }
 
+    /// [`ReasoningSplitter::push`] for harmony: messages' texts by channel, the markers dropped.
+    fn push_harmony(&mut self) -> Split {
+        let mut out = Split::default();
+        loop {
+            match self.harmony {
+                Some(Harmony::Header) => {
+                    let Some(at) = self.held.find(MESSAGE) else {
+                        // A header is markers and a channel name: anything else means this is not harmony.
+                        let header = self.held.trim_start();
+                        let looks_like_one =
+                            [START, CHANNEL].iter().any(|m| header.starts_with(m) || m.starts_with(header));
+                        if !looks_like_one {
+                            self.harmony = Some(Harmony::Plain);
+                            continue;
+                        }
+                        return out;
+                    };
+                    let channel = self.held[..at]
+                        .rsplit_once(CHANNEL)
+                        .map(|(_, c)| c.split(|c: char| c.is_whitespace() || c == '<').next().unwrap_or(""));
+                    self.harmony = Some(Harmony::Message { reasoning: channel == Some(ANALYSIS) });
+                    self.held.drain(..at + MESSAGE.len());
+                }
+                Some(Harmony::Message { reasoning }) => {
+                    let into = if reasoning { &mut out.reasoning } else { &mut out.content };
+                    // A message ends at `<|end|>`, or (should the model leave that out) where the next begins.
+                    let end = [END, START, CHANNEL].iter().filter_map(|m| self.held.find(m).map(|at| (at, *m))).min();
+                    if let Some((at, marker)) = end {
+                        into.push_str(&self.held[..at]);
+                        let skip = if marker == END { at + END.len() } else { at };
+                        self.held.drain(..skip);
+                        self.harmony = Some(Harmony::Header);
+                        continue;
+                    }
+                    let known = harmony_hold_from(&self.held);
+                    into.push_str(&self.held[..known]);
+                    self.held.drain(..known);
+                    return out;
+                }
+                Some(Harmony::Plain) | None => {
+                    out.content.push_str(&self.held);
+                    self.held.clear();
+                    return out;
+                }
+            }
+        }
+    }
+
     /// The end of the output: what was held back is given out (a partial tag as the text it is; whitespace at the
     /// reasoning's end dropped).
     pub fn finish(&mut self) -> Split {
         let held = std::mem::take(&mut self.held);
         let mut out = Split::default();
+        match self.harmony {
+            // A header cut short says nothing.
+            Some(Harmony::Header) => return out,
+            Some(Harmony::Message { reasoning: true }) => {
+                out.reasoning = held;
+                return out;
+            }
+            Some(Harmony::Message { reasoning: false } | Harmony::Plain) => {
+                out.content = held;
+                return out;
+            }
+            None => {}
+        }
         match self.state {
             State::Start | State::Content => out.content = held,
             State::Reasoning { started } => {
@@ -166,6 +265,17 @@ fn hold_from(text: &str) -> usize {
         .find(|&at| text.is_char_boundary(at) && CLOSE_TAG.starts_with(&text[at..]))
         .unwrap_or(text.len());
     text[..partial].trim_end().len()
+}
+
+/// Where the text to hold back starts in a harmony message's `text`: a tail that may be the start of a marker.
+fn harmony_hold_from(text: &str) -> usize {
+    let longest = [END, START, CHANNEL].iter().map(|m| m.len()).max().unwrap_or(0);
+    (1..longest)
+        .rev()
+        .filter(|&n| n <= text.len())
+        .map(|n| text.len() - n)
+        .find(|&at| text.is_char_boundary(at) && [END, START, CHANNEL].iter().any(|m| m.starts_with(&text[at..])))
+        .unwrap_or(text.len())
 }
 
 #[cfg(test)]
@@ -244,6 +354,44 @@ mod tests {
             pair("Still thinking about it </thi", "")
         );
         assert_eq!(split(ThinkStart::Open, &["\nStill", " thinking \n"]), pair("Still thinking", ""));
+    }
+
+    /// gpt-oss's output as llama.cpp renders it: the analysis channel is the reasoning, the final channel the
+    /// answer, the markers gone, however the text is cut into pieces.
+    #[test]
+    fn harmony_channels_split_into_reasoning_and_answer() {
+        let text = "<|channel|>analysis<|message|>User asks 2+2. <b>Easy</b>.<|end|>\
+                    <|start|>assistant<|channel|>final<|message|>2 + 2 = 4, <|not a marker.";
+        let want = pair("User asks 2+2. <b>Easy</b>.", "2 + 2 = 4, <|not a marker.");
+        for cut in 0..=text.len() {
+            if text.is_char_boundary(cut) {
+                assert_eq!(split(ThinkStart::Harmony, &[&text[..cut], &text[cut..]]), want, "cut at {cut}");
+            }
+        }
+        // Token by token, as the markers come (each is one token).
+        let pieces = ["<|channel|>", "analysis", "<|message|>", "Think", "ing", "<|end|>", "<|start|>", "assistant"];
+        let rest = ["<|channel|>", "final", "<|message|>", "Hi", "!"];
+        assert_eq!(split(ThinkStart::Harmony, &[&pieces[..], &rest[..]].concat()), pair("Thinking", "Hi!"));
+        // A preamble on the commentary channel (its header may name a recipient) is answer text.
+        let preamble = "<|channel|>commentary to=functions.get<|constrain|>json<|message|>{\"a\":1}<|end|>";
+        assert_eq!(split(ThinkStart::Harmony, &[preamble]), pair("", "{\"a\":1}"));
+    }
+
+    #[test]
+    fn harmony_output_cut_short_or_not_harmony_at_all() {
+        // Stopped (max_tokens) inside the reasoning: all of it is reasoning.
+        assert_eq!(split(ThinkStart::Harmony, &["<|channel|>analysis<|message|>Still <|"]), pair("Still <|", ""));
+        // Stopped inside a header: nothing to show.
+        assert_eq!(
+            split(ThinkStart::Harmony, &["<|channel|>analysis<|message|>A.<|end|><|start|>assis"]),
+            pair("A.", "")
+        );
+        // Output that opens with text, not a header, is all answer.
+        assert_eq!(split(ThinkStart::Harmony, &["Hello", " <|channel|> there"]), pair("", "Hello <|channel|> there"));
+        assert_eq!(
+            ThinkStart::after_prompt("<|start|>user<|message|>Hi<|end|><|start|>assistant"),
+            ThinkStart::Harmony
+        );
     }
 
     #[test]

@@ -145,9 +145,48 @@ impl<'a> TensorReader<'a> {
     /// The `count` matrices of a 3-D tensor (ggml dims `[cols, rows, count]`, such as a layer's experts), each
     /// as its own tensor of `[rows, cols]`.
     pub fn quantized_stack(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<QTensor>> {
-        let (kind, bytes) = self.raw(name, &[count, rows, cols])?;
+        let (kind, bytes) = self.raw_experts(name, count, rows, cols)?;
         let each = bytes.len() / count.max(1);
         bytes.chunks_exact(each).map(|b| self.candle_tensor(name, kind, b, &[rows, cols])).collect()
+    }
+
+    /// A layer's `count` expert matrices of `[rows, cols]` as the bytes of one 3-D tensor `name`
+    /// (`blk.N.ffn_gate_exps.weight`), matrix after matrix. Files written before llama.cpp merged the experts
+    /// (early 2024, most Mixtral files on the hub) hold one tensor per expert instead (`blk.N.ffn_gate.E.weight`):
+    /// those are read in order and joined, and must all be of one type.
+    pub fn raw_experts(&mut self, name: &str, count: usize, rows: usize, cols: usize) -> Result<(TensorType, Vec<u8>)> {
+        let split = |e: usize| name.strip_suffix("_exps.weight").map(|base| format!("{base}.{e}.weight"));
+        let first = split(0);
+        if self.has(name) || !first.as_deref().is_some_and(|f| self.has(f)) {
+            return self.raw(name, &[count, rows, cols]);
+        }
+        let mut joined: Option<(TensorType, Vec<u8>)> = None;
+        for e in 0..count {
+            let part = split(e).unwrap_or_default();
+            if !self.has(&part) {
+                return Err(EngineError::InvalidShard(format!(
+                    "{}: the file holds its experts one tensor each, but has no {part} ({count} experts expected)",
+                    self.gguf.path.display()
+                )));
+            }
+            let (kind, bytes) = self.raw(&part, &[rows, cols])?;
+            match &mut joined {
+                None => joined = Some((kind, Vec::with_capacity(bytes.len() * count))),
+                Some((first, _)) if *first != kind => {
+                    return Err(EngineError::InvalidShard(format!(
+                        "{}: {part} is {}, but the layer's first expert is {}: one layer's experts must share a type",
+                        self.gguf.path.display(),
+                        kind.name(),
+                        first.name()
+                    )));
+                }
+                Some(_) => {}
+            }
+            if let Some((_, all)) = &mut joined {
+                all.extend_from_slice(&bytes);
+            }
+        }
+        joined.ok_or_else(|| EngineError::InvalidShard(format!("{name}: a layer of experts needs at least one")))
     }
 
     /// A matrix stored as consecutive row blocks of the sizes `parts` (Phi-3's fused q/k/v and gate/up tensors),
@@ -260,22 +299,83 @@ mod tests {
 
     /// A GGUF file (version 3) holding one tensor `t` of ggml type `id` with ggml dims `dims` and data `data`.
     fn write_one_tensor(path: &std::path::Path, id: u32, dims: &[u64], data: &[u8]) {
+        write_tensors(path, &[("t", id, dims, data)]);
+    }
+
+    /// A GGUF file (version 3) holding the tensors `(name, ggml type, ggml dims, data)`, in order.
+    fn write_tensors(path: &std::path::Path, tensors: &[(&str, u32, &[u64], &[u8])]) {
         let mut out = Vec::new();
         out.extend(b"GGUF");
         out.extend(3u32.to_le_bytes());
-        out.extend(1u64.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
         out.extend(0u64.to_le_bytes());
-        out.extend(1u64.to_le_bytes());
-        out.push(b't');
-        out.extend((dims.len() as u32).to_le_bytes());
-        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-        out.extend(id.to_le_bytes());
-        out.extend(0u64.to_le_bytes());
-        while !out.len().is_multiple_of(32) {
-            out.push(0);
+        let mut offset = 0u64;
+        for (name, id, dims, data) in tensors {
+            out.extend((name.len() as u64).to_le_bytes());
+            out.extend(name.as_bytes());
+            out.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+            out.extend(id.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).next_multiple_of(32);
         }
-        out.extend(data);
+        for (_, _, _, data) in tensors {
+            while !out.len().is_multiple_of(32) {
+                out.push(0);
+            }
+            out.extend(*data);
+        }
         std::fs::write(path, out).unwrap();
+    }
+
+    /// A layer's experts stored one tensor each (the old Mixtral layout) read as the one 3-D tensor they stand
+    /// for; a missing expert or one of another type is a clear error.
+    #[test]
+    fn experts_stored_one_tensor_each_are_joined_in_order() {
+        let dir = std::env::temp_dir().join(format!("exo-weights-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rows, cols) = (2usize, 32usize);
+        let q8 = blocks(TensorType::Q8_0, rows, cols);
+        let experts: Vec<Vec<u8>> = (0..3u8).map(|e| q8.iter().map(|b| b.wrapping_add(e)).collect()).collect();
+        let dims = [cols as u64, rows as u64];
+        let names: Vec<String> = (0..3).map(|e| format!("blk.0.ffn_up.{e}.weight")).collect();
+        let file = |name: &str, parts: &[(usize, u32)]| {
+            let path = dir.join(name);
+            let tensors: Vec<(&str, u32, &[u64], &[u8])> =
+                parts.iter().map(|&(e, id)| (names[e].as_str(), id, &dims[..], &experts[e][..])).collect();
+            write_tensors(&path, &tensors);
+            Gguf::open(&path).unwrap()
+        };
+        let whole = file("whole.gguf", &[(0, 8), (1, 8), (2, 8)]);
+        let mut reader = TensorReader::new(&whole, &Device::Cpu);
+        let (kind, bytes) = reader.raw_experts("blk.0.ffn_up_exps.weight", 3, rows, cols).unwrap();
+        assert_eq!((kind, bytes), (TensorType::Q8_0, experts.concat()));
+        assert_eq!(reader.quantized_stack("blk.0.ffn_up_exps.weight", 3, rows, cols).unwrap().len(), 3);
+
+        let gap = file("gap.gguf", &[(0, 8), (2, 8)]);
+        let err = TensorReader::new(&gap, &Device::Cpu).raw_experts("blk.0.ffn_up_exps.weight", 3, rows, cols);
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("has no blk.0.ffn_up.1.weight") && err.contains("3 experts"), "{err}");
+
+        // Expert 1 in Q4_0 between two Q8_0 ones.
+        let q4 = blocks(TensorType::Q4_0, rows, cols);
+        let path = dir.join("mixed.gguf");
+        write_tensors(
+            &path,
+            &[(&names[0], 8, &dims, &experts[0]), (&names[1], 2, &dims, &q4), (&names[2], 8, &dims, &experts[2])],
+        );
+        let mixed = Gguf::open(&path).unwrap();
+        let err = TensorReader::new(&mixed, &Device::Cpu).raw_experts("blk.0.ffn_up_exps.weight", 3, rows, cols);
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("blk.0.ffn_up.1.weight is Q4_0") && err.contains("share a type"), "{err}");
+
+        // Neither layout: the merged tensor is what is missing.
+        let path = dir.join("none.gguf");
+        write_tensors(&path, &[("blk.0.attn_q.weight", 8, &dims, &experts[0])]);
+        let none = Gguf::open(&path).unwrap();
+        let err = TensorReader::new(&none, &Device::Cpu).raw_experts("blk.0.ffn_up_exps.weight", 3, rows, cols);
+        assert!(err.unwrap_err().to_string().contains("blk.0.ffn_up_exps.weight"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Blocks of `kind` with random quants and small valid scales, `rows` rows of `cols`.

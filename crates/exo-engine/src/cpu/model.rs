@@ -64,7 +64,7 @@ impl Matrix {
     /// The `count` matrices of a 3-D tensor (ggml dims `[cols, rows, count]`, such as a layer's experts) held
     /// as one matrix of `count * rows` rows; [`Matrix::part`] is one of them.
     fn load_stacked(reader: &mut TensorReader<'_>, name: &str, count: usize, rows: usize, cols: usize) -> Result<Self> {
-        let (kind, data) = reader.raw(name, &[count, rows, cols])?;
+        let (kind, data) = reader.raw_experts(name, count, rows, cols)?;
         Self::checked(name, kind, data, count * rows, cols)
     }
 
@@ -203,6 +203,16 @@ struct Scratch {
     routing: Routing,
     gathered: [Vec<u8>; 3],
     expert_out: Vec<f32>,
+    /// The experts' products of a parallel step: empty between steps, kept for its allocation ([`recycle`]).
+    products: Vec<Product<'static>>,
+}
+
+/// `v`'s allocation, emptied, for elements of another lifetime: collecting an emptied `Vec` through a map keeps
+/// its buffer when the element types have one layout, as here (the same type but for lifetimes), so no step
+/// allocates once the buffer has grown.
+fn recycle<'b>(mut v: Vec<Product<'_>>) -> Vec<Product<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("the vector was emptied")).collect()
 }
 
 /// Per-thread buffers.
@@ -601,7 +611,7 @@ impl CpuModel {
             }
         }
         s.routing.route(&s.router_logits[..seq * experts.count], experts.count, experts.used);
-        let Scratch { routing, acts, gathered, gate: gate_buf, up: up_buf, expert_out, out, .. } = s;
+        let Scratch { routing, acts, gathered, gate: gate_buf, up: up_buf, expert_out, out, products: spare, .. } = s;
         let slots = routing.slots.len();
 
         // Each slot's input row, in slot order, for each activation type the gate and up products take.
@@ -618,7 +628,7 @@ impl CpuModel {
             let rb = m.ty.act_type().row_bytes(m.cols);
             &gathered[act_index(m.ty.act_type())][first * rb..(first + n) * rb]
         };
-        let mut products = Vec::with_capacity(2 * routing.groups.len());
+        let mut products = recycle(std::mem::take(spare));
         for &(e, first, n) in &routing.groups {
             for (m, out) in [(gate.part(e, ffn), gate_out), (up.part(e, ffn), up_out)] {
                 // SAFETY: only the pointer is taken here; the parallel step writes each expert's rows once.
@@ -650,12 +660,12 @@ impl CpuModel {
             }
         };
         self.run_products(pool, &products, Some(&combine));
-        drop(products);
+        let spared: Vec<Product<'static>> = recycle(products);
 
         // The down products read the combined rows of each slot.
         self.quantize(gathered, &gate_buf[..slots * ffn], ffn, &[down.ty]);
         let down_out = SharedOut::new(fit(expert_out, slots * h));
-        let mut products = Vec::with_capacity(routing.groups.len());
+        let mut products = recycle(spared);
         for &(e, first, n) in &routing.groups {
             let m = down.part(e, h);
             let rb = m.ty.act_type().row_bytes(ffn);
@@ -665,6 +675,7 @@ impl CpuModel {
             products.push(Product { m, input, seq: n, out });
         }
         self.run_products(pool, &products, None);
+        *spare = recycle(products);
 
         let out = fit(out, seq * h);
         out.fill(0.0);
@@ -1007,4 +1018,23 @@ fn load_layer(reader: &mut TensorReader<'_>, c: &ModelConfig, layer: usize) -> R
             },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The experts' product lists reuse one buffer from step to step: the per-token loop does not allocate.
+    #[test]
+    fn recycled_product_lists_keep_their_buffer() {
+        let data = vec![0u8; 64];
+        let m = MatRef { ty: WeightType::F32, rows: 4, cols: 4, row_bytes: 16, data: &data };
+        let mut out = vec![0f32; 4];
+        let mut v: Vec<Product<'_>> = recycle(Vec::<Product<'static>>::with_capacity(8));
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        v.push(Product { m, input: &data[..16], seq: 1, out: SharedOut::new(&mut out) });
+        let spare: Vec<Product<'static>> = recycle(v);
+        assert_eq!((spare.as_ptr() as usize, spare.capacity(), spare.len()), (ptr, cap, 0));
+        assert!(cap >= 8);
+    }
 }

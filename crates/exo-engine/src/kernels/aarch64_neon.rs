@@ -185,10 +185,11 @@ impl IntDot for Sdot {
 
 // ---- activation quantization ----
 
+/// Eight values times `iscale`, rounded half to even (`frintn`), as i8, and their sums as i32 lanes.
 #[inline(always)]
-unsafe fn quant8(x: *const f32, dv: float32x4_t) -> (int8x8_t, int32x4_t) {
-    let q0 = vcvtq_s32_f32(vrndaq_f32(vdivq_f32(vld1q_f32(x), dv)));
-    let q1 = vcvtq_s32_f32(vrndaq_f32(vdivq_f32(vld1q_f32(x.add(4)), dv)));
+unsafe fn quant8(x: *const f32, iscale: float32x4_t) -> (int8x8_t, int32x4_t) {
+    let q0 = vcvtq_s32_f32(vrndnq_f32(vmulq_f32(vld1q_f32(x), iscale)));
+    let q1 = vcvtq_s32_f32(vrndnq_f32(vmulq_f32(vld1q_f32(x.add(4)), iscale)));
     (vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))), vaddq_s32(q0, q1))
 }
 
@@ -203,8 +204,9 @@ unsafe fn quant_rows<const K: bool>(x: &[f32], out: &mut [u8]) {
         for i in (0..blen).step_by(4) {
             m = vmaxq_f32(m, vabsq_f32(vld1q_f32(xp.add(i))));
         }
-        let d = vmaxvq_f32(m) / 127.0;
-        let dv = vdupq_n_f32(if d == 0.0 { 1.0 } else { d });
+        let amax = vmaxvq_f32(m);
+        let dv = vdupq_n_f32(if amax == 0.0 { 0.0 } else { 127.0 / amax });
+        let d = if K { scalar::q8k_scale(amax) } else { scalar::q8_32_scale(amax) };
         let mut sum = vdupq_n_s32(0);
         let mut q = [0i8; 256];
         for i in (0..blen).step_by(8) {

@@ -18,7 +18,9 @@
 //! - `Q8K`: per 256 values `{ d: f32, qs: [i8; 256], bsums: [i16; 16] }` (292 bytes, bsums = sums of each 16),
 //! - `F32`: the native-endian f32 values.
 //!
-//! Quantization: `d = max|x| / 127`, `q = round(x / d)` (half away from zero), `d = 0, q = 0` for a zero block.
+//! Quantization is ggml's, value for value (so that a product equals llama.cpp's up to the order of its sums):
+//! `q = round(x * (127 / max|x|))`, half to even, and `d = max|x| / 127` rounded to f16 for `Q8_32` (ggml's
+//! `block_q8_0`), `d = 1 / (127 / max|x|)` for `Q8K`; `d = 0, q = 0` for a zero block.
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64_neon;

@@ -70,17 +70,32 @@ fn rd_i16(b: &[u8], at: usize) -> i16 {
     i16::from_ne_bytes([b[at], b[at + 1]])
 }
 
-/// Round half away from zero (as `f32::round`), shared by all variants.
+/// `q = round(x * 127 / max|x|)` (half to even) into `qs`; returns `max|x|` and `Σq`. ggml's rounding, shared by
+/// all variants.
 fn quant_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    let iscale = if amax == 0.0 { 0.0 } else { 127.0 / amax };
     let mut sum = 0;
     for (q, &v) in qs.iter_mut().zip(x) {
-        let v = if d == 0.0 { 0 } else { (v / d).round() as i32 };
+        let v = (v * iscale).round_ties_even() as i32;
         sum += v;
         *q = v as i8 as u8;
     }
-    (d, sum)
+    (amax, sum)
+}
+
+/// A `Q8_32` block's scale for `max|x|`: `max|x| / 127` rounded to f16, as ggml stores it in `block_q8_0`.
+pub(super) fn q8_32_scale(amax: f32) -> f32 {
+    f16_to_f32(f32_to_f16(amax / 127.0))
+}
+
+/// A `Q8K` block's scale for `max|x|`: `1 / (127 / max|x|)` in f32, as ggml's `quantize_row_q8_K` has it.
+pub(super) fn q8k_scale(amax: f32) -> f32 {
+    if amax == 0.0 {
+        0.0
+    } else {
+        1.0 / (127.0 / amax)
+    }
 }
 
 /// Quantizes whole blocks of 32 to `Q8_32` (pair-interleaved layout, see [`q8_32_at`]).
@@ -88,7 +103,8 @@ pub(super) fn quantize_q8_32(x: &[f32], out: &mut [u8]) {
     let nb = (x.len() / 32).min(out.len() / Q8_32_BYTES);
     for (b, xb) in x.chunks_exact(32).enumerate().take(nb) {
         let mut q = [0u8; 32];
-        let (d, sum) = quant_block(xb, &mut q);
+        let (amax, sum) = quant_block(xb, &mut q);
+        let d = q8_32_scale(amax);
         let (od, os, lo, hi) = q8_32_at(nb, b);
         out[od..od + 4].copy_from_slice(&d.to_ne_bytes());
         out[os..os + 4].copy_from_slice(&(d * sum as f32).to_ne_bytes());
@@ -111,8 +127,8 @@ pub(super) fn q8_32_block(a: &[u8], nb: usize, b: usize) -> (f32, f32, [i8; 32])
 /// Quantizes whole blocks of 256 to `Q8K`.
 pub(super) fn quantize_q8k(x: &[f32], out: &mut [u8]) {
     for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8K_BYTES)) {
-        let (d, _) = quant_block(xb, &mut ob[4..260]);
-        ob[0..4].copy_from_slice(&d.to_ne_bytes());
+        let (amax, _) = quant_block(xb, &mut ob[4..260]);
+        ob[0..4].copy_from_slice(&q8k_scale(amax).to_ne_bytes());
         for j in 0..16 {
             let s: i16 = ob[4 + 16 * j..4 + 16 * j + 16].iter().map(|&q| q as i8 as i16).sum();
             ob[Q8K_BSUMS + 2 * j..Q8K_BSUMS + 2 * j + 2].copy_from_slice(&s.to_ne_bytes());

@@ -243,20 +243,35 @@ fn quantize_matches_scalar() {
             let ns: &[usize] = if act == ActType::Q8K { &[256, 512, 2048] } else { &[32, 96, 256, 544, 2048] };
             for &n in ns {
                 let mut x = random_acts(&mut rng, n);
-                // Exact ties: block 0 has d = 63.5 / 127 = 0.5, so these x / d land on .5 values.
+                // Exact ties: block 0 has 127 / max|x| = 2, so these x * 2 land on .5 values.
                 x[0] = 63.5;
                 x[1] = 1.25;
                 x[2] = -0.25;
                 x[3] = -2.25;
+                // Block 1's 1000 / 127 = 7.87402 is 7.875 in f16.
+                if n > 32 {
+                    x[32] = 1000.0;
+                }
                 let mut a = vec![0u8; act.row_bytes(n)];
                 let mut b = vec![1u8; act.row_bytes(n)];
                 SCALAR.quantize_row(act, &x, &mut a);
                 k.quantize_row(act, &x, &mut b);
                 assert_eq!(a, b, "{:?} {act:?} n={n}", k.isa());
+                if act == ActType::Q8K {
+                    // ggml's Q8_K scale: 1 / (127 / max|x|) in f32, max|x| = 1000 here; 63.5 * 0.127 = 8.06.
+                    assert_eq!(f32::from_ne_bytes(a[..4].try_into().unwrap()), 1.0 / (127.0 / 1000f32));
+                    assert_eq!((a[4] as i8, a[4 + 32] as i8), (8, 127));
+                }
                 if act == ActType::Q8_32 {
-                    // Ties rounded away from zero: 1.25 / 0.5 = 2.5 -> 3, -0.5 -> -1, -4.5 -> -5.
-                    let (d, _, q) = scalar::q8_32_block(&a, n / 32, 0);
-                    assert_eq!((d, &q[..4]), (0.5, &[127i8, 3, -1, -5][..]));
+                    // Ties rounded half to even, as ggml does: 2.5 -> 2, -0.5 -> 0, -4.5 -> -4.
+                    let (d, s, q) = scalar::q8_32_block(&a, n / 32, 0);
+                    assert_eq!((d, &q[..4]), (0.5, &[127i8, 2, 0, -4][..]));
+                    assert_eq!(s, d * q.iter().map(|&q| q as i32).sum::<i32>() as f32);
+                    // The scale is rounded to f16 (ggml's block_q8_0), the quants made with the exact one.
+                    if n > 32 {
+                        let (d, _, q) = scalar::q8_32_block(&a, n / 32, 1);
+                        assert_eq!((d, q[0]), (7.875, 127));
+                    }
                     if n >= 512 {
                         // The all-zero block 8 gives d = 0, s = 0 and q = 0.
                         assert_eq!(scalar::q8_32_block(&a, n / 32, 8), (0.0, 0.0, [0; 32]));

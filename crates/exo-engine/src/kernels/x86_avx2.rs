@@ -164,26 +164,16 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// Round half away from zero, exactly like `f32::round`.
-#[inline(always)]
-unsafe fn round_away(v: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let a = _mm256_andnot_ps(sign, v);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(a);
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_sub_ps(a, t), _mm256_set1_ps(0.5));
-    let r = _mm256_add_ps(t, _mm256_and_ps(up, _mm256_set1_ps(1.0)));
-    _mm256_or_ps(r, _mm256_and_ps(sign, v))
-}
-
 // ---- activation quantization ----
 
-/// Eight values divided by `d`, rounded half away from zero, as i32.
+/// Eight values times `iscale`, rounded half to even, as i32.
 #[inline(always)]
-unsafe fn q8(x: *const f32, d: __m256) -> __m256i {
-    _mm256_cvttps_epi32(round_away(_mm256_div_ps(_mm256_loadu_ps(x), d)))
+unsafe fn q8(x: *const f32, iscale: __m256) -> __m256i {
+    let v = _mm256_mul_ps(_mm256_loadu_ps(x), iscale);
+    _mm256_cvttps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
 }
 
-/// `d = max|x| / 127` over `n` values, and the divisor to use (1 for an all-zero block, giving q = 0).
+/// `max|x|` over `n` values, and the multiplier `127 / max|x|` (0 for an all-zero block, giving q = 0).
 #[inline(always)]
 unsafe fn scale_of(x: *const f32, n: usize) -> (f32, __m256) {
     let sign = _mm256_set1_ps(-0.0);
@@ -193,11 +183,11 @@ unsafe fn scale_of(x: *const f32, n: usize) -> (f32, __m256) {
     }
     let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
     let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    let d = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4))) / 127.0;
-    (d, _mm256_set1_ps(if d == 0.0 { 1.0 } else { d }))
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    (amax, _mm256_set1_ps(if amax == 0.0 { 0.0 } else { 127.0 / amax }))
 }
 
-/// 32 values quantized with divisor `dv`: the int8 bytes in order, and the sum of q as i32 lanes.
+/// 32 values quantized with multiplier `dv`: the int8 bytes in order, and the sum of q as i32 lanes.
 #[inline(always)]
 unsafe fn quant32(x: *const f32, dv: __m256) -> (__m256i, __m256i) {
     let (q0, q1, q2, q3) = (q8(x, dv), q8(x.add(8), dv), q8(x.add(16), dv), q8(x.add(24), dv));
@@ -220,7 +210,8 @@ unsafe fn quant_q8_32(x: &[f32], out: &mut [u8]) {
     let op = out.as_mut_ptr();
     for b in 0..nb {
         let xp = x.as_ptr().add(32 * b);
-        let (d, dv) = scale_of(xp, 32);
+        let (amax, dv) = scale_of(xp, 32);
+        let d = scalar::q8_32_scale(amax);
         let (q, sum) = quant32(xp, dv);
         let (od, os, lo, hi) = q8_32_at(nb, b);
         (op.add(od) as *mut f32).write_unaligned(d);
@@ -236,8 +227,8 @@ unsafe fn quant_q8k(x: &[f32], out: &mut [u8]) {
     let ones = _mm256_set1_epi8(1);
     for (xb, ob) in x.chunks_exact(256).zip(out.chunks_exact_mut(Q8K_BYTES)) {
         let (xp, op) = (xb.as_ptr(), ob.as_mut_ptr());
-        let (d, dv) = scale_of(xp, 256);
-        (op as *mut f32).write_unaligned(d);
+        let (amax, dv) = scale_of(xp, 256);
+        (op as *mut f32).write_unaligned(scalar::q8k_scale(amax));
         for i in 0..8 {
             let (q, _) = quant32(xp.add(32 * i), dv);
             _mm256_storeu_si256(op.add(4 + 32 * i) as *mut __m256i, q);
