@@ -19,8 +19,12 @@ const FED_BACK: usize = 64;
 fuzz_target!(init: { chat_template(); store(); }, |body: &[u8]| {
     match chat_request(body) {
         Ok(r) => {
-            if let Ok(rendered) = chat_template().render(&r.messages, true) {
-                if let Ok(prompt) = tokenizer().encode_chat(&rendered) {
+            // As the node builds it: prefill, merged system text, the messages' text kept as text.
+            if let Ok(chat) = chat_template().prompt(&r.messages) {
+                for range in &chat.message_text {
+                    assert!(range.end <= chat.text.len() && chat.text.is_char_boundary(range.start));
+                }
+                if let Ok(prompt) = chat.encode(tokenizer()) {
                     generate(&r.options, &prompt);
                 }
             }
@@ -29,7 +33,7 @@ fuzz_target!(init: { chat_template(); store(); }, |body: &[u8]| {
     }
     match completion_request(body) {
         Ok(r) => {
-            if let Ok(prompt) = tokenizer().encode(&r.prompt, true, false) {
+            if let Ok(prompt) = tokenizer().encode(&r.prompt, true, true) {
                 generate(&r.options, &prompt);
             }
         }

@@ -111,8 +111,9 @@ def test_errors_arrive_as_the_clients_exceptions(client, node):
         chat(client, node, n=2)
     assert "n must be 1" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
-        chat(client, node, max_tokens=100_000)
-    assert e.value.body["code"] == "context_length_exceeded" and "100000" in e.value.message
+        chat(client, node, messages=[{"role": "user", "content": "word " * 9000}])
+    assert e.value.body["code"] == "context_length_exceeded" and "8192" in e.value.message
+    assert e.value.body["param"] == "messages"
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, node, messages=[])
     assert e.value.body["param"] == "messages"

@@ -15,9 +15,11 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("there is no endpoint {0}")]
     UnknownEndpoint(String),
-    /// The prompt and the tokens asked for do not fit in the model's context.
-    #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens and max_tokens is {max_tokens} ({} in all)", prompt + max_tokens)]
-    ContextExceeded { prompt: usize, max_tokens: usize, context: usize },
+    /// The prompt alone fills the model's context, leaving no room for a token (`param`: the prompt's field,
+    /// `messages` or `prompt`). A `max_tokens` beyond the room left is not an error: generation ends with `length`
+    /// when the context is full, as in llama-server and Ollama.
+    #[error("this model's context holds {context} tokens, but the prompt is {prompt} tokens: there is no room left to generate one")]
+    ContextExceeded { prompt: usize, context: usize, param: &'static str },
     /// The model, with its KV cache at the node's context, needs more memory than the cluster's nodes offer
     /// (the message says how much is needed and available).
     #[error("{0}")]
@@ -99,7 +101,7 @@ impl ApiError {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::ContextExceeded { .. } => Some("max_tokens"),
+            ApiError::ContextExceeded { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -123,10 +125,10 @@ mod tests {
             json!({"error": {"message": "temperature must be between 0 and 2, got 3", "type": "invalid_request_error",
                 "param": "temperature", "code": null}})
         );
-        let e = ApiError::ContextExceeded { prompt: 8000, max_tokens: 500, context: 8192 };
-        assert_eq!((e.status(), e.code()), (400, Some("context_length_exceeded")));
+        let e = ApiError::ContextExceeded { prompt: 8300, context: 8192, param: "messages" };
+        assert_eq!((e.status(), e.code(), e.param()), (400, Some("context_length_exceeded"), Some("messages")));
         let message = e.to_string();
-        assert!(message.contains("8192") && message.contains("8000") && message.contains("500"), "{message}");
+        assert!(message.contains("8192") && message.contains("8300"), "{message}");
         assert_eq!(ApiError::ModelNotFound("x".into()).status(), 404);
         assert_eq!(ApiError::UnknownEndpoint("GET /v2".into()).body()["error"]["type"], "not_found_error");
         assert_eq!(ApiError::BodyTooLarge(1 << 20).status(), 413);

@@ -25,6 +25,7 @@ use exo_models::ModelRef;
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+use crate::logprobs::{ShownLogprobs, TokenLogprob};
 use crate::validation::Options;
 
 /// What a job's prompt is.
@@ -44,14 +45,6 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<Event>,
 }
 
-/// The log-probability of a generated token, with the most likely alternatives.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub top: Vec<(String, f32)>,
-}
-
 /// What the worker reports for a job, in this order: `Started`, any number of `Text`, then `Done`; or `Failed`
 /// at any point.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +59,8 @@ pub enum Event {
     },
     Text {
         text: String,
-        logprob: Option<TokenLogprob>,
+        /// The log-probabilities of the tokens whose text this completes (when the request asked for them).
+        logprobs: Vec<TokenLogprob>,
     },
     Done {
         finish: FinishReason,
@@ -325,27 +319,22 @@ impl Worker {
         let cluster = self.cluster.clone();
         let m = self.model(&o.model)?;
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
-        let (prompt, reasoning) = match &job.prompt {
+        let (prompt, reasoning, param) = match &job.prompt {
             Prompt::Chat(messages) => {
-                let rendered =
-                    m.template.render(messages, true).map_err(|e| ApiError::field("messages", e.to_string()))?;
-                let reasoning = m.thinks.then(|| ThinkStart::after_prompt(&rendered));
-                (m.tokenizer.encode_chat(&rendered).map_err(engine)?, reasoning)
+                let chat = m.template.prompt(messages).map_err(|e| ApiError::field("messages", e.to_string()))?;
+                let reasoning = m.thinks.then(|| ThinkStart::after_prompt(&chat.text));
+                (chat.encode(&m.tokenizer).map_err(engine)?, reasoning, "messages")
             }
-            Prompt::Text(text) => (m.tokenizer.encode(text, true, false).map_err(engine)?, None),
+            // A hand-templated prompt: its special tokens (`<|im_start|>`) are tokens, as in llama-server.
+            Prompt::Text(text) => (m.tokenizer.encode(text, true, true).map_err(engine)?, None, "prompt"),
         };
         let context = m.info.context;
+        // A max_tokens beyond the room left generates until the context is full, then ends with `length`.
         let room = context.saturating_sub(prompt.len());
-        let max_tokens = match o.max_tokens {
-            Some(n) if n > room => {
-                return Err(ApiError::ContextExceeded { prompt: prompt.len(), max_tokens: n, context });
-            }
-            Some(n) => n,
-            None if room == 0 => {
-                return Err(ApiError::ContextExceeded { prompt: prompt.len(), max_tokens: 1, context });
-            }
-            None => room,
-        };
+        if room == 0 {
+            return Err(ApiError::ContextExceeded { prompt: prompt.len(), context, param });
+        }
+        let max_tokens = o.max_tokens.map_or(room, |n| n.min(room));
         let plan = cluster.plan(&m.info.id, m.info.n_layers, m.info.needs, m.info.hidden_size)?;
         let mut params = o.generation_params(max_tokens);
         // Every stage must draw the same way: the origin picks the seed.
@@ -368,6 +357,7 @@ impl Worker {
             top_logprobs: o.logprobs,
         };
         let tokenizer = &m.tokenizer;
+        let mut logprobs = ShownLogprobs::default();
         let ran = cluster.run(request, |event| {
             let gone = job.events.is_closed();
             if shared.stopping.load(Ordering::Acquire) {
@@ -380,9 +370,18 @@ impl Worker {
             };
             let step = generation.accept(event.token);
             shared.tokens.fetch_add(1, Ordering::Relaxed);
-            let logprob = o.logprobs.map(|_| token_logprob(tokenizer, event));
-            if (!step.text.is_empty() || logprob.is_some())
-                && job.events.send(Event::Text { text: step.text, logprob }).is_err()
+            let eog = tokenizer.is_eog(event.token);
+            if o.logprobs.is_some() && !eog {
+                logprobs.push(TokenLogprob::of(tokenizer, event), tokenizer.token_bytes(event.token, false).len());
+            }
+            let mut shown = logprobs.shown(&step.text);
+            if step.finished.is_some() {
+                // Everything was shown unless a stop string cut the end.
+                let cut = step.finished == Some(FinishReason::Stop) && !eog;
+                shown.extend(logprobs.finish(!cut));
+            }
+            if (!step.text.is_empty() || !shown.is_empty())
+                && job.events.send(Event::Text { text: step.text, logprobs: shown }).is_err()
             {
                 // The client went away: stop here.
                 return ControlFlow::Break(());
@@ -408,15 +407,5 @@ impl Worker {
             Ok(()) => Ok((outcome, generated, last_event)),
             Err(e) => Ok((Outcome::Failed, generated, Some(Event::Failed(e.into())))),
         }
-    }
-}
-
-/// A token's log-probability and alternatives, as the last stage reported them, in text.
-fn token_logprob(tokenizer: &Tokenizer, event: &exo_cluster::proto::TokenEvent) -> TokenLogprob {
-    let text = |id: u32| String::from_utf8_lossy(tokenizer.token_bytes(id, true)).into_owned();
-    TokenLogprob {
-        token: text(event.token),
-        logprob: event.logprob.unwrap_or(f32::NEG_INFINITY),
-        top: event.top.iter().map(|t| (text(t.token), t.logprob)).collect(),
     }
 }

@@ -27,7 +27,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::{self, Access, Guard};
 use crate::error::ApiError;
-use crate::inference::{Event, Inference, Job, Prompt, TokenLogprob};
+use crate::inference::{Event, Inference, Job, Prompt};
+use crate::logprobs::TokenLogprob;
 use crate::topology;
 use crate::validation::{self, Options, ReasoningFormat};
 
@@ -244,8 +245,8 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
                 };
                 let Some(event) = event else { return };
                 let ok = match event {
-                    Event::Text { text, logprob } => {
-                        let lp = logprob.map(|l| shape.logprobs(std::slice::from_ref(&l), 0));
+                    Event::Text { text, logprobs } => {
+                        let lp = (!logprobs.is_empty()).then(|| shape.logprobs(&logprobs, 0));
                         match split.as_mut().map(|s| s.push(&text)) {
                             None => send(shape.chunk(json!({"content": text}), lp, None)).await,
                             // Held back (it may be the start of a tag), and no token to report.
@@ -286,7 +287,7 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
     let mut tokens: Vec<TokenLogprob> = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Text { text: t, logprob } => {
+            Event::Text { text: t, logprobs } => {
                 match split.as_mut().map(|s| s.push(&t)) {
                     None => text.push_str(&t),
                     Some(piece) => {
@@ -294,7 +295,7 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
                         text.push_str(&piece.content);
                     }
                 }
-                tokens.extend(logprob);
+                tokens.extend(logprobs);
             }
             Event::Done { finish, prompt_tokens, completion_tokens, .. } => {
                 if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish) {
@@ -373,8 +374,8 @@ impl Shape {
     fn logprobs(&self, tokens: &[TokenLogprob], offset: usize) -> Value {
         match self.kind {
             Kind::Chat => json!({"content": tokens.iter().map(|t| json!({
-                "token": t.token, "logprob": t.logprob, "bytes": t.token.as_bytes(),
-                "top_logprobs": t.top.iter().map(|(s, l)| json!({"token": s, "logprob": l, "bytes": s.as_bytes()})).collect::<Vec<_>>(),
+                "token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                "top_logprobs": t.top.iter().map(|(s, b, l)| json!({"token": s, "logprob": l, "bytes": b})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>()}),
             Kind::Text => {
                 let mut offsets = Vec::with_capacity(tokens.len());
@@ -386,7 +387,7 @@ impl Shape {
                 json!({
                     "tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
                     "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": tokens.iter().map(|t| t.top.iter().map(|(s, l)| (s.clone(), json!(l))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                    "top_logprobs": tokens.iter().map(|t| t.top.iter().map(|(s, _, l)| (s.clone(), json!(l))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
                     "text_offset": offsets,
                 })
             }
@@ -406,8 +407,13 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         tx.send(Event::Started { model: "m".into(), prompt_tokens: 5, reasoning }).unwrap();
         for piece in pieces {
-            let logprob = TokenLogprob { token: piece.to_string(), logprob: -0.5, top: Vec::new() };
-            tx.send(Event::Text { text: piece.to_string(), logprob: Some(logprob) }).unwrap();
+            let logprob = TokenLogprob {
+                token: piece.to_string(),
+                bytes: piece.as_bytes().to_vec(),
+                logprob: -0.5,
+                top: Vec::new(),
+            };
+            tx.send(Event::Text { text: piece.to_string(), logprobs: vec![logprob] }).unwrap();
         }
         let done =
             Event::Done { finish: FinishReason::Stop, prompt_tokens: 5, completion_tokens: pieces.len(), seconds: 0.1 };

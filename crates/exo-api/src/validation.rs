@@ -3,7 +3,9 @@
 //!
 //! Every parameter is checked here and nowhere else. Fields this server does not use (`user`, `response_format`,
 //! …) are ignored, as OpenAI-compatible servers do; `null` counts as absent. Sampling defaults are llama.cpp's
-//! (`llama-server`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05.
+//! (`llama-server`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05. llama-server's own names (`n_predict`,
+//! `repeat_penalty`, `repeat_last_n`, `n_probs`) and its conventions (-1 for "no limit" or "a random seed") are
+//! taken as llama.cpp's front-ends send them.
 
 use exo_engine::chat_template::ChatMessage;
 use exo_engine::generation::GenerationParams;
@@ -80,7 +82,8 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         _ if fields.get("top_logprobs").is_some() => {
             return Err(ApiError::field("top_logprobs", "top_logprobs needs logprobs set to true"))
         }
-        _ => None,
+        // llama-server's n_probs: the chosen token's log-probability and the n most likely.
+        _ => fields.uint("n_probs", 0, MAX_TOP_LOGPROBS as u64)?.map(|n| n as usize),
     };
     let reasoning_format = match fields.get("reasoning_format") {
         None => ReasoningFormat::default(),
@@ -112,8 +115,12 @@ pub fn completion_request(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     if prompt.is_empty() {
         return Err(ApiError::field("prompt", "prompt must not be empty"));
     }
-    // The legacy completions API gives the number of alternatives in `logprobs` itself (at most 5).
-    let logprobs = fields.uint("logprobs", 0, 5)?.map(|k| k as usize);
+    // The legacy completions API gives the number of alternatives in `logprobs` itself (at most 5); llama-server's
+    // n_probs is taken too.
+    let logprobs = match fields.uint("logprobs", 0, 5)? {
+        Some(k) => Some(k as usize),
+        None => fields.uint("n_probs", 0, MAX_TOP_LOGPROBS as u64)?.map(|n| n as usize),
+    };
     let options = Options { reasoning_format: ReasoningFormat::None, ..options(&fields, logprobs)? };
     Ok(CompletionRequest { prompt, options })
 }
@@ -150,7 +157,13 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             for (j, part) in parts.iter().enumerate() {
                 let part_param = format!("{param}.content[{j}]");
                 match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some("text"), Some(t)) => {
+                        // Parts are joined a line apart, as llama-server and Ollama join them.
+                        if j > 0 {
+                            text.push('\n');
+                        }
+                        text.push_str(t)
+                    }
                     (Some("text"), None) => {
                         return Err(ApiError::field(&part_param, format!("{part_param} needs a string text")))
                     }
@@ -172,7 +185,9 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    Ok(ChatMessage { role: role.clone(), content })
+    // OpenAI's newer name for the system role; templates know only `system`.
+    let role = if role == "developer" { "system".to_string() } else { role.clone() };
+    Ok(ChatMessage { role, content })
 }
 
 fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiError> {
@@ -186,24 +201,37 @@ fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiE
             return Err(ApiError::field("n", format!("n must be 1 (one choice per request), got {n}")));
         }
     }
-    // max_completion_tokens replaces max_tokens in OpenAI's current API; either is accepted.
-    let max_tokens = match fields.uint("max_completion_tokens", 1, u64::MAX)? {
-        Some(n) => Some(n),
-        None => fields.uint("max_tokens", 1, u64::MAX)?,
+    // max_completion_tokens replaces max_tokens in OpenAI's current API; llama-server calls it n_predict. Any is
+    // accepted, the first given of these three counting; -1 means no limit but the context.
+    let mut max_tokens = None;
+    for name in ["max_completion_tokens", "max_tokens", "n_predict"] {
+        if let Some(n) = fields.count_or_unlimited(name)? {
+            max_tokens = n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            break;
+        }
     }
-    .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
 
     let defaults = SamplingParams::default();
     let sampling = SamplingParams {
         temperature: fields.number("temperature", 0.0, 2.0, true)?.unwrap_or(defaults.temperature),
-        top_p: fields.number("top_p", 0.0, 1.0, false)?.unwrap_or(defaults.top_p),
-        top_k: fields.uint("top_k", 0, u32::MAX as u64)?.map_or(defaults.top_k, |k| k as usize),
+        // top_p 0 keeps only the most likely token; top_k 0 or -1 is off (llama.cpp's front-ends send -1).
+        top_p: fields.number("top_p", 0.0, 1.0, true)?.unwrap_or(defaults.top_p),
+        top_k: fields
+            .count_or_unlimited("top_k")?
+            .map_or(defaults.top_k, |k| k.map_or(0, |k| k.min(u32::MAX as u64) as usize)),
         min_p: fields.number("min_p", 0.0, 1.0, true)?.unwrap_or(defaults.min_p),
         presence_penalty: fields.number("presence_penalty", -2.0, 2.0, true)?.unwrap_or(defaults.presence_penalty),
         frequency_penalty: fields.number("frequency_penalty", -2.0, 2.0, true)?.unwrap_or(defaults.frequency_penalty),
-        repeat_penalty: fields.number("repetition_penalty", 0.0, 10.0, false)?.unwrap_or(defaults.repeat_penalty),
+        repeat_penalty: match fields.number("repetition_penalty", 0.0, 10.0, false)? {
+            Some(p) => p,
+            // llama-server's name for it.
+            None => fields.number("repeat_penalty", 0.0, 10.0, false)?.unwrap_or(defaults.repeat_penalty),
+        },
+        // How far back the penalties look; -1 is the whole context, as in llama.cpp.
+        repeat_last_n: fields
+            .count_or_unlimited("repeat_last_n")?
+            .map_or(defaults.repeat_last_n, |n| n.map_or(u32::MAX as usize, |n| n.min(u32::MAX as u64) as usize)),
         seed: fields.seed()?,
-        ..defaults
     };
 
     let stop = match fields.get("stop") {
@@ -291,12 +319,26 @@ impl Fields<'_> {
         }
     }
 
-    /// Any integer; negative seeds are taken bit for bit.
+    /// A whole number `>= 0`, or -1 for "no limit" (`Some(None)`), as llama.cpp's parameters have it.
+    fn count_or_unlimited(&self, name: &str) -> Result<Option<Option<u64>>, ApiError> {
+        let Some(v) = self.get(name) else { return Ok(None) };
+        // A token budget of 0 would generate nothing.
+        let min = if name.starts_with("max") || name == "n_predict" { 1 } else { 0 };
+        match (v.as_u64(), v.as_i64()) {
+            (Some(n), _) if n >= min => Ok(Some(Some(n))),
+            (None, Some(-1)) => Ok(Some(None)),
+            _ => Err(ApiError::field(name, format!("{name} must be an integer >= {min} (or -1: no limit), got {v}"))),
+        }
+    }
+
+    /// Any integer; -1 (what llama.cpp's front-ends send) is a random seed, as in llama.cpp; other negative seeds
+    /// are taken bit for bit.
     fn seed(&self) -> Result<Option<u64>, ApiError> {
         match self.get("seed") {
             None => Ok(None),
             Some(v) => match (v.as_u64(), v.as_i64()) {
                 (Some(n), _) => Ok(Some(n)),
+                (None, Some(-1)) => Ok(None),
                 (None, Some(n)) => Ok(Some(n as u64)),
                 _ => Err(ApiError::field("seed", format!("seed must be an integer, got {v}"))),
             },
@@ -331,7 +373,7 @@ mod tests {
                 "stream_options": {"include_usage": true}, "user": "ignored"}"#,
         )
         .unwrap();
-        assert_eq!(r.messages[1], ChatMessage { role: "user".into(), content: "Hi there".into() });
+        assert_eq!(r.messages[1], ChatMessage { role: "user".into(), content: "Hi \nthere".into() });
         let o = &r.options;
         assert_eq!(
             (o.model.as_str(), o.max_tokens, o.stream, o.include_usage, o.logprobs),
@@ -339,10 +381,38 @@ mod tests {
         );
         assert_eq!(o.stop, vec!["\n\n".to_string(), "END".into()]);
         let s = &o.sampling;
-        assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.seed), (0.0, 0.5, 7, 0.1, Some(u64::MAX)));
+        // seed -1 is a random seed, as in llama.cpp.
+        assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.seed), (0.0, 0.5, 7, 0.1, None));
         assert_eq!((s.presence_penalty, s.frequency_penalty, s.repeat_penalty), (0.5, -0.5, 1.1));
         s.validate().unwrap();
         assert_eq!(o.generation_params(5).max_tokens, 5);
+    }
+
+    /// What llama.cpp's front-ends and clients send (point 9 of issue 17): llama-server's own names, -1 for "no
+    /// limit", `top_p` 0, the `developer` role; other negative seeds are still seeds.
+    #[test]
+    fn llama_server_names_and_conventions_are_taken() {
+        let r = chat(
+            r#"{"model": "m", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "x"}],
+                "n_predict": -1, "top_k": -1, "top_p": 0, "repeat_penalty": 1.2, "repeat_last_n": -1, "n_probs": 3,
+                "seed": -2}"#,
+        )
+        .unwrap();
+        assert_eq!(r.messages[0].role, "system");
+        let (o, s) = (&r.options, &r.options.sampling);
+        assert_eq!((o.max_tokens, o.logprobs), (None, Some(3)));
+        assert_eq!((s.top_k, s.top_p, s.repeat_penalty, s.repeat_last_n), (0, 0.0, 1.2, u32::MAX as usize));
+        assert_eq!(s.seed, Some(u64::MAX - 1));
+        s.validate().unwrap();
+        let with = |extra: &str| {
+            chat(&format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "x"}}], {extra}}}"#)).unwrap()
+        };
+        assert_eq!(with(r#""max_tokens": -1, "n_predict": 5"#).options.max_tokens, None);
+        assert_eq!(with(r#""n_predict": 5"#).options.max_tokens, Some(5));
+        assert_eq!(with(r#""repeat_last_n": 0, "repetition_penalty": 1.3"#).options.sampling.repeat_last_n, 0);
+        assert_eq!(with(r#""repetition_penalty": 1.3, "repeat_penalty": 2"#).options.sampling.repeat_penalty, 1.3);
+        let r = completion_request(br#"{"model": "m", "prompt": "a", "n_probs": 2, "n_predict": 4}"#).unwrap();
+        assert_eq!((r.options.logprobs, r.options.max_tokens), (Some(2), Some(4)));
     }
 
     #[test]
@@ -390,17 +460,21 @@ mod tests {
         );
         rejects(with(r#""temperature": 2.5"#), "temperature", "[0, 2]");
         rejects(with(r#""temperature": "hot""#), "temperature", "number");
-        rejects(with(r#""top_p": 0"#), "top_p", "(0, 1]");
-        rejects(with(r#""top_k": -1"#), "top_k", "integer");
+        rejects(with(r#""top_p": -0.1"#), "top_p", "[0, 1]");
+        rejects(with(r#""top_k": -2"#), "top_k", "integer");
         rejects(with(r#""min_p": 1.5"#), "min_p", "[0, 1]");
         rejects(with(r#""presence_penalty": 3"#), "presence_penalty", "[-2, 2]");
         rejects(with(r#""frequency_penalty": -3"#), "frequency_penalty", "[-2, 2]");
         rejects(with(r#""repetition_penalty": 0"#), "repetition_penalty", "(0, 10]");
         // Above 0, but 0 as the f32 the sampler takes (found by the api_request fuzz target).
-        rejects(with(r#""top_p": 1e-46"#), "top_p", "(0, 1]");
         rejects(with(r#""repetition_penalty": 1e-46"#), "repetition_penalty", "(0, 10]");
+        rejects(with(r#""repeat_penalty": 0"#), "repeat_penalty", "(0, 10]");
+        rejects(with(r#""repeat_last_n": -5"#), "repeat_last_n", "or -1");
+        rejects(with(r#""n_predict": 0"#), "n_predict", ">= 1");
+        rejects(with(r#""n_probs": 21"#), "n_probs", "from 0 to 20");
         rejects(with(r#""seed": 1.5"#), "seed", "integer");
         rejects(with(r#""max_tokens": 0"#), "max_tokens", ">= 1");
+        rejects(with(r#""max_tokens": -2"#), "max_tokens", "or -1");
         rejects(with(r#""max_completion_tokens": "ten""#), "max_completion_tokens", ">= 1");
         rejects(with(r#""n": 2"#), "n", "n must be 1");
         rejects(with(r#""stop": 5"#), "stop", "string or an array");

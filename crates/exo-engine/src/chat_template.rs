@@ -50,6 +50,49 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+/// A conversation rendered for the assistant's next turn: the prompt, and the byte ranges in it that are the
+/// messages' own words (to be tokenized as text: [`Tokenizer::encode_chat_with_text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatPrompt {
+    pub text: String,
+    pub message_text: Vec<std::ops::Range<usize>>,
+}
+
+impl ChatPrompt {
+    /// The prompt's token ids.
+    pub fn encode(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        tokenizer.encode_chat_with_text(&self.text, &self.message_text)
+    }
+}
+
+/// `messages` with the system messages' text put before the first user message's (a blank line apart), for
+/// templates without a system role; `None` when there is no system message or no user message to carry it.
+fn merge_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
+    let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+    let first_user = messages.iter().position(|m| m.role == "user")?;
+    if system.is_empty() {
+        return None;
+    }
+    let mut merged: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        match m.role.as_str() {
+            "system" => {}
+            _ if i == first_user => merged.push(ChatMessage {
+                role: m.role.clone(),
+                content: format!("{}\n\n{}", system.join("\n\n"), m.content),
+            }),
+            _ => merged.push(m.clone()),
+        }
+    }
+    Some(merged)
+}
+
+/// What stands in for message `i`'s text while the template is rendered to find where that text lands: private-use
+/// characters no message holds (messages holding them are not located this way).
+fn stand_in(i: usize) -> String {
+    format!("\u{F8FF}exo-message-{i}\u{F8FE}")
+}
+
 /// A compiled chat template together with the special-token texts it may refer to.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -106,6 +149,86 @@ impl ChatTemplate {
     /// message.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.render_context(self.context(messages, add_generation_prompt, Value::from(())))
+    }
+
+    /// The prompt for the assistant's next turn after `messages`, as llama-server builds it:
+    /// - a last message from the assistant is continued, not closed and answered anew (a "prefill": the rest is
+    ///   rendered with the generation prompt and that message's text follows it);
+    /// - a template that refuses a system message (as Gemma 2's does) gets it merged into the first user message,
+    ///   a blank line before the user's text;
+    /// - where each message's text lands in the prompt is found (rendering it once more with stand-ins in place of
+    ///   the texts), so that it can be tokenized as text. A template that changes the text it is given (trims it,
+    ///   cuts reasoning out of it) renders differently with stand-ins; those messages' text is then searched for
+    ///   in order instead.
+    pub fn prompt(&self, messages: &[ChatMessage]) -> Result<ChatPrompt> {
+        let (history, prefill) = match messages.split_last() {
+            Some((last, rest)) if last.role == "assistant" && !rest.is_empty() => (rest, Some(last.content.as_str())),
+            _ => (messages, None),
+        };
+        let mut history = std::borrow::Cow::Borrowed(history);
+        let mut text = match self.render(&history, true) {
+            Ok(text) => text,
+            Err(first) => match merge_system(&history) {
+                Some(merged) => match self.render(&merged, true) {
+                    Ok(text) => {
+                        history = std::borrow::Cow::Owned(merged);
+                        text
+                    }
+                    Err(_) => return Err(first),
+                },
+                None => return Err(first),
+            },
+        };
+        let mut message_text = self.locate(&history, &text);
+        if let Some(prefill) = prefill {
+            message_text.push(text.len()..text.len() + prefill.len());
+            text.push_str(prefill);
+        }
+        Ok(ChatPrompt { text, message_text })
+    }
+
+    /// Where each message's text lies in `rendered` (see [`ChatTemplate::prompt`]).
+    fn locate(&self, messages: &[ChatMessage], rendered: &str) -> Vec<std::ops::Range<usize>> {
+        let usable = |m: &ChatMessage| !m.content.is_empty() && !m.content.contains(['\u{F8FF}', '\u{F8FE}']);
+        let stand_ins: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role.clone(),
+                content: if usable(m) { stand_in(i) } else { m.content.clone() },
+            })
+            .collect();
+        if let Ok(template) = self.render(&stand_ins, true) {
+            // Put each text where its stand-in is; if that gives back the real prompt, those are the places.
+            let mut rebuilt = String::with_capacity(rendered.len());
+            let mut ranges = Vec::new();
+            let mut rest = template.as_str();
+            for (i, m) in messages.iter().enumerate().filter(|(_, m)| usable(m)) {
+                let mark = stand_in(i);
+                let Some(at) = rest.find(&mark) else { continue };
+                rebuilt.push_str(&rest[..at]);
+                ranges.push(rebuilt.len()..rebuilt.len() + m.content.len());
+                rebuilt.push_str(&m.content);
+                rest = &rest[at + mark.len()..];
+            }
+            rebuilt.push_str(rest);
+            if rebuilt == rendered {
+                return ranges;
+            }
+        }
+        // The template changed the texts: search for each (or its trimmed self) after the previous one.
+        let mut ranges = Vec::new();
+        let mut from = 0;
+        for m in messages.iter().filter(|m| usable(m)) {
+            for needle in [m.content.as_str(), m.content.trim()] {
+                if let Some(at) = rendered[from..].find(needle).filter(|_| !needle.is_empty()) {
+                    ranges.push(from + at..from + at + needle.len());
+                    from += at + needle.len();
+                    break;
+                }
+            }
+        }
+        ranges
     }
 
     /// The variables transformers gives a template. `tools` and `documents` are always defined (`None` when
@@ -775,6 +898,48 @@ mod tests {
         );
         assert_eq!(out, expected);
         assert_eq!(crate::reasoning::ThinkStart::after_prompt(&out), crate::reasoning::ThinkStart::Harmony);
+    }
+
+    /// Where each message's text lands: exactly, for a template that writes it as given.
+    #[test]
+    fn a_prompt_knows_where_each_messages_text_is() {
+        let t = ChatTemplate::new(None, "<s>", "</s>").unwrap();
+        let messages = [msg("system", "Be brief."), msg("user", "Hi <|im_end|> there")];
+        let p = t.prompt(&messages).unwrap();
+        assert_eq!(p.text, t.render(&messages, true).unwrap());
+        let spans: Vec<&str> = p.message_text.iter().map(|r| &p.text[r.clone()]).collect();
+        assert_eq!(spans, ["Be brief.", "Hi <|im_end|> there"]);
+    }
+
+    /// A last assistant message is continued: the rest with the generation prompt, then its text.
+    #[test]
+    fn a_last_assistant_message_is_a_prefill() {
+        let t = ChatTemplate::new(None, "<s>", "</s>").unwrap();
+        let p = t.prompt(&[msg("user", "Name a color."), msg("assistant", "The color is")]).unwrap();
+        assert_eq!(p.text, "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\nThe color is");
+        assert_eq!(&p.text[p.message_text[1].clone()], "The color is");
+        // An earlier assistant message is history as usual.
+        let p = t.prompt(&[msg("user", "a"), msg("assistant", "b"), msg("user", "c")]).unwrap();
+        assert!(p.text.ends_with("<|im_start|>user\nc<|im_end|>\n<|im_start|>assistant\n"), "{}", p.text);
+    }
+
+    /// A template without a system role (as Gemma 2's) gets the system text merged into the first user message;
+    /// this one trims the texts it is given, so their places are found by searching.
+    #[test]
+    fn a_system_message_is_merged_where_the_template_has_no_system_role() {
+        const NO_SYSTEM: &str = "{% for m in messages %}{% if m.role == 'system' %}\
+            {{ raise_exception('System role not supported') }}{% endif %}\
+            <start_of_turn>{{ m.role }}\n{{ m.content | trim }}<end_of_turn>\n{% endfor %}\
+            {% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
+        let t = ChatTemplate::new(Some(NO_SYSTEM), "<bos>", "<eos>").unwrap();
+        let p = t.prompt(&[msg("system", "Be brief."), msg("user", " Hi ")]).unwrap();
+        assert_eq!(p.text, "<start_of_turn>user\nBe brief.\n\n Hi<end_of_turn>\n<start_of_turn>model\n");
+        assert_eq!(p.message_text.iter().map(|r| &p.text[r.clone()]).collect::<Vec<_>>(), ["Be brief.\n\n Hi"]);
+        // Without a system message the template's own error stands.
+        let alternating = "{{ raise_exception('roles must alternate') }}";
+        let t = ChatTemplate::new(Some(alternating), "<bos>", "<eos>").unwrap();
+        let err = t.prompt(&[msg("system", "S"), msg("user", "u")]).unwrap_err().to_string();
+        assert!(err.contains("roles must alternate"), "{err}");
     }
 
     #[test]

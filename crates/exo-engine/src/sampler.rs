@@ -20,7 +20,8 @@ pub struct SamplingParams {
     pub temperature: f32,
     /// Keep only the k most likely tokens; 0 = off.
     pub top_k: usize,
-    /// Keep the most likely tokens whose probabilities add up to at least this; 1.0 = off; in (0, 1].
+    /// Keep the most likely tokens whose probabilities add up to at least this; 1.0 = off; in [0, 1] (0 keeps only
+    /// the most likely token, as in llama.cpp).
     pub top_p: f32,
     /// Drop tokens less likely than `min_p` times the most likely one; 0 = off; in [0, 1].
     pub min_p: f32,
@@ -66,8 +67,11 @@ impl SamplingParams {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return invalid(format!("temperature must be a finite number >= 0 (0 = greedy), got {}", self.temperature));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return invalid(format!("top_p must be in (0, 1] (1 = off), got {}", self.top_p));
+        if !(self.top_p >= 0.0 && self.top_p <= 1.0) {
+            return invalid(format!(
+                "top_p must be in [0, 1] (1 = off, 0 = the most likely token only), got {}",
+                self.top_p
+            ));
         }
         if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
             return invalid(format!("min_p must be in [0, 1] (0 = off), got {}", self.min_p));
@@ -573,6 +577,24 @@ mod tests {
         assert_eq!(logits, [1.0, 2.0]);
     }
 
+    /// top_p 0 (what some clients send for "deterministic") keeps only the most likely token, as in llama.cpp.
+    #[test]
+    fn top_p_zero_keeps_only_the_most_likely_token() {
+        for seed in 0..20 {
+            let params = SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.0,
+                min_p: 0.0,
+                seed: Some(seed),
+                ..Default::default()
+            };
+            let mut s = sampler(params);
+            let mut logits = vec![1.0, 3.0, 2.9, 0.5];
+            assert_eq!(s.sample(&mut logits, &[], &[]), 1, "seed {seed}");
+        }
+    }
+
     #[test]
     fn validate_rejects_each_bad_value_naming_the_parameter() {
         let ok = SamplingParams::default();
@@ -580,7 +602,7 @@ mod tests {
             (SamplingParams { temperature: -0.1, ..ok.clone() }, "temperature"),
             (SamplingParams { temperature: f32::NAN, ..ok.clone() }, "temperature"),
             (SamplingParams { temperature: f32::INFINITY, ..ok.clone() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..ok.clone() }, "top_p"),
+            (SamplingParams { top_p: -0.01, ..ok.clone() }, "top_p"),
             (SamplingParams { top_p: 1.01, ..ok.clone() }, "top_p"),
             (SamplingParams { top_p: f32::NAN, ..ok.clone() }, "top_p"),
             (SamplingParams { min_p: -0.01, ..ok.clone() }, "min_p"),

@@ -19,6 +19,7 @@ mod stream;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::ops::Range;
 
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::utils::SysRegex;
@@ -202,7 +203,14 @@ impl Tokenizer {
     /// The ids of a prompt rendered by a chat template: control tokens parsed, BOS first when the model's metadata
     /// asks for it, but never twice when the template already wrote it (Llama 3 and Mistral templates do). No EOS.
     pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>> {
-        let mut ids = self.encode(rendered, false, true)?;
+        self.encode_chat_with_text(rendered, &[])
+    }
+
+    /// [`Tokenizer::encode_chat`], where the byte ranges `text` of `rendered` (the messages' own words) are text:
+    /// a control token's spelling inside them stays text (as with `parse_special` off), so that a user who types
+    /// `<|im_end|>` cannot close their turn. The rest is tokenized exactly as `encode_chat` does.
+    pub fn encode_chat_with_text(&self, rendered: &str, text: &[Range<usize>]) -> Result<Vec<u32>> {
+        let mut ids = self.encode_fragments(rendered, false, true, text)?;
         if let (true, Some(bos)) = (self.add_bos, self.bos) {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
@@ -214,11 +222,22 @@ impl Tokenizer {
     /// The ids of `text`. `add_special` adds BOS/EOS as the model's metadata asks; `parse_special` turns control
     /// tokens written in the text (like `<|im_start|>`) into their ids. User-defined tokens are always split out.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_fragments(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`], with control tokens not parsed inside the byte ranges `plain`.
+    fn encode_fragments(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        plain: &[Range<usize>],
+    ) -> Result<Vec<u32>> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        let fragments = self.split_specials(text, parse_special);
+        let fragments = self.split_specials(text, parse_special, plain);
         // SentencePiece text gets a leading space at the start and after every special token (llama.cpp's rule).
         let mut after_special = true;
         let mut buffer = String::new();
@@ -350,8 +369,9 @@ impl Tokenizer {
     }
 
     /// Splits special tokens out of `text` the way llama.cpp does: longest token text first, each token taking its
-    /// leftmost non-overlapping occurrences in the text that earlier tokens left.
-    fn split_specials<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
+    /// leftmost non-overlapping occurrences in the text that earlier tokens left. Control and unknown tokens are
+    /// split out only with `parse_special`, and never where they overlap a range of `plain`.
+    fn split_specials<'t>(&self, text: &'t str, parse_special: bool, plain: &[Range<usize>]) -> Vec<Fragment<'t>> {
         let mut fragments = Vec::new();
         if text.is_empty() {
             return fragments;
@@ -360,9 +380,12 @@ impl Tokenizer {
         let pairs = BytePairs::of(text);
         let mut next = Vec::new();
         for &id in &self.specials {
-            if !parse_special && self.attrs[id as usize].any(Attr::CONTROL | Attr::UNKNOWN) {
+            let control = self.attrs[id as usize].any(Attr::CONTROL | Attr::UNKNOWN);
+            if !parse_special && control {
                 continue;
             }
+            // Where this token's text may not be taken as the token.
+            let guarded = if control { plain } else { &[] };
             let special = self.tokens[id as usize].as_str();
             if !pairs.may_contain(special) || !text.contains(special) {
                 continue;
@@ -374,7 +397,13 @@ impl Tokenizer {
                     continue;
                 };
                 let mut rest = 0;
+                // The piece's offset in `text` (it is a slice of it).
+                let base = piece.as_ptr() as usize - text.as_ptr() as usize;
                 for (at, _) in piece.match_indices(special) {
+                    let span = base + at..base + at + special.len();
+                    if guarded.iter().any(|r| r.start < span.end && span.start < r.end) {
+                        continue;
+                    }
                     if at > rest {
                         next.push(Fragment::Text(&piece[rest..at]));
                     }
@@ -954,6 +983,27 @@ mod tests {
         assert_eq!(t.encode("hello", true, false).unwrap(), vec![id_of("hello"), id_of("<|im_end|>")]);
         assert_eq!(t.encode("", true, false).unwrap(), vec![id_of("<|im_end|>")]);
         assert!(t.encode("", false, true).unwrap().is_empty());
+    }
+
+    /// The messages' own text in a rendered chat stays text: a control token spelled there is not the token (a
+    /// user cannot close their turn), while the template's own control tokens around it are; nothing else changes.
+    #[test]
+    fn control_tokens_inside_message_text_stay_text() {
+        let t = tiny_bpe("gpt-2");
+        let rendered = "<|im_start|>hello<|im_end|><|im_end|>";
+        let (start, end) = (id_of("<|im_start|>"), id_of("<|im_end|>"));
+        // "hello<|im_end|>" is the message: its <|im_end|> is bytes; the template's closing one is the token.
+        let message = 12..27;
+        assert_eq!(&rendered[message.clone()], "hello<|im_end|>");
+        let ids = t.encode_chat_with_text(rendered, std::slice::from_ref(&message)).unwrap();
+        let mut expected = vec![start];
+        expected.extend(t.encode("hello<|im_end|>", false, false).unwrap());
+        expected.push(end);
+        assert_eq!(ids, expected);
+        assert!(ids[1..ids.len() - 1].iter().all(|&id| id != end));
+        // Without ranges, exactly encode_chat.
+        assert_eq!(t.encode_chat_with_text(rendered, &[]).unwrap(), t.encode_chat(rendered).unwrap());
+        assert_eq!(t.encode_chat(rendered).unwrap(), vec![start, id_of("hello"), end, end]);
     }
 
     #[test]
