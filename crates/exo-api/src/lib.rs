@@ -6,6 +6,7 @@
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
 //! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
+//! | [`ollama`] | Ollama's API (`/api/chat`, `/api/generate`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`) over the same path |
 //! | [`logprobs`] | tokens' log-probabilities with their bytes, reported with the text they produced |
 //! | [`topology`] | `/v1/topology`: every node's identity, addresses, memory, CPU, layers and link; the plans |
 //! | [`server`] | routes, response and chunk shapes, server-sent events, the embedded web chat |
@@ -17,6 +18,7 @@ pub mod access;
 pub mod error;
 pub mod inference;
 pub mod logprobs;
+pub mod ollama;
 pub mod server;
 pub mod topology;
 pub mod validation;

@@ -29,6 +29,7 @@ use crate::access::{self, Access, Guard};
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt};
 use crate::logprobs::TokenLogprob;
+use crate::ollama;
 use crate::topology;
 use crate::validation::{self, Options, ReasoningFormat};
 
@@ -54,6 +55,12 @@ struct AppState {
     inference: Inference,
 }
 
+impl axum::extract::FromRef<AppState> for Inference {
+    fn from_ref(state: &AppState) -> Inference {
+        state.inference.clone()
+    }
+}
+
 /// The web chat: a page, its script and its style sheet.
 const WEB_FILES: [(&str, &str, &str); 3] = [
     ("/", "text/html; charset=utf-8", include_str!("../web/index.html")),
@@ -76,7 +83,14 @@ pub fn router(inference: Inference, access: Access) -> Router {
         .route("/v1/downloads", get(downloads))
         .route("/v1/topology", get(topology_document))
         .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions));
+        .route("/v1/completions", post(completions))
+        // Ollama's API at its own paths.
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/version", get(ollama::version));
     for (path, content_type, text) in WEB_FILES {
         router = router.route(path, get(move || async move { ([(header::CONTENT_TYPE, content_type)], text) }));
     }
@@ -143,7 +157,7 @@ async fn topology_document(State(state): State<AppState>) -> Json<Value> {
     Json(doc.unwrap_or_else(|e| ApiError::Internal(e.to_string()).body()))
 }
 
-async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     // A body declared too large is refused before any of it is read.
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {

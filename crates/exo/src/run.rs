@@ -30,7 +30,7 @@ pub struct RunArgs {
     /// Keep only the K most likely tokens (0: off).
     #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
     pub top_k: i64,
-    /// Keep the most likely tokens whose probabilities add up to P, in (0, 1].
+    /// Keep the most likely tokens whose probabilities add up to P, in [0, 1] (0: the most likely token only).
     #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than P times the most likely one (0: off).

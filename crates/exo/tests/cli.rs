@@ -241,7 +241,7 @@ fn prompt_longer_than_context() {
 fn invalid_sampling_values() {
     let model = model_path();
     assert_clear_error(&run_model(&model, &["--temperature", "-1"]), "temperature");
-    assert_clear_error(&run_model(&model, &["--top-p", "0"]), "top_p");
+    assert_clear_error(&run_model(&model, &["--top-p", "-0.5"]), "top_p");
     assert_clear_error(&run_model(&model, &["--top-p", "1.5"]), "top_p");
     assert_clear_error(&run_model(&model, &["--top-k", "-3"]), "--top-k");
     assert_clear_error(&run_model(&model, &["--threads", "0"]), "--threads");

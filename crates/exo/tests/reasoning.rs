@@ -86,6 +86,22 @@ fn a_thinking_models_reasoning_comes_apart_from_its_answer() {
     assert_eq!(streamed("reasoning_content"), reasoning, "{text}");
     assert_eq!(streamed("content"), "", "{text}");
 
+    // Ollama's chat puts it in message.thinking; with think: false it is left out.
+    let body = json!({"model": THINKING, "messages": [{"role": "user", "content": QUESTION}], "stream": false,
+        "options": {"temperature": 0, "num_predict": 8}});
+    let (status, o) = node.post("/api/chat", &body);
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(
+        (o["message"]["thinking"].as_str(), o["message"]["content"].as_str()),
+        (Some(reasoning), Some("")),
+        "{o}"
+    );
+    let mut no_think = body.clone();
+    no_think["think"] = json!(false);
+    let (status, o) = node.post("/api/chat", &no_think);
+    assert_eq!(status, 200, "{o}");
+    assert!(o["message"].get("thinking").is_none() && o["message"]["content"] == "", "{o}");
+
     // An unknown format is refused in OpenAI's shape.
     let (status, e) = node.post("/v1/chat/completions", &chat(THINKING, json!({"reasoning_format": "html"})));
     assert_eq!(status, 400, "{e}");
