@@ -350,10 +350,13 @@ pub async fn version() -> Json<Value> {
 
 /// A model as `/api/tags` and `/api/ps` list it.
 fn tag(l: &exo_models::Listing) -> Value {
+    // A model in the models folder is listed without reading its header: its family may be unknown.
+    let family = l.architecture.clone().unwrap_or_default();
+    let families: Vec<&String> = l.architecture.iter().collect();
     json!({
         "name": l.id, "model": l.id, "modified_at": "1970-01-01T00:00:00Z", "size": l.size.unwrap_or(l.cached_bytes),
         "digest": "",
-        "details": {"format": "gguf", "family": l.architecture, "families": [l.architecture],
+        "details": {"format": "gguf", "family": family, "families": families,
             "parameter_size": "", "quantization_level": ""},
     })
 }

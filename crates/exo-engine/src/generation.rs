@@ -301,7 +301,7 @@ mod tests {
         let t = tiny_test_tokenizer();
         assert!(matches!(Generation::new(&t, &[1], &params(0, &[], false)), Err(EngineError::InvalidSampling(_))));
         let mut p = params(5, &[], false);
-        p.sampling.top_p = 0.0;
+        p.sampling.top_p = -0.5;
         assert!(matches!(Generation::new(&t, &[1], &p), Err(EngineError::InvalidSampling(_))));
     }
 }

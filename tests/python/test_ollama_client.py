@@ -1,0 +1,53 @@
+"""The official `ollama` Python client against a real exo node: chat streamed and not, generate, list and show,
+each checked against the OpenAI route's answer to the same request (one generation path), and errors as the
+client's exception."""
+
+import ollama
+import openai
+import pytest
+
+QUESTION = "What is the capital of France?"
+OPTIONS = {"temperature": 0, "num_predict": 12}
+
+
+@pytest.fixture(scope="module")
+def client(node):
+    return ollama.Client(host=node.base_url, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def expected(node):
+    """The OpenAI route's greedy answer to QUESTION in 12 tokens."""
+    openai_client = openai.OpenAI(base_url=node.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    r = openai_client.chat.completions.create(model=node.model, messages=[{"role": "user", "content": QUESTION}],
+                                              temperature=0, max_tokens=12)
+    return r.choices[0].message.content
+
+
+def test_chat_whole_and_streamed(client, node, expected):
+    r = client.chat(model=node.model, messages=[{"role": "user", "content": QUESTION}], options=OPTIONS)
+    assert r.message.role == "assistant" and r.message.content == expected
+    assert r.done and r.done_reason == "length" and r.eval_count == 12 and r.prompt_eval_count > 0
+    parts = list(client.chat(model=node.model, messages=[{"role": "user", "content": QUESTION}], options=OPTIONS,
+                             stream=True))
+    assert "".join(p.message.content for p in parts) == expected
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+
+
+def test_generate_list_and_show(client, node, expected):
+    r = client.generate(model=node.model, prompt=QUESTION, options=OPTIONS)
+    assert r.response == expected and r.done
+    names = [m.model for m in client.list().models]
+    assert node.model in names
+    shown = client.show(node.model)
+    assert "completion" in shown.capabilities
+    assert shown.modelinfo["general.architecture"] == "llama"
+
+
+def test_errors_arrive_as_the_clients_exception(client, node):
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+    assert e.value.status_code == 404 and "no-such-model" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model=node.model, messages=[{"role": "user", "content": "Hi"}], format="json")
+    assert e.value.status_code == 400 and "format" in e.value.error
