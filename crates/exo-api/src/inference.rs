@@ -64,6 +64,8 @@ pub enum Event {
     },
     Done {
         finish: FinishReason,
+        /// The stop string that ended it, if one did.
+        stop_sequence: Option<String>,
         prompt_tokens: usize,
         completion_tokens: usize,
         seconds: f64,
@@ -390,6 +392,7 @@ impl Worker {
                 outcome = Outcome::Finished(finish);
                 last_event = Some(Event::Done {
                     finish,
+                    stop_sequence: generation.stop_string().map(str::to_string),
                     prompt_tokens: prompt.len(),
                     completion_tokens: generation.generated(),
                     seconds: started.elapsed().as_secs_f64(),

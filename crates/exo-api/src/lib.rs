@@ -6,6 +6,7 @@
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
 //! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
+//! | [`anthropic`] | Anthropic's Messages API (`/v1/messages`) over the same path |
 //! | [`ollama`] | Ollama's API (`/api/chat`, `/api/generate`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`) over the same path |
 //! | [`logprobs`] | tokens' log-probabilities with their bytes, reported with the text they produced |
 //! | [`topology`] | `/v1/topology`: every node's identity, addresses, memory, CPU, layers and link; the plans |
@@ -15,6 +16,7 @@
 //! knows nothing of how layers are split or sent.
 
 pub mod access;
+pub mod anthropic;
 pub mod error;
 pub mod inference;
 pub mod logprobs;

@@ -261,7 +261,7 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                             return;
                         }
                     }
-                    Some(Event::Done { finish, prompt_tokens, completion_tokens, seconds }) => {
+                    Some(Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. }) => {
                         if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish).filter(|r| !r.is_empty()) {
                             if !send(piece(endpoint, &model, &rest, think)).await {
                                 return;
@@ -302,7 +302,7 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                 whole.reasoning.push_str(&p.reasoning);
                 whole.content.push_str(&p.content);
             }
-            Event::Done { finish, prompt_tokens, completion_tokens, seconds } => {
+            Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. } => {
                 if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish) {
                     whole.reasoning.push_str(&rest.reasoning);
                     whole.content.push_str(&rest.content);

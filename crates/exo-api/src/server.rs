@@ -29,9 +29,9 @@ use crate::access::{self, Access, Guard};
 use crate::error::ApiError;
 use crate::inference::{Event, Inference, Job, Prompt};
 use crate::logprobs::TokenLogprob;
-use crate::ollama;
 use crate::topology;
 use crate::validation::{self, Options, ReasoningFormat};
+use crate::{anthropic, ollama};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -84,6 +84,8 @@ pub fn router(inference: Inference, access: Access) -> Router {
         .route("/v1/topology", get(topology_document))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        // Anthropic's Messages API.
+        .route("/v1/messages", post(anthropic::messages))
         // Ollama's API at its own paths.
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))
@@ -429,8 +431,13 @@ mod tests {
             };
             tx.send(Event::Text { text: piece.to_string(), logprobs: vec![logprob] }).unwrap();
         }
-        let done =
-            Event::Done { finish: FinishReason::Stop, prompt_tokens: 5, completion_tokens: pieces.len(), seconds: 0.1 };
+        let done = Event::Done {
+            finish: FinishReason::Stop,
+            stop_sequence: None,
+            prompt_tokens: 5,
+            completion_tokens: pieces.len(),
+            seconds: 0.1,
+        };
         tx.send(done).unwrap();
         rx
     }

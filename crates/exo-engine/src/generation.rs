@@ -93,6 +93,11 @@ impl<'a> Generation<'a> {
         self.finished
     }
 
+    /// The stop string that ended generation, if one did.
+    pub fn stop_string(&self) -> Option<&str> {
+        self.stop.matched()
+    }
+
     /// Prompt and generated tokens.
     pub fn history(&self) -> &[u32] {
         &self.history

@@ -15,6 +15,8 @@ pub struct StopMatcher {
     /// (or empty), so it stays shorter than the longest stop string.
     pending: String,
     stopped: bool,
+    /// The stop string that ended generation (its index in `stops`).
+    matched: Option<usize>,
 }
 
 /// What the caller may do after a piece of text arrived.
@@ -31,7 +33,7 @@ impl StopMatcher {
     /// through.
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        Self { stops, pending: String::new(), stopped: false }
+        Self { stops, pending: String::new(), stopped: false, matched: None }
     }
 
     /// Feeds the next piece of generated text. After [`StopOutcome::Stopped`] has been returned, every later call
@@ -47,16 +49,28 @@ impl StopMatcher {
 
         // The earliest match wins. A stop that is complete ends generation now, even if a longer stop starting
         // earlier might still complete with more text: generation cannot wait to find out.
-        let first_match = self.stops.iter().filter_map(|stop| self.pending.find(stop.as_str())).min();
-        if let Some(at) = first_match {
+        let first_match = self
+            .stops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, stop)| self.pending.find(stop.as_str()).map(|at| (at, i)))
+            .min();
+        if let Some((at, i)) = first_match {
             self.pending.truncate(at);
             self.stopped = true;
+            self.matched = Some(i);
             return StopOutcome::Stopped(std::mem::take(&mut self.pending));
         }
 
         let hold_from = self.start_of_possible_stop();
         let rest = self.pending.split_off(hold_from);
         StopOutcome::Continue(std::mem::replace(&mut self.pending, rest))
+    }
+
+    /// The stop string that ended generation, if one did (the earliest in the text; of two at one place, the one
+    /// listed first).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.map(|i| self.stops[i].as_str())
     }
 
     /// Releases the held-back text when generation ends for another reason (EOS, length, cancellation).
@@ -85,6 +99,19 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_string_that_ended_generation_is_known() {
+        let mut m = matcher(&["END", "EN"]);
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("a E"), cont("a "));
+        assert_eq!(m.push("ND"), stopped(""));
+        // Both match at one place: the one listed first.
+        assert_eq!(m.matched(), Some("END"));
+        let mut m = matcher(&["x", "bc"]);
+        assert_eq!(m.push("abcx"), stopped("a"));
+        assert_eq!(m.matched(), Some("bc"));
+    }
 
     fn matcher(stops: &[&str]) -> StopMatcher {
         StopMatcher::new(stops.iter().map(|s| s.to_string()).collect())

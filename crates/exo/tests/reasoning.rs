@@ -102,6 +102,29 @@ fn a_thinking_models_reasoning_comes_apart_from_its_answer() {
     assert_eq!(status, 200, "{o}");
     assert!(o["message"].get("thinking").is_none() && o["message"]["content"] == "", "{o}");
 
+    // Anthropic's messages: a thinking block first (streamed as thinking_delta), then the (empty) text block.
+    let body = json!({"model": THINKING, "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": QUESTION}]});
+    let (status, a) = node.post("/v1/messages", &body);
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["content"][0]["type"], "thinking", "{a}");
+    assert_eq!(
+        (a["content"][0]["thinking"].as_str(), a["content"][1]["text"].as_str()),
+        (Some(reasoning), Some("")),
+        "{a}"
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, text) = node.request("POST", "/v1/messages", &streamed.to_string());
+    assert_eq!(status, 200, "{text}");
+    let thinking: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|d| d["delta"]["type"] == "thinking_delta")
+        .map(|d| d["delta"]["thinking"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(thinking, reasoning, "{text}");
+
     // An unknown format is refused in OpenAI's shape.
     let (status, e) = node.post("/v1/chat/completions", &chat(THINKING, json!({"reasoning_format": "html"})));
     assert_eq!(status, 400, "{e}");
