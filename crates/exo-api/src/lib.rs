@@ -1,4 +1,5 @@
-//! exo's OpenAI-compatible API layer.
+//! exo's API layer: OpenAI's API, with Anthropic's Messages API and Ollama's API as thin translations onto the same
+//! generation path.
 //!
 //! | module | owns |
 //! |---|---|
