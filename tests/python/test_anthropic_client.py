@@ -1,5 +1,5 @@
 """The official `anthropic` Python client against a real exo node: messages whole and streamed
-(`messages.stream`), stop sequences, and errors as the client's exception classes; each answer checked against
+(`messages.stream`), `count_tokens`, stop sequences, and errors as the client's exception classes; each answer checked against
 the OpenAI route's answer to the same request (one generation path)."""
 
 import anthropic
@@ -37,6 +37,8 @@ def test_messages_whole_and_streamed(client, node, expected):
     assert m.role == "assistant" and m.stop_reason == "max_tokens"
     assert [b.type for b in m.content] == ["text"] and m.content[0].text == text
     assert m.usage.input_tokens == prompt_tokens and m.usage.output_tokens == 12
+    counted = client.messages.count_tokens(model=node.model, messages=[{"role": "user", "content": QUESTION}])
+    assert counted.input_tokens == prompt_tokens
     with client.messages.stream(**ask(client, node)) as stream:
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()

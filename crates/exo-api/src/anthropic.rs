@@ -8,7 +8,8 @@
 //! `thinking` block first for a model that thinks, `stop_reason` `end_turn` / `max_tokens` / `stop_sequence`,
 //! `usage`), or streamed as its events (`message_start`, `ping`, `content_block_start`, `content_block_delta`
 //! with `text_delta` or `thinking_delta`, `content_block_stop`, `message_delta` with usage, `message_stop`, and
-//! `error`). Errors have Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`). Tools (`tools`,
+//! `error`); `POST /v1/messages/count_tokens` gives the prompt's length. Errors have Anthropic's shape
+//! (`{"type": "error", "error": {"type", "message"}}`). Tools (`tools`,
 //! `tool_use` and `tool_result` blocks) and images are refused with a 400 naming them until they are supported.
 
 use std::convert::Infallible;
@@ -345,6 +346,38 @@ pub async fn messages(State(inference): State<Inference>, request: Request) -> R
         }
     }
     error_response(&ApiError::Internal("the inference thread stopped".into()))
+}
+
+/// `POST /v1/messages/count_tokens`: the length of the prompt a Messages request makes, with the model's template
+/// and tokenizer (`max_tokens` is not needed here).
+pub async fn count_tokens(State(inference): State<Inference>, request: Request) -> Response {
+    let body = match crate::server::read_body(request).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut o)) => {
+            o.entry("max_tokens").or_insert(json!(1));
+            o.remove("stream");
+            Value::Object(o).to_string()
+        }
+        Ok(_) => return error_response(&ApiError::MalformedJson("the body must be a JSON object".into())),
+        Err(e) => return error_response(&ApiError::MalformedJson(e.to_string())),
+    };
+    let (prompt, options) = match translate(body.as_bytes()) {
+        Ok((Prompt::Chat(messages), options, _)) => (Prompt::Count(messages), options),
+        Ok(_) => return error_response(&ApiError::Internal("a Messages request is a chat".into())),
+        Err(e) => return error_response(&e),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Err(e) = inference.submit(Job { prompt, options, events: tx }) {
+        return error_response(&e);
+    }
+    match rx.recv().await {
+        Some(Event::Started { prompt_tokens, .. }) => Json(json!({"input_tokens": prompt_tokens})).into_response(),
+        Some(Event::Failed(e)) => error_response(&e),
+        _ => error_response(&ApiError::Internal("the inference thread stopped".into())),
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ pub enum Prompt {
     Chat(Vec<ChatMessage>),
     /// Text tokenized as it is (`/v1/completions`).
     Text(String),
+    /// Chat messages whose prompt is only counted, nothing generated (`/v1/messages/count_tokens`): the job
+    /// reports `Started` with the prompt's length, then `Done`.
+    Count(Vec<ChatMessage>),
 }
 
 /// One request for the worker.
@@ -322,7 +325,7 @@ impl Worker {
         let m = self.model(&o.model)?;
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
         let (prompt, reasoning, param) = match &job.prompt {
-            Prompt::Chat(messages) => {
+            Prompt::Chat(messages) | Prompt::Count(messages) => {
                 let chat = m.template.prompt(messages).map_err(|e| ApiError::field("messages", e.to_string()))?;
                 let reasoning = m.thinks.then(|| ThinkStart::after_prompt(&chat.text));
                 (chat.encode(&m.tokenizer).map_err(engine)?, reasoning, "messages")
@@ -330,6 +333,22 @@ impl Worker {
             // A hand-templated prompt: its special tokens (`<|im_start|>`) are tokens, as in llama-server.
             Prompt::Text(text) => (m.tokenizer.encode(text, true, true).map_err(engine)?, None, "prompt"),
         };
+        if matches!(job.prompt, Prompt::Count(_)) {
+            let counted = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning };
+            let done = Event::Done {
+                finish: FinishReason::Stop,
+                stop_sequence: None,
+                prompt_tokens: prompt.len(),
+                completion_tokens: 0,
+                seconds: 0.0,
+            };
+            let outcome = if job.events.send(counted).is_ok() {
+                Outcome::Finished(FinishReason::Stop)
+            } else {
+                Outcome::Cancelled
+            };
+            return Ok((outcome, 0, Some(done)));
+        }
         let context = m.info.context;
         // A max_tokens beyond the room left generates until the context is full, then ends with `length`.
         let room = context.saturating_sub(prompt.len());

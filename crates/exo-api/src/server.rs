@@ -86,6 +86,7 @@ pub fn router(inference: Inference, access: Access) -> Router {
         .route("/v1/completions", post(completions))
         // Anthropic's Messages API.
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         // Ollama's API at its own paths.
         .route("/api/chat", post(ollama::chat))
         .route("/api/generate", post(ollama::generate))

@@ -1,6 +1,6 @@
 //! Anthropic's Messages API on a real node (SmolLM2): `/v1/messages` answers as `/v1/chat/completions` does on the
-//! same request (one generation path), whole or streamed as Anthropic's events, with its stop reasons, usage and
-//! error shape.
+//! same request (one generation path), whole or streamed as Anthropic's events, with its stop reasons, usage,
+//! token count and error shape.
 
 mod harness;
 
@@ -40,6 +40,11 @@ fn messages_answer_as_chat_completions_do_whole_and_streamed() {
     assert_eq!(r["content"], json!([{"type": "text", "text": expected}]));
     assert_eq!((r["stop_reason"].as_str(), &r["stop_sequence"]), (Some("max_tokens"), &Value::Null));
     assert_eq!(r["usage"], json!({"input_tokens": openai["usage"]["prompt_tokens"], "output_tokens": 12}));
+    // count_tokens gives the same prompt length without generating (no max_tokens needed).
+    let mut count = messages_body(1);
+    count.as_object_mut().unwrap().remove("max_tokens");
+    let (status, c) = node.post("/v1/messages/count_tokens", &count);
+    assert_eq!((status, &c), (200, &json!({"input_tokens": openai["usage"]["prompt_tokens"]})), "{c}");
 
     let mut body = messages_body(12);
     body["stream"] = json!(true);
