@@ -22,13 +22,13 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::generation::FinishReason;
-use exo_engine::reasoning::{ReasoningSplitter, Split};
+use exo_engine::reasoning::Split;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
-use crate::inference::{Event, Inference, Job, Prompt};
+use crate::inference::{Event, Inference, Output, Prompt, Started};
 use crate::validation::{self, Options};
 
 /// Anthropic's error type for a status.
@@ -109,6 +109,9 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
         messages.push(json!({"role": "system", "content": text_of(system, "system")?}));
     }
     match present("messages") {
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::field("messages", "messages must hold at least one message"))
+        }
         Some(Value::Array(items)) => {
             for (i, m) in items.iter().enumerate() {
                 let here = format!("messages[{i}]");
@@ -126,9 +129,6 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
             }
         }
         _ => return Err(ApiError::field("messages", "messages must be an array of messages")),
-    }
-    if present("messages").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
-        return Err(ApiError::field("messages", "messages must hold at least one message"));
     }
     let mut openai = Map::new();
     openai.insert("messages".into(), Value::Array(messages));
@@ -163,22 +163,6 @@ fn stop_reason(finish: FinishReason, stop_sequence: &Option<String>) -> &'static
         (FinishReason::Length, _) => "max_tokens",
         (FinishReason::Stop, Some(_)) => "stop_sequence",
         (FinishReason::Stop, None) => "end_turn",
-    }
-}
-
-/// The output, split into reasoning and answer when the model thinks.
-struct Output(Option<ReasoningSplitter>);
-
-impl Output {
-    fn push(&mut self, text: &str) -> Split {
-        match &mut self.0 {
-            Some(s) => s.push(text),
-            None => Split { reasoning: String::new(), content: text.to_string() },
-        }
-    }
-
-    fn finish(&mut self) -> Split {
-        self.0.as_mut().map(ReasoningSplitter::finish).unwrap_or_default()
     }
 }
 
@@ -244,16 +228,11 @@ pub async fn messages(State(inference): State<Inference>, request: Request) -> R
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = inference.submit(Job { prompt, options: options.clone(), events: tx }) {
-        return error_response(&e);
-    }
-    let (reasoning, prompt_tokens) = match rx.recv().await {
-        Some(Event::Started { reasoning, prompt_tokens, .. }) => (reasoning, prompt_tokens),
-        Some(Event::Failed(e)) => return error_response(&e),
-        _ => return error_response(&ApiError::Internal("the inference thread stopped".into())),
+    let Started { events: mut rx, reasoning, prompt_tokens } = match inference.begin(prompt, options.clone()).await {
+        Ok(started) => started,
+        Err(e) => return error_response(&e),
     };
-    let mut split = Output(reasoning.map(ReasoningSplitter::new));
+    let mut split = Output::new(reasoning);
     let id = message_id();
     let model = options.model.clone();
     if options.stream {
@@ -369,14 +348,9 @@ pub async fn count_tokens(State(inference): State<Inference>, request: Request) 
         Ok(_) => return error_response(&ApiError::Internal("a Messages request is a chat".into())),
         Err(e) => return error_response(&e),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = inference.submit(Job { prompt, options, events: tx }) {
-        return error_response(&e);
-    }
-    match rx.recv().await {
-        Some(Event::Started { prompt_tokens, .. }) => Json(json!({"input_tokens": prompt_tokens})).into_response(),
-        Some(Event::Failed(e)) => error_response(&e),
-        _ => error_response(&ApiError::Internal("the inference thread stopped".into())),
+    match inference.begin(prompt, options).await {
+        Ok(started) => Json(json!({"input_tokens": started.prompt_tokens})).into_response(),
+        Err(e) => error_response(&e),
     }
 }
 

@@ -18,7 +18,7 @@ use exo_cluster::memory::model_needs;
 use exo_cluster::{Cluster, ClusterError, ModelStore, RingRequest};
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
 use exo_engine::generation::{FinishReason, Generation};
-use exo_engine::reasoning::{self, ThinkStart};
+use exo_engine::reasoning::{self, ReasoningSplitter, Split, ThinkStart};
 use exo_engine::tokenizer::Tokenizer;
 use exo_engine::{EngineError, Gguf, ModelConfig};
 use exo_models::ModelRef;
@@ -46,6 +46,36 @@ pub struct Job {
     pub prompt: Prompt,
     pub options: Options,
     pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// A job that has started: the rest of its events, and what its `Started` event said.
+pub struct Started {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub reasoning: Option<ThinkStart>,
+    pub prompt_tokens: usize,
+}
+
+/// A job's output text as it streams, split into reasoning and answer when the model thinks, all answer
+/// otherwise.
+pub struct Output(Option<ReasoningSplitter>);
+
+impl Output {
+    pub fn new(reasoning: Option<ThinkStart>) -> Self {
+        Self(reasoning.map(ReasoningSplitter::new))
+    }
+
+    /// The next piece of output: what of it is now known.
+    pub fn push(&mut self, text: &str) -> Split {
+        match &mut self.0 {
+            Some(s) => s.push(text),
+            None => Split { reasoning: String::new(), content: text.to_string() },
+        }
+    }
+
+    /// The end of the output: what was held back.
+    pub fn finish(&mut self) -> Split {
+        self.0.as_mut().map(ReasoningSplitter::finish).unwrap_or_default()
+    }
 }
 
 /// What the worker reports for a job, in this order: `Started`, any number of `Text`, then `Done`; or `Failed`
@@ -191,6 +221,18 @@ impl Inference {
             mpsc::error::TrySendError::Full(_) => ApiError::QueueFull(self.config.queue),
             mpsc::error::TrySendError::Closed(_) => ApiError::Internal("the inference thread has stopped".into()),
         })
+    }
+
+    /// Queues a job for `prompt` and waits for its first event: the job's output channel once it has started
+    /// (with where a thinking model's output starts and the prompt's length), or why it could not.
+    pub async fn begin(&self, prompt: Prompt, options: Options) -> Result<Started, ApiError> {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        self.submit(Job { prompt, options, events: tx })?;
+        match events.recv().await {
+            Some(Event::Started { reasoning, prompt_tokens, .. }) => Ok(Started { events, reasoning, prompt_tokens }),
+            Some(Event::Failed(e)) => Err(e),
+            _ => Err(ApiError::Internal("the inference thread stopped".into())),
+        }
     }
 
     /// Ends the job in progress and every queued one with [`ApiError::ShuttingDown`], and refuses new ones.

@@ -14,13 +14,13 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use exo_engine::reasoning::{ReasoningSplitter, Split};
+use exo_engine::reasoning::Split;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ApiError;
-use crate::inference::{Event, Inference, Job, Prompt};
+use crate::inference::{Event, Inference, Output, Prompt, Started};
 use crate::validation::{self, Options};
 
 /// The version `/api/version` reports: that of the Ollama API whose shapes this module follows (clients check it
@@ -225,21 +225,12 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = inference.submit(Job { prompt, options: options.clone(), events: tx }) {
-        return error_response(&e);
-    }
-    let reasoning = match rx.recv().await {
-        Some(Event::Started { reasoning, .. }) => reasoning,
-        Some(Event::Failed(e)) => return error_response(&e),
-        _ => return error_response(&ApiError::Internal("the inference thread stopped".into())),
+    let Started { events: mut rx, reasoning, .. } = match inference.begin(prompt, options.clone()).await {
+        Ok(started) => started,
+        Err(e) => return error_response(&e),
     };
-    let mut split = reasoning.map(ReasoningSplitter::new);
+    let mut split = Output::new(reasoning);
     let model = options.model.clone();
-    let cut = move |split: &mut Option<ReasoningSplitter>, text: &str| match split {
-        Some(s) => s.push(text),
-        None => Split { reasoning: String::new(), content: text.to_string() },
-    };
     if options.stream {
         let (lines, out) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);
         tokio::spawn(async move {
@@ -254,7 +245,7 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                 };
                 match event {
                     Some(Event::Text { text, .. }) => {
-                        let p = cut(&mut split, &text);
+                        let p = split.push(&text);
                         if !(p.content.is_empty() && (p.reasoning.is_empty() || !think))
                             && !send(piece(endpoint, &model, &p, think)).await
                         {
@@ -262,10 +253,9 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                         }
                     }
                     Some(Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. }) => {
-                        if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish).filter(|r| !r.is_empty()) {
-                            if !send(piece(endpoint, &model, &rest, think)).await {
-                                return;
-                            }
+                        let rest = split.finish();
+                        if !rest.is_empty() && !send(piece(endpoint, &model, &rest, think)).await {
+                            return;
                         }
                         let last = done(
                             endpoint,
@@ -298,15 +288,14 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text { text, .. } => {
-                let p = cut(&mut split, &text);
+                let p = split.push(&text);
                 whole.reasoning.push_str(&p.reasoning);
                 whole.content.push_str(&p.content);
             }
             Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. } => {
-                if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish) {
-                    whole.reasoning.push_str(&rest.reasoning);
-                    whole.content.push_str(&rest.content);
-                }
+                let rest = split.finish();
+                whole.reasoning.push_str(&rest.reasoning);
+                whole.content.push_str(&rest.content);
                 return Json(done(
                     endpoint,
                     &model,
