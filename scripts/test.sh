@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-models.sh >/dev/null
 # The tiny models must come out byte for byte as llama.cpp's reference data expects: the random generator and
 # gguf's writer are pinned.
-PY_PACKAGES=("gguf==0.19.0" "numpy==2.4.6" "openai==3.57.0" "ollama==0.6.3" "anthropic==2.16.0" "pytest==9.2.0" "playwright==1.65.2")
+PY_PACKAGES=("gguf==0.19.0" "numpy==2.4.6" "openai==3.57.0" "pydantic==2.13.4" "ollama==0.6.3" "anthropic==2.16.0" "pytest==9.2.0" "playwright==1.65.2")
 python3 - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null || python3 -m pip install -q "${PY_PACKAGES[@]}"
 import importlib.metadata as m, sys
 for spec in sys.argv[1:]:

@@ -2,6 +2,8 @@
 each checked against the OpenAI route's answer to the same request (one generation path), and errors as the
 client's exception."""
 
+import json
+
 import ollama
 import openai
 import pytest
@@ -49,5 +51,17 @@ def test_errors_arrive_as_the_clients_exception(client, node):
         client.chat(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
     assert e.value.status_code == 404 and "no-such-model" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
-        client.chat(model=node.model, messages=[{"role": "user", "content": "Hi"}], format="json")
-    assert e.value.status_code == 400 and "format" in e.value.error
+        client.chat(model=node.model, messages=[{"role": "user", "content": "Hi"}],
+                    format={"type": "string", "format": "no-such-format"})
+    assert e.value.status_code == 400 and "no-such-format" in e.value.error
+
+
+def test_format_constrains_the_answer_to_the_schema(client, node):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "country": {"type": "string", "maxLength": 20}},
+              "required": ["city", "country"], "additionalProperties": False}
+    r = client.chat(model=node.model, format=schema, options={"temperature": 0, "num_predict": 60},
+                    messages=[{"role": "user", "content": "What is the capital of France?"}])
+    answer = json.loads(r.message.content)
+    assert sorted(answer) == ["city", "country"] and all(isinstance(v, str) and len(v) <= 20 for v in answer.values())
+    assert r.done_reason == "stop"

@@ -17,6 +17,7 @@ use std::time::Instant;
 use exo_cluster::memory::model_needs;
 use exo_cluster::{Cluster, ClusterError, ModelStore, RingRequest};
 use exo_engine::chat_template::{ChatMessage, ChatTemplate};
+use exo_engine::constraint::{Grammar, Vocabulary};
 use exo_engine::generation::{FinishReason, Generation};
 use exo_engine::reasoning::{self, ReasoningSplitter, Split, ThinkStart};
 use exo_engine::tokenizer::Tokenizer;
@@ -277,6 +278,8 @@ struct Model {
     template: ChatTemplate,
     /// Whether it writes `<think>` reasoning before its answers.
     thinks: bool,
+    /// Its vocabulary for constrained output, read the first time a request asks for it.
+    vocabulary: Option<Vocabulary>,
 }
 
 struct Worker {
@@ -341,10 +344,26 @@ impl Worker {
                 context,
             };
             let thinks = reasoning::model_thinks(&template, &tokenizer);
-            Ok(Model { info, tokenizer, template, thinks })
+            Ok(Model { info, tokenizer, template, thinks, vocabulary: None })
         };
         let m = read().map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?;
         Ok(self.model.insert(m))
+    }
+
+    /// The grammar for an answer that must match `schema`, compiled once here so that a schema it cannot express
+    /// is the client's 400 (naming the feature) before any node works on it.
+    fn grammar(&mut self, model: &str, schema: &serde_json::Value) -> Result<Grammar, ApiError> {
+        self.model(model)?;
+        let m = self.model.as_mut().ok_or_else(|| ApiError::Internal("no model".into()))?;
+        let vocabulary = match &mut m.vocabulary {
+            Some(v) => v,
+            empty => empty.insert(
+                Vocabulary::new(&m.tokenizer).map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?,
+            ),
+        };
+        let grammar = Grammar::json_schema(schema.clone());
+        vocabulary.constrain(&grammar).map_err(|e| ApiError::field("response_format", e.to_string()))?;
+        Ok(grammar)
     }
 
     fn preload(&mut self, model: &str) -> Result<(), ApiError> {
@@ -364,12 +383,14 @@ impl Worker {
         }
         let o = &job.options;
         let cluster = self.cluster.clone();
+        let grammar = o.schema.as_ref().map(|s| self.grammar(&o.model, s)).transpose()?;
         let m = self.model(&o.model)?;
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
         let (prompt, reasoning, param) = match &job.prompt {
             Prompt::Chat(messages) | Prompt::Count(messages) => {
                 let chat = m.template.prompt(messages).map_err(|e| ApiError::field("messages", e.to_string()))?;
-                let reasoning = m.thinks.then(|| ThinkStart::after_prompt(&chat.text));
+                // A constrained answer starts at once: no reasoning comes before it.
+                let reasoning = (m.thinks && grammar.is_none()).then(|| ThinkStart::after_prompt(&chat.text));
                 (chat.encode(&m.tokenizer).map_err(engine)?, reasoning, "messages")
             }
             // A hand-templated prompt: its special tokens (`<|im_start|>`) are tokens, as in llama-server.
@@ -418,6 +439,7 @@ impl Worker {
             context,
             eog: m.tokenizer.eog_ids().to_vec(),
             top_logprobs: o.logprobs,
+            grammar: grammar.as_ref(),
         };
         let tokenizer = &m.tokenizer;
         let mut logprobs = ShownLogprobs::default();

@@ -63,7 +63,7 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
         Ok(_) => return Err(ApiError::MalformedJson("the body must be a JSON object".into())),
         Err(e) => return Err(ApiError::MalformedJson(e.to_string())),
     };
-    for unsupported in ["format", "tools", "images", "suffix", "context", "template"] {
+    for unsupported in ["tools", "images", "suffix", "context", "template"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("")) {
             return Err(ApiError::field(
                 unsupported,
@@ -73,6 +73,18 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
     }
     let mut openai = Map::new();
     openai.insert("model".into(), object.get("model").cloned().unwrap_or(Value::Null));
+    // Structured output: "json" for any JSON object, or a JSON schema.
+    match object.get("format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f.is_empty() => {}
+        Some(Value::String(f)) if f == "json" => {
+            openai.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        Some(schema @ Value::Object(_)) => {
+            openai.insert("response_format".into(), json!({"type": "json_schema", "json_schema": {"schema": schema}}));
+        }
+        Some(f) => return Err(ApiError::field("format", format!("format must be \"json\" or a JSON schema, got {f}"))),
+    }
     // Ollama streams unless told not to.
     openai.insert("stream".into(), Value::Bool(object.get("stream").and_then(Value::as_bool).unwrap_or(true)));
     match object.get("options") {
@@ -471,6 +483,17 @@ mod tests {
     }
 
     #[test]
+    fn format_asks_for_json_or_a_schema() {
+        let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
+        let (_, o, _) = chat_of(&format!(r#"{{{m}, "format": "json"}}"#)).unwrap();
+        assert_eq!(o.schema, Some(json!({"type": "object"})));
+        let (_, o, _) = chat_of(&format!(r#"{{{m}, "format": {{"type": "array"}}}}"#)).unwrap();
+        assert_eq!(o.schema, Some(json!({"type": "array"})));
+        let (_, o, _) = chat_of(&format!(r#"{{{m}, "format": ""}}"#)).unwrap();
+        assert_eq!(o.schema, None);
+    }
+
+    #[test]
     fn generate_takes_a_prompt_a_system_text_and_raw_mode() {
         let (prompt, ..) =
             translate(br#"{"model": "m", "prompt": "Why?", "system": "Be brief."}"#, Endpoint::Generate).unwrap();
@@ -488,7 +511,7 @@ mod tests {
             assert_eq!((e.status(), e.param()), (400, Some(param)), "{e}");
         };
         let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
-        refuse(&format!(r#"{{{m}, "format": "json"}}"#), "format");
+        refuse(&format!(r#"{{{m}, "format": "yaml"}}"#), "format");
         refuse(&format!(r#"{{{m}, "tools": [{{"type": "function"}}]}}"#), "tools");
         refuse(&format!(r#"{{{m}, "options": 3}}"#), "options");
         refuse(&format!(r#"{{{m}, "options": {{"temperature": "hot"}}}}"#), "temperature");

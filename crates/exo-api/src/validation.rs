@@ -1,8 +1,10 @@
 //! Request validation: the bodies of `/v1/chat/completions` and `/v1/completions` become checked requests, or an
 //! [`ApiError`] that names the field and says what was expected.
 //!
-//! Every parameter is checked here and nowhere else. Fields this server does not use (`user`, `response_format`,
-//! …) are ignored, as OpenAI-compatible servers do; `null` counts as absent. Sampling defaults are llama.cpp's
+//! Every parameter is checked here and nowhere else. Fields this server does not use (`user`, `metadata`, …) are
+//! ignored, as OpenAI-compatible servers do; `null` counts as absent. `response_format` constrains the answer to
+//! JSON (a schema's features are checked when the job compiles it); `tools` are refused until tool calls exist,
+//! rather than answered as if they were not there. Sampling defaults are llama.cpp's
 //! (`llama-server`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05. llama-server's own names (`n_predict`,
 //! `repeat_penalty`, `repeat_last_n`, `n_probs`) and its conventions (-1 for "no limit" or "a random seed") are
 //! taken as llama.cpp's front-ends send them.
@@ -34,6 +36,8 @@ pub struct Options {
     pub logprobs: Option<usize>,
     /// Where a thinking model's reasoning goes; always `None` for `/v1/completions`, whose raw text is never split.
     pub reasoning_format: ReasoningFormat,
+    /// The JSON schema the whole answer must match (`response_format`); `{"type": "object"}` for any object.
+    pub schema: Option<Value>,
 }
 
 /// Where a thinking model's `<think>` reasoning goes (llama-server's `reasoning_format`).
@@ -96,7 +100,38 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
     };
-    Ok(ChatRequest { messages, options: Options { reasoning_format, ..options(&fields, logprobs)? } })
+    let tool_choice_none = fields.get("tool_choice").is_some_and(|c| c == "none");
+    if fields.get("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())) && !tool_choice_none {
+        return Err(ApiError::field("tools", "tools are not supported by this server yet; leave them out"));
+    }
+    let schema = response_format(fields.get("response_format"))?;
+    Ok(ChatRequest { messages, options: Options { reasoning_format, schema, ..options(&fields, logprobs)? } })
+}
+
+/// The schema `response_format` asks the answer to match: none for `text`, any object for `json_object`, the
+/// given schema (strict or not: it is always followed) for `json_schema`.
+fn response_format(format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let bad = |m: String| Err(ApiError::field("response_format", m));
+    let Some(format) = format else { return Ok(None) };
+    let Some(object) = format.as_object() else {
+        return bad(format!("response_format must be an object with a type, got {format}"));
+    };
+    match object.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(serde_json::json!({"type": "object"}))),
+        Some("json_schema") => match object.get("json_schema") {
+            Some(Value::Object(spec)) => match spec.get("schema") {
+                None | Some(Value::Null) => Ok(Some(serde_json::json!({}))),
+                Some(s @ Value::Object(_)) => Ok(Some(s.clone())),
+                Some(s) => bad(format!("response_format.json_schema.schema must be a JSON schema object, got {s}")),
+            },
+            _ => bad("response_format json_schema needs a json_schema object holding the schema".into()),
+        },
+        _ => bad(format!(
+            "response_format.type must be \"text\", \"json_object\" or \"json_schema\", got {}",
+            object.get("type").unwrap_or(&Value::Null)
+        )),
+    }
 }
 
 /// Parses and checks a `/v1/completions` body.
@@ -275,7 +310,7 @@ fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiE
         Some(_) => return Err(ApiError::field("stream_options", "stream_options must be an object")),
     };
     let reasoning_format = ReasoningFormat::default();
-    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs, reasoning_format })
+    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs, reasoning_format, schema: None })
 }
 
 /// Typed access to a request's fields, with OpenAI-style messages for wrong types and ranges.
@@ -526,5 +561,34 @@ mod tests {
         rejects(completion_request(br#"{"model": "m", "prompt": [1, 2]}"#), "prompt", "exactly one string");
         rejects(completion_request(br#"{"model": "m", "prompt": 7}"#), "prompt", "must be a string");
         rejects(completion_request(br#"{"model": "m", "prompt": "a", "logprobs": 6}"#), "logprobs", "from 0 to 5");
+    }
+
+    #[test]
+    fn response_format_becomes_the_schema_the_answer_must_match() {
+        let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
+        let schema_of = |rf: &str| chat(&format!(r#"{{{m}, "response_format": {rf}}}"#)).map(|r| r.options.schema);
+        assert_eq!(schema_of(r#"{"type": "text"}"#).unwrap(), None);
+        assert_eq!(schema_of("null").unwrap(), None);
+        assert_eq!(schema_of(r#"{"type": "json_object"}"#).unwrap(), Some(serde_json::json!({"type": "object"})));
+        let strict =
+            r#"{"type": "json_schema", "json_schema": {"name": "n", "strict": true, "schema": {"type": "array"}}}"#;
+        assert_eq!(schema_of(strict).unwrap(), Some(serde_json::json!({"type": "array"})));
+        rejects(schema_of(r#"{"type": "yaml"}"#), "response_format", "must be \"text\"");
+        rejects(schema_of(r#""json""#), "response_format", "must be an object");
+        rejects(schema_of(r#"{"type": "json_schema"}"#), "response_format", "needs a json_schema object");
+        rejects(
+            schema_of(r#"{"type": "json_schema", "json_schema": {"schema": 3}}"#),
+            "response_format",
+            "must be a JSON schema object",
+        );
+    }
+
+    #[test]
+    fn tools_are_refused_not_ignored_unless_none_may_be_called() {
+        let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
+        let tools = r#"[{"type": "function", "function": {"name": "f"}}]"#;
+        rejects(chat(&format!(r#"{{{m}, "tools": {tools}}}"#)), "tools", "not supported");
+        assert!(chat(&format!(r#"{{{m}, "tools": {tools}, "tool_choice": "none"}}"#)).is_ok());
+        assert!(chat(&format!(r#"{{{m}, "tools": []}}"#)).is_ok());
     }
 }

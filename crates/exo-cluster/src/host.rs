@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use exo_engine::chain::{prefill_batches, PREFILL_CHUNK};
+use exo_engine::constraint::{Constraint, Grammar, Vocabulary};
 use exo_engine::sampler::{log_softmax, Sampler};
 use exo_engine::{Backend, Device, Gguf, KvType, Shard, ShardInput, ShardOutput, StageCache, StageShards};
 use tokio::sync::oneshot;
@@ -27,6 +28,8 @@ pub const MAX_REQUESTS_PER_ORIGIN: usize = 16;
 pub const MAX_REQUESTS: usize = 64;
 /// Most end-of-generation tokens and alternatives per token a request may ask for.
 const MAX_EOG: usize = 256;
+/// The longest grammar a request may carry (a JSON schema or tool list of real size is a few KiB).
+const MAX_GRAMMAR: usize = 1 << 20;
 const MAX_TOP_LOGPROBS: u32 = 100;
 /// Most bytes of activations from peers waiting for the host thread, in KiB: a peer that sends faster than this
 /// node computes waits ([`FORWARD_WAIT`]) instead of growing the queue.
@@ -173,6 +176,9 @@ struct Held {
     host_loaded: u64,
     /// Its layers whose KV caches live in this machine's memory.
     host_layers: usize,
+    /// The model file, and its vocabulary for constrained sampling once a request asked for it.
+    path: std::path::PathBuf,
+    vocabulary: Option<Arc<Vocabulary>>,
 }
 
 impl Held {
@@ -194,6 +200,8 @@ struct LastStage {
     generated: usize,
     eog: Vec<u32>,
     top_logprobs: Option<usize>,
+    /// The grammar the output follows, if the request has one.
+    constraint: Option<Constraint>,
 }
 
 struct Request {
@@ -300,9 +308,13 @@ impl Worker {
                 b.origin_id
             )));
         }
-        if b.eog.len() > MAX_EOG || b.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        if b.eog.len() > MAX_EOG
+            || b.top_logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS)
+            || b.grammar.as_ref().is_some_and(|g| g.len() > MAX_GRAMMAR)
+        {
             return Err(ClusterError::Rejected(format!(
-                "node {me}: at most {MAX_EOG} end-of-generation tokens and {MAX_TOP_LOGPROBS} alternatives per token"
+                "node {me}: at most {MAX_EOG} end-of-generation tokens, {MAX_TOP_LOGPROBS} alternatives per token and a grammar of {} KiB",
+                MAX_GRAMMAR >> 10
             )));
         }
         // Other layers are loaded only when no live request runs on the ones held: a new plan never ends requests
@@ -346,6 +358,11 @@ impl Worker {
                 budget >> 20
             )));
         }
+        let constraint = match (&b.grammar, index + 1 == plan.stages.len()) {
+            (Some(g), true) => Some(self.constraint(g)?),
+            _ => None,
+        };
+        let Some(held) = self.held.as_ref() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
         let last = if index + 1 == plan.stages.len() {
             let sampling = sampling_from_wire(b.sampling.unwrap_or_default());
             Some(LastStage {
@@ -355,6 +372,7 @@ impl Worker {
                 generated: 0,
                 eog: b.eog,
                 top_logprobs: b.top_logprobs.map(|k| k as usize),
+                constraint,
             })
         } else {
             None
@@ -374,6 +392,23 @@ impl Worker {
         }
         self.requests.insert(b.request_id, request);
         Ok(())
+    }
+
+    /// A constraint following `grammar` (as [`Grammar::to_wire`] wrote it) over the held model's vocabulary, which
+    /// is read from its file the first time a request needs it.
+    fn constraint(&mut self, grammar: &str) -> Result<Constraint> {
+        let me = self.config.id.clone();
+        let Some(held) = self.held.as_mut() else { return Err(ClusterError::Engine("no layers are loaded".into())) };
+        let engine = |e: exo_engine::EngineError| ClusterError::Rejected(format!("node {me}: {e}"));
+        let vocabulary = match &held.vocabulary {
+            Some(v) => v.clone(),
+            None => {
+                let gguf = Gguf::open(&held.path).map_err(|e| engine(e.into()))?;
+                let tokenizer = exo_engine::tokenizer::Tokenizer::from_gguf(&gguf).map_err(engine)?;
+                held.vocabulary.insert(Arc::new(Vocabulary::new(&tokenizer).map_err(engine)?)).clone()
+            }
+        };
+        vocabulary.constrain(&Grammar::from_wire(grammar).map_err(engine)?).map_err(engine)
     }
 
     /// Makes sure this node holds `stage`'s layers of `plan.model`, loading them (and dropping others) if not.
@@ -473,7 +508,16 @@ impl Worker {
         let host_loaded =
             shard.parts().iter().filter(|p| p.device().is_cpu()).map(exo_engine::ModelShard::bytes_loaded).sum();
         let parts = stage.parts.clone();
-        self.held = Some(Held { model: plan.model.clone(), shard, parts, host_needs, host_loaded, host_layers });
+        self.held = Some(Held {
+            model: plan.model.clone(),
+            shard,
+            parts,
+            host_needs,
+            host_loaded,
+            host_layers,
+            path: fetched.path.clone(),
+            vocabulary: None,
+        });
         self.publish_held();
         Ok(())
     }
@@ -655,7 +699,13 @@ impl Worker {
                 return Err(ClusterError::Engine("the last stage has no sampler".into()));
             };
             let logprobs = last.top_logprobs.map(|k| (log_softmax(&logits), k));
+            if let Some(c) = last.constraint.as_mut() {
+                c.mask(&mut logits)?;
+            }
             let token = last.sampler.sample(&mut logits, &last.history, &[]);
+            if let Some(c) = last.constraint.as_mut() {
+                c.accept(token)?;
+            }
             last.history.push(token);
             last.generated += 1;
             let finished =

@@ -7,6 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
+use exo_engine::constraint::Grammar;
 use exo_engine::sampler::SamplingParams;
 use tokio::sync::oneshot;
 
@@ -80,6 +81,8 @@ pub struct RingRequest<'a> {
     pub context: usize,
     pub eog: Vec<u32>,
     pub top_logprobs: Option<usize>,
+    /// What the output must match, if anything: the last stage masks what would leave it.
+    pub grammar: Option<&'a Grammar>,
 }
 
 impl Cluster {
@@ -159,6 +162,7 @@ impl Cluster {
         let s = &r.sampling;
         let seed = s.seed.ok_or_else(|| ClusterError::Engine("a ring request needs a seed".into()))?;
         let wire_plan = plan_to_wire(plan);
+        let grammar = r.grammar.map(Grammar::to_wire);
         let begin = |stage: usize| proto::BeginRequest {
             request_id: id,
             plan: Some(wire_plan.clone()),
@@ -171,6 +175,7 @@ impl Cluster {
             max_tokens: r.max_tokens as u32,
             eog: r.eog.clone(),
             top_logprobs: r.top_logprobs.map(|k| k as u32),
+            grammar: if stage + 1 == plan.stages.len() { grammar.clone() } else { None },
         };
         // Every stage gets ready (loading its layers if the plan is new to it) at the same time.
         let begun: Vec<Result<()>> = inner.runtime.block_on(async {

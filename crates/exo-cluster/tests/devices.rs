@@ -70,6 +70,7 @@ async fn generate(
             context: CONTEXT,
             eog: Vec::new(),
             top_logprobs: None,
+            grammar: None,
         };
         node.run(request, |event| {
             if let Some(e) = event {

@@ -160,6 +160,7 @@ async fn a_peer_that_takes_a_begin_and_never_answers_does_not_hang_the_origin() 
             context: 64,
             eog: Vec::new(),
             top_logprobs: None,
+            grammar: None,
         };
         ring.run(request, |_| std::ops::ControlFlow::Continue(()))
     })

@@ -24,6 +24,9 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A grammar for constrained output that does not compile, or that no token can follow.
+    #[error("grammar: {0}")]
+    Grammar(String),
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
     /// A size from a model file or a request that no machine could hold, or that overflows when computed.

@@ -32,6 +32,7 @@ pub mod candle_backend;
 pub mod chain;
 pub mod chat_template;
 pub mod config;
+pub mod constraint;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda_libs;

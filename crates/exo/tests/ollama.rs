@@ -100,7 +100,7 @@ fn the_node_describes_itself_and_refuses_in_ollamas_shape() {
         assert!(r["error"].as_str().unwrap_or_else(|| panic!("not Ollama's shape: {r}")).contains(expected), "{r}");
     };
     let messages = json!([{"role": "user", "content": "Hi"}]);
-    refused("/api/chat", json!({"model": model_name(), "messages": messages, "format": "json"}), 400, "format");
+    refused("/api/chat", json!({"model": model_name(), "messages": messages, "format": "yaml"}), 400, "format must be");
     refused(
         "/api/chat",
         json!({"model": "no-such-model", "messages": messages, "stream": false}),

@@ -325,6 +325,11 @@ impl Tokenizer {
         self.eog.binary_search(&id).is_ok()
     }
 
+    /// Whether `id` is a control, unknown or unused token: one that is never text.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.attrs.get(id as usize).is_some_and(|a| a.any(Attr::CONTROL | Attr::UNKNOWN | Attr::UNUSED))
+    }
+
     /// The token's string as stored in the vocabulary (byte-level or `▁`-escaped, not decoded).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
