@@ -105,6 +105,11 @@ def peer_seeds():
     return {
         "begin-one-stage": b"\x00" + begin(plan("smollm2-135m", 30, one), 0, default_sampling, uint(11, 5)),
         "begin-last-of-two": b"\x00" + begin(plan("hf:o/r/m.gguf", 30, two), 1, sampling(0, 0, 1, 0, 1, 0, 0, 0, 0)),
+        # A grammar (llguidance's serialized TopLevelGrammar, as Grammar::to_wire writes it) for the sampling stage.
+        "begin-grammar-schema": b"\x00" + begin(plan("smollm2-135m", 30, one), 0, default_sampling, string(12, json.dumps(
+            {"grammars": [{"json_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}]}))),
+        "begin-grammar-lark": b"\x00" + begin(plan("smollm2-135m", 30, one), 0, default_sampling, string(12, json.dumps(
+            {"grammars": [{"lark_grammar": 'start: "yes" | "no" | /[0-9]+/'}]}))),
         "activation-tokens": b"\x01" + uint(1, 7) + uint(2, 99) + uint(3, 0) + packed(4, [1, 2, 3]) + uint(6, 3)
         + uint(7, 1),
         "activation-hidden": b"\x01" + uint(1, 7) + uint(2, 99) + uint(3, 3) + string(5, struct.pack("<8f", *range(8)))

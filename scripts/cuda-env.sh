@@ -46,6 +46,8 @@ fi
 export PATH=$_cuda_root/bin:$PATH
 export CUDA_HOME=$_cuda_root CUDA_PATH=$_cuda_root CUDA_ROOT=$_cuda_root
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+# candle's kernel build (cudaforge) runs nvcc on half the cores unless told; its static kernels take minutes each.
+export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 export EXO_CUDA_RUSTFLAGS="-L native=$_stubs -C relro-level=partial \
   -C link-arg=-Wl,--unresolved-symbols=ignore-in-object-files \
   -C link-arg=$_cuda_root/lib/libcudart_static.a -C link-arg=-ldl -C link-arg=-lrt -C link-arg=-lpthread"

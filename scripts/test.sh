@@ -8,6 +8,9 @@
 # screenshot goes to target/test-output/web-chat.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step says how long it took (CI's budget is an hour: see where it goes).
+step_start=$SECONDS
+step() { echo "test.sh: $1 done after $((SECONDS - step_start)) s (total $SECONDS s)" >&2; step_start=$SECONDS; }
 ./scripts/fetch-models.sh >/dev/null
 # The tiny models must come out byte for byte as llama.cpp's reference data expects: the random generator and
 # gguf's writer are pinned.
@@ -33,21 +36,31 @@ apt_install aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 # The fuzz targets (scripts/fuzz.sh) build with nightly Rust and run under cargo-fuzz, each installed when missing.
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+step "set-up (models, Python and Debian packages, toolchains)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
-# The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build.
+step "fmt and clippy"
+# The engine's kernels are chosen at run time per CPU; the aarch64 ones must at least build. Only the engine
+# (kernels) and the cluster (CPU features) have code of their own for aarch64: the other crates lint the same on
+# either target.
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
-cargo clippy --workspace --all-targets -q --target aarch64-unknown-linux-gnu -- -D warnings
+cargo clippy -p exo-engine -p exo-cluster --all-targets -q --target aarch64-unknown-linux-gnu -- -D warnings
+step "aarch64 clippy"
 # The CUDA build must lint clean too, with the toolchain scripts/build-cuda.sh uses (nvcc 13.0 from PyPI, installed
-# by scripts/cuda-env.sh when missing), so that its code cannot rot on machines without a GPU. Linting compiles
-# candle's CUDA kernels (nvcc, about 15 minutes on 2 cores), so they build in a folder kept between runs.
+# by scripts/cuda-env.sh when missing), so that its code cannot rot on machines without a GPU. Only the engine has
+# CUDA code (the other crates just pass the feature on). Linting compiles candle's CUDA kernels (nvcc, about 15
+# minutes on 2 cores on one thread, half that on both), so they build in a folder kept between runs.
 (
   . ./scripts/cuda-env.sh
   CARGO_TARGET_DIR=${EXO_CUDA_LINT_TARGET:-$HOME/.cache/exo/cuda-lint-target} \
-    cargo clippy --workspace --all-targets -q --features exo/cuda -- -D warnings
+    cargo clippy -p exo-engine --all-targets -q --features cuda -- -D warnings
 )
+step "CUDA clippy"
 cargo test --workspace
 cargo build -q -p exo
+step "Rust tests"
 python3 -m pytest -q -p no:cacheprovider tests/python
+step "Python tests"
 ./scripts/fuzz.sh 30
+step "fuzzing"
 echo "browser screenshot: $PWD/target/test-output/web-chat.png"

@@ -108,7 +108,7 @@ fn open_whole(bytes: &[u8], count: usize, tokenizer: &Tokenizer) {
         let _ = exo_cluster::memory::model_needs(&gguf, 4096.min(config.context_length), KvType::F16);
     }
     if let Ok(template) = ChatTemplate::from_gguf(&gguf, tokenizer) {
-        let messages = [ChatMessage { role: "user".into(), content: "Hi".into() }];
+        let messages = [ChatMessage::new("user", "Hi")];
         let _ = template.render(&messages, true);
     }
 }

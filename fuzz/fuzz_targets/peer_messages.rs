@@ -5,6 +5,7 @@
 //! of the store.
 #![no_main]
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use exo_cluster::proto::{
@@ -13,6 +14,7 @@ use exo_cluster::proto::{
 use exo_cluster::topology::Source;
 use exo_cluster::transport::{plan_from_wire, plan_to_wire, sampling_from_wire, MAX_FILE_READ};
 use exo_cluster::{Candidate, NodeView, Plan, Topology};
+use exo_engine::constraint::{Grammar, Vocabulary};
 use exo_engine::generation::{Generation, GenerationParams};
 use exo_engine::sampler::{log_softmax, Sampler, SamplingParams};
 use exo_engine::Shard;
@@ -52,6 +54,20 @@ fn begin(b: BeginRequest) {
                 let _ = stage.n_layers();
             }
             let _ = plan.stage_of(ME);
+        }
+    }
+    // A peer's grammar is read and compiled over the test model's vocabulary (llguidance bounds that work), and
+    // masks one step of logits: an error or a mask, never a panic.
+    if let Some(Ok(grammar)) = b.grammar.as_deref().map(Grammar::from_wire) {
+        assert!(Grammar::from_wire(&grammar.to_wire()).is_ok(), "a grammar survives the wire");
+        static VOCABULARY: OnceLock<Vocabulary> = OnceLock::new();
+        let vocabulary = VOCABULARY.get_or_init(|| Vocabulary::new(tokenizer()).expect("the test model's vocabulary"));
+        if let Ok(mut constraint) = vocabulary.constrain(&grammar) {
+            let mut logits = vec![0.0f32; tokenizer().vocab_size() + 7];
+            if constraint.mask(&mut logits).is_ok() {
+                assert!(logits.iter().any(|l| l.is_finite()), "a mask that allows nothing is an error, not a mask");
+                assert!(logits[tokenizer().vocab_size()..].iter().all(|l| *l == f32::NEG_INFINITY));
+            }
         }
     }
     let Ok(mut sampler) = Sampler::new(sampling_from_wire(b.sampling.unwrap_or_default())) else { return };

@@ -57,3 +57,59 @@ def test_stop_sequences_and_errors(client, node, expected):
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(**ask(client, node, extra_body={"temperature": 5}))
     assert "temperature" in str(e.value)
+
+
+WEATHER_TOOL = {"name": "get_weather", "description": "Get the current weather in a city",
+                "input_schema": {"type": "object", "properties": {
+                    "city": {"type": "string", "maxLength": 30},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                    "required": ["city", "unit"], "additionalProperties": False}}
+TIME_TOOL = {"name": "get_time", "description": "Get the local time in a city",
+             "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                              "required": ["city"], "additionalProperties": False}}
+WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def assert_tool_uses(message):
+    """Each tool_use is a call of a listed tool with an input its schema accepts."""
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert uses, message
+    for u in uses:
+        assert u.id.startswith("toolu_"), u
+        assert isinstance(u.input.get("city"), str) and len(u.input["city"]) <= 30, u
+        if u.name == "get_weather":
+            assert set(u.input) == {"city", "unit"} and u.input["unit"] in ("celsius", "fahrenheit"), u
+        else:
+            assert u.name == "get_time" and set(u.input) == {"city"}, u
+    return uses
+
+
+def test_tool_use_streamed_and_a_tool_result_round_trip(client, node):
+    args = ask(client, node, max_tokens=100, messages=WEATHER, tools=[WEATHER_TOOL, TIME_TOOL],
+               tool_choice={"type": "any"})
+    m = client.messages.create(**args)
+    assert m.stop_reason == "tool_use"
+    uses = assert_tool_uses(m)
+    # The stream helper puts input_json_delta fragments back into the same inputs.
+    with client.messages.stream(**args) as stream:
+        deltas = sum(1 for e in stream if e.type == "content_block_delta" and e.delta.type == "input_json_delta")
+        final = stream.get_final_message()
+    assert deltas > 1 and final.stop_reason == "tool_use"
+    assert [(u.name, u.input) for u in assert_tool_uses(final)] == [(u.name, u.input) for u in uses]
+
+    # A named tool, one call only.
+    named = client.messages.create(**ask(client, node, max_tokens=100, messages=WEATHER, tools=[WEATHER_TOOL, TIME_TOOL],
+                                         tool_choice={"type": "tool", "name": "get_time",
+                                                      "disable_parallel_tool_use": True}))
+    assert [u.name for u in assert_tool_uses(named)] == ["get_time"]
+
+    # The SDK's own content blocks go back as history, then the result: the model answers from it.
+    history = WEATHER + [{"role": "assistant", "content": [uses[0]]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                                       "content": '{"temperature": 31, "sky": "sunny"}'}]}]
+    answer = client.messages.create(**ask(client, node, max_tokens=60, messages=history,
+                                          tools=[WEATHER_TOOL, TIME_TOOL]))
+    assert answer.stop_reason == "end_turn" and "31" in answer.content[0].text, answer
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(**ask(client, node, tools=[WEATHER_TOOL], tool_choice={"type": "tool", "name": "x"}))
+    assert e.value.status_code == 400 and "x" in e.value.message

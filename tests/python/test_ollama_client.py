@@ -1,6 +1,6 @@
 """The official `ollama` Python client against a real exo node: chat streamed and not, generate, list and show,
-each checked against the OpenAI route's answer to the same request (one generation path), and errors as the
-client's exception."""
+each checked against the OpenAI route's answer to the same request (one generation path), structured output, a
+tool call and its result, and errors as the client's exception."""
 
 import json
 
@@ -65,3 +65,41 @@ def test_format_constrains_the_answer_to_the_schema(client, node):
     answer = json.loads(r.message.content)
     assert sorted(answer) == ["city", "country"] and all(isinstance(v, str) and len(v) <= 20 for v in answer.values())
     assert r.done_reason == "stop"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Get the local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"], "additionalProperties": False}}},
+]
+
+# The client sends only the schema fields it knows (no maxLength, no additionalProperties), and with its tools so
+# shown SmolLM2 opens a call by itself (Ollama has no way to require one) after an example of one: an earlier turn
+# whose answer was a call.
+EXAMPLE = [{"role": "user", "content": "What time is it in Rome?"},
+           {"role": "assistant", "content": "",
+            "tool_calls": [{"function": {"name": "get_time", "arguments": {"city": "Rome"}}}]}]
+
+
+def test_a_tool_call_and_its_result(client, node):
+    assert "tools" in client.show(node.model).capabilities
+    messages = EXAMPLE + [{"role": "user", "content": "What time is it in Tokyo?"}]
+    r = client.chat(model=node.model, messages=messages, tools=TOOLS, options={"temperature": 0, "num_predict": 150})
+    calls = r.message.tool_calls
+    assert calls and r.done_reason == "stop", r
+    for call in calls:
+        assert call.function.name == "get_time" and isinstance(call.function.arguments["city"], str), call
+    assert "<tool_call>" not in r.message.content
+    streamed = [c for part in client.chat(model=node.model, messages=messages, tools=TOOLS, stream=True,
+                                          options={"temperature": 0, "num_predict": 150})
+                for c in (part.message.tool_calls or [])]
+    assert streamed == calls
+    # The client's own message goes back as history, then the result as a tool message.
+    history = messages + [r.message, {"role": "tool", "content": "23:47", "tool_name": "get_time"}]
+    after = client.chat(model=node.model, messages=history, tools=TOOLS, options={"temperature": 0, "num_predict": 40})
+    assert after.prompt_eval_count > r.prompt_eval_count

@@ -1,8 +1,10 @@
 """The official `openai` Python client against a real exo node: chat and completions, streaming and not, usage,
-stop strings, seeds, log-probabilities, structured output (`parse` with a pydantic model, `json_object`), and errors
-as the client's exception classes."""
+stop strings, seeds, log-probabilities, structured output (`parse` with a pydantic model, `json_object`), tool calls
+(streamed and not, `required` and a named function, a conversation with the tools' results), and errors as the
+client's exception classes."""
 
 import json
+from typing import Literal
 
 import openai
 import pydantic
@@ -165,3 +167,71 @@ def test_json_object_and_a_refused_schema(client, node):
             "name": "x", "schema": {"type": "string", "format": "no-such-format"}}})
     assert e.value.status_code == 400 and "no-such-format" in e.value.message
     assert e.value.body["param"] == "response_format"
+
+
+class GetWeather(pydantic.BaseModel):
+    """Get the current weather in a city."""
+    city: str = pydantic.Field(max_length=30)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class GetTime(pydantic.BaseModel):
+    """Get the local time in a city."""
+    city: str = pydantic.Field(max_length=30)
+
+
+TOOLS = [openai.pydantic_function_tool(GetWeather, name="get_weather"),
+         openai.pydantic_function_tool(GetTime, name="get_time")]
+ARGUMENTS = {"get_weather": GetWeather, "get_time": GetTime}
+WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def assert_calls(message):
+    """Each call is to a listed tool with arguments its pydantic model accepts; returns (name, arguments) pairs."""
+    assert message.tool_calls, message
+    out = []
+    for call in message.tool_calls:
+        assert call.type == "function" and call.id.startswith("call_"), call
+        ARGUMENTS[call.function.name].model_validate_json(call.function.arguments)
+        out.append((call.function.name, call.function.arguments))
+    return out
+
+
+def test_tool_calls_required_and_named_streamed_and_not(client, node):
+    r = chat(client, node, messages=WEATHER, tools=TOOLS, tool_choice="required", max_tokens=100)
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert r.choices[0].message.content is None
+    required = assert_calls(r.choices[0].message)
+
+    named = chat(client, node, messages=WEATHER, tools=TOOLS, max_tokens=100,
+                 tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert [name for name, _ in assert_calls(named.choices[0].message)] == ["get_time"]
+
+    # The client's stream helper puts the fragments back together and parses the arguments of the strict tools.
+    with client.chat.completions.stream(model=node.model, messages=WEATHER, tools=TOOLS, tool_choice="required",
+                                        temperature=0, max_tokens=100) as stream:
+        arguments_deltas = sum(1 for event in stream if event.type == "tool_calls.function.arguments.delta")
+        final = stream.get_final_completion()
+    assert arguments_deltas > 1
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert assert_calls(final.choices[0].message) == required
+    for call in final.choices[0].message.tool_calls:
+        assert isinstance(call.function.parsed_arguments, ARGUMENTS[call.function.name])
+
+
+def test_a_conversation_with_the_tools_results(client, node):
+    first = chat(client, node, messages=WEATHER, tools=TOOLS, tool_choice="required", max_tokens=100,
+                 parallel_tool_calls=False)
+    message = first.choices[0].message
+    assert len(assert_calls(message)) == 1
+    # The SDK's own message object goes back as history, then the tool's result under the call's id.
+    history = WEATHER + [message, {"role": "tool", "tool_call_id": message.tool_calls[0].id,
+                                   "content": json.dumps({"temperature": 31, "sky": "sunny"})}]
+    answer = chat(client, node, messages=history, tools=TOOLS, max_tokens=60)
+    assert answer.choices[0].finish_reason == "stop"
+    assert "31" in answer.choices[0].message.content, answer
+    assert answer.usage.prompt_tokens > first.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, node, messages=WEATHER, tools=TOOLS,
+             tool_choice={"type": "function", "function": {"name": "send_mail"}})
+    assert e.value.status_code == 400 and e.value.body["param"] == "tool_choice"

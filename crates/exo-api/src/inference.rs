@@ -21,6 +21,7 @@ use exo_engine::constraint::{Grammar, Vocabulary};
 use exo_engine::generation::{FinishReason, Generation};
 use exo_engine::reasoning::{self, ReasoningSplitter, Split, ThinkStart};
 use exo_engine::tokenizer::Tokenizer;
+use exo_engine::tool_calls::{self, ToolChoice};
 use exo_engine::{EngineError, Gguf, ModelConfig};
 use exo_models::ModelRef;
 use tokio::sync::mpsc;
@@ -350,9 +351,15 @@ impl Worker {
         Ok(self.model.insert(m))
     }
 
-    /// The grammar for an answer that must match `schema`, compiled once here so that a schema it cannot express
-    /// is the client's 400 (naming the feature) before any node works on it.
-    fn grammar(&mut self, model: &str, schema: &serde_json::Value) -> Result<Grammar, ApiError> {
+    /// The grammar the output must follow (a `response_format` schema, or the calls `tools` allow), compiled once
+    /// here so that a schema it cannot express is the client's 400 (naming the feature) before any node works on
+    /// it.
+    fn grammar(&mut self, model: &str, options: &Options) -> Result<Option<Grammar>, ApiError> {
+        let (grammar, param) = match (&options.schema, &options.tools) {
+            (Some(schema), _) => (Grammar::json_schema(schema.clone()), "response_format"),
+            (None, Some(tools)) => (tool_calls::grammar(tools), "tools"),
+            (None, None) => return Ok(None),
+        };
         self.model(model)?;
         let m = self.model.as_mut().ok_or_else(|| ApiError::Internal("no model".into()))?;
         let vocabulary = match &mut m.vocabulary {
@@ -361,9 +368,8 @@ impl Worker {
                 Vocabulary::new(&m.tokenizer).map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?,
             ),
         };
-        let grammar = Grammar::json_schema(schema.clone());
-        vocabulary.constrain(&grammar).map_err(|e| ApiError::field("response_format", e.to_string()))?;
-        Ok(grammar)
+        vocabulary.constrain(&grammar).map_err(|e| ApiError::field(param, e.to_string()))?;
+        Ok(Some(grammar))
     }
 
     fn preload(&mut self, model: &str) -> Result<(), ApiError> {
@@ -383,14 +389,21 @@ impl Worker {
         }
         let o = &job.options;
         let cluster = self.cluster.clone();
-        let grammar = o.schema.as_ref().map(|s| self.grammar(&o.model, s)).transpose()?;
+        let grammar = self.grammar(&o.model, o)?;
         let m = self.model(&o.model)?;
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
         let (prompt, reasoning, param) = match &job.prompt {
             Prompt::Chat(messages) | Prompt::Count(messages) => {
-                let chat = m.template.prompt(messages).map_err(|e| ApiError::field("messages", e.to_string()))?;
-                // A constrained answer starts at once: no reasoning comes before it.
-                let reasoning = (m.thinks && grammar.is_none()).then(|| ThinkStart::after_prompt(&chat.text));
+                let chat = match &o.tools {
+                    Some(tools) => tool_calls::prompt(&m.template, messages, tools),
+                    None => m.template.prompt(messages),
+                }
+                .map_err(|e| ApiError::field("messages", e.to_string()))?;
+                // A constrained answer starts at once: no reasoning comes before it, unless the model may write
+                // text before its calls.
+                let free_start = o.tools.as_ref().is_some_and(|t| t.choice == ToolChoice::Auto);
+                let reasoning =
+                    (m.thinks && (grammar.is_none() || free_start)).then(|| ThinkStart::after_prompt(&chat.text));
                 (chat.encode(&m.tokenizer).map_err(engine)?, reasoning, "messages")
             }
             // A hand-templated prompt: its special tokens (`<|im_start|>`) are tokens, as in llama-server.

@@ -5,7 +5,10 @@
 //! A thin translation: a request's fields become the OpenAI request the rest of the server checks
 //! ([`crate::validation`]), the job runs on the same queue and generation path as `/v1/chat/completions`, and its
 //! events come back in Ollama's shapes. Errors are Ollama's `{"error": "..."}` with the same statuses. `format`
-//! (structured output) and `tools` are refused with a 400 naming them until constrained decoding exists.
+//! (`"json"` or a schema) becomes `response_format`. `tools` on `/api/chat` are OpenAI's function tools (offered
+//! as `tool_choice: "auto"`, the only choice Ollama has), constrained as on chat completions; history's
+//! `tool_calls` (arguments as objects) and `tool` messages go to the model, and the calls it makes come back in
+//! `message.tool_calls`, each whole, with its arguments as an object, as Ollama sends them.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::reasoning::Split;
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,7 +67,10 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
         Ok(_) => return Err(ApiError::MalformedJson("the body must be a JSON object".into())),
         Err(e) => return Err(ApiError::MalformedJson(e.to_string())),
     };
-    for unsupported in ["tools", "images", "suffix", "context", "template"] {
+    if endpoint == Endpoint::Generate && object.get("tools").is_some_and(|v| !v.is_null() && v != &json!([])) {
+        return Err(ApiError::field("tools", "tools are for /api/chat; /api/generate takes none"));
+    }
+    for unsupported in ["images", "suffix", "context", "template"] {
         if object.get(unsupported).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!("")) {
             return Err(ApiError::field(
                 unsupported,
@@ -120,10 +127,11 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
                 Some(Value::Array(items)) => items
                     .iter()
                     .map(|m| match m {
-                        // Ollama's messages carry `thinking`, `images` and `tool_calls` besides role and content.
+                        // Ollama's messages carry `thinking`, `images` and `tool_name` besides role, content
+                        // and `tool_calls`, whose arguments are objects (the validation takes those too).
                         Value::Object(m) => {
                             let mut kept = Map::new();
-                            for field in ["role", "content"] {
+                            for field in ["role", "content", "tool_calls"] {
                                 if let Some(v) = m.get(field) {
                                     kept.insert(field.into(), v.clone());
                                 }
@@ -136,6 +144,9 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
                 other => other.cloned().unwrap_or(Value::Null),
             };
             openai.insert("messages".into(), messages);
+            if let Some(tools) = object.get("tools").filter(|t| !t.is_null()) {
+                openai.insert("tools".into(), tools.clone());
+            }
             let request = validation::chat_request(Value::Object(openai).to_string().as_bytes())?;
             Ok((Prompt::Chat(request.messages), request.options, think))
         }
@@ -153,8 +164,7 @@ fn translate(body: &[u8], endpoint: Endpoint) -> Result<(Prompt, Options, bool),
             } else {
                 let mut messages = request.messages;
                 if !system.is_empty() {
-                    messages
-                        .insert(0, exo_engine::chat_template::ChatMessage { role: "system".into(), content: system });
+                    messages.insert(0, exo_engine::chat_template::ChatMessage::new("system", system));
                 }
                 Prompt::Chat(messages)
             };
@@ -181,6 +191,58 @@ fn now() -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// With tools offered, the calls read out of a chat's content. Ollama sends a call whole, its arguments as an
+/// object, so a call goes out once its arguments parse: the grammar makes them JSON, and an object parses only once
+/// it is closed.
+#[derive(Default)]
+struct Calls {
+    parser: ToolCallParser,
+    /// Each call's name, its arguments so far, and whether it has gone out.
+    calls: Vec<(String, String, bool)>,
+}
+
+impl Calls {
+    /// Reads `piece`'s content (`end`: the output's last piece): the text that is not calls stays in the piece,
+    /// and the calls completed come back.
+    fn read(&mut self, piece: &mut Split, end: bool) -> Vec<Value> {
+        let mut events = self.parser.push(&std::mem::take(&mut piece.content));
+        if end {
+            events.extend(self.parser.finish());
+        }
+        for e in events {
+            match e {
+                ToolEvent::Text(text) => piece.content.push_str(&text),
+                ToolEvent::Call { name, .. } => self.calls.push((name, String::new(), false)),
+                ToolEvent::Arguments { index, json } => {
+                    if let Some(call) = self.calls.get_mut(index) {
+                        call.1.push_str(&json);
+                    }
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (name, arguments, sent) in &mut self.calls {
+            if *sent {
+                continue;
+            }
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(arguments @ Value::Object(_)) => {
+                    *sent = true;
+                    done.push(json!({"function": {"name": name, "arguments": arguments}}));
+                }
+                // Cut off (by num_predict) before its arguments were whole: what there is stays text.
+                _ if end => {
+                    *sent = true;
+                    let name = Value::String(name.clone());
+                    piece.content.push_str(&format!("<tool_call>\n{{\"name\": {name}, \"arguments\": {arguments}"));
+                }
+                _ => {}
+            }
+        }
+        done
+    }
+}
+
 /// The pieces of one streamed object: the text, and the reasoning apart when the model thinks.
 fn piece(endpoint: Endpoint, model: &str, split: &Split, think: bool) -> Value {
     let mut v = json!({"model": model, "created_at": now(), "done": false});
@@ -199,6 +261,12 @@ fn piece(endpoint: Endpoint, model: &str, split: &Split, think: bool) -> Value {
             }
         }
     }
+    v
+}
+
+/// A chat object (`piece` or `done`) with `calls` in its message.
+fn with_calls(mut v: Value, calls: Vec<Value>) -> Value {
+    v["message"]["tool_calls"] = Value::Array(calls);
     v
 }
 
@@ -243,6 +311,7 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
     };
     let mut split = Output::new(reasoning);
     let model = options.model.clone();
+    let mut calls = options.tools.as_ref().map(|_| Calls::default());
     if options.stream {
         let (lines, out) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);
         tokio::spawn(async move {
@@ -257,16 +326,28 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                 };
                 match event {
                     Some(Event::Text { text, .. }) => {
-                        let p = split.push(&text);
+                        let mut p = split.push(&text);
+                        let made = calls.as_mut().map(|c| c.read(&mut p, false)).unwrap_or_default();
                         if !(p.content.is_empty() && (p.reasoning.is_empty() || !think))
                             && !send(piece(endpoint, &model, &p, think)).await
                         {
                             return;
                         }
+                        if !made.is_empty()
+                            && !send(with_calls(piece(endpoint, &model, &Split::default(), think), made)).await
+                        {
+                            return;
+                        }
                     }
                     Some(Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. }) => {
-                        let rest = split.finish();
+                        let mut rest = split.finish();
+                        let made = calls.as_mut().map(|c| c.read(&mut rest, true)).unwrap_or_default();
                         if !rest.is_empty() && !send(piece(endpoint, &model, &rest, think)).await {
+                            return;
+                        }
+                        if !made.is_empty()
+                            && !send(with_calls(piece(endpoint, &model, &Split::default(), think), made)).await
+                        {
                             return;
                         }
                         let last = done(
@@ -297,18 +378,21 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
         return ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
     }
     let mut whole = Split::default();
+    let mut made = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text { text, .. } => {
-                let p = split.push(&text);
+                let mut p = split.push(&text);
+                made.extend(calls.as_mut().map(|c| c.read(&mut p, false)).unwrap_or_default());
                 whole.reasoning.push_str(&p.reasoning);
                 whole.content.push_str(&p.content);
             }
             Event::Done { finish, prompt_tokens, completion_tokens, seconds, .. } => {
-                let rest = split.finish();
+                let mut rest = split.finish();
+                made.extend(calls.as_mut().map(|c| c.read(&mut rest, true)).unwrap_or_default());
                 whole.reasoning.push_str(&rest.reasoning);
                 whole.content.push_str(&rest.content);
-                return Json(done(
+                let last = done(
                     endpoint,
                     &model,
                     Some(&whole),
@@ -318,8 +402,8 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
                     started,
                     seconds,
                     think,
-                ))
-                .into_response();
+                );
+                return Json(if made.is_empty() { last } else { with_calls(last, made) }).into_response();
             }
             Event::Failed(e) => return error_response(&e),
             Event::Started { .. } => {}
@@ -400,7 +484,7 @@ pub async fn ps(State(inference): State<Inference>) -> Response {
 }
 
 /// `POST /api/show`: a model on this node, from its file's header: its template, architecture and context, and
-/// its capabilities (`completion`; `thinking` for a model that thinks).
+/// its capabilities (`completion`, `tools`; `thinking` for a model that thinks).
 pub async fn show(State(inference): State<Inference>, request: Request) -> Response {
     let body = match crate::server::read_body(request).await {
         Ok(b) => b,
@@ -427,7 +511,8 @@ pub async fn show(State(inference): State<Inference>, request: Request) -> Respo
             let tokenizer = exo_engine::tokenizer::Tokenizer::from_gguf(&gguf)?;
             let template = gguf.get("tokenizer.chat_template").and_then(|v| v.as_str()).unwrap_or_default().to_string();
             let chat = exo_engine::chat_template::ChatTemplate::from_gguf(&gguf, &tokenizer)?;
-            let mut capabilities = vec!["completion"];
+            // Every model takes tools: through its template where it has them, otherwise a system message.
+            let mut capabilities = vec!["completion", "tools"];
             if exo_engine::reasoning::model_thinks(&chat, &tokenizer) {
                 capabilities.push("thinking");
             }
@@ -512,7 +597,9 @@ mod tests {
         };
         let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
         refuse(&format!(r#"{{{m}, "format": "yaml"}}"#), "format");
-        refuse(&format!(r#"{{{m}, "tools": [{{"type": "function"}}]}}"#), "tools");
+        refuse(&format!(r#"{{{m}, "tools": [{{"type": "function"}}]}}"#), "tools[0].function");
+        let e = translate(br#"{"model": "m", "prompt": "a", "tools": [{"type": "function"}]}"#, Endpoint::Generate);
+        assert_eq!(e.err().and_then(|e| e.param().map(str::to_string)).as_deref(), Some("tools"));
         refuse(&format!(r#"{{{m}, "options": 3}}"#), "options");
         refuse(&format!(r#"{{{m}, "options": {{"temperature": "hot"}}}}"#), "temperature");
         refuse(&format!(r#"{{{m}, "think": 3}}"#), "think");
@@ -521,6 +608,47 @@ mod tests {
         // Ollama's shape: one error string, the same status.
         let r = error_response(&ApiError::field("format", "format is not supported"));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn tools_and_their_history_reach_the_chat_and_calls_go_out_whole() {
+        let (prompt, o, _) = translate(
+            br#"{"model": "m", "tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
+                "messages": [{"role": "user", "content": "Time in Rome?"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_time", "arguments": {"city": "Rome"}}}]},
+                    {"role": "tool", "content": "10:00", "tool_name": "get_time"}]}"#,
+            Endpoint::Chat,
+        )
+        .unwrap();
+        let Prompt::Chat(m) = prompt else { panic!("a chat") };
+        assert_eq!(m[1].tool_calls[0].name, "get_time");
+        assert_eq!(m[1].tool_calls[0].arguments, json!({"city": "Rome"}));
+        assert_eq!((m[2].role.as_str(), m[2].content.as_str()), ("tool", "10:00"));
+        assert_eq!(o.tools.map(|t| t.tools[0].name.clone()).as_deref(), Some("get_time"));
+
+        let mut calls = Calls::default();
+        let mut made = Vec::new();
+        let mut text = String::new();
+        let pieces =
+            ["Sure.\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"city\": ", "\"Rome\"}", "}\n</tool_call>"];
+        for (i, p) in pieces.iter().enumerate() {
+            let mut piece = Split { reasoning: String::new(), content: p.to_string() };
+            let now = calls.read(&mut piece, false);
+            // The call goes out whole, with the piece that closes its arguments, and not before.
+            assert_eq!(now.len(), usize::from(i == 1), "piece {i}");
+            made.extend(now);
+            text.push_str(&piece.content);
+        }
+        assert_eq!(made, [json!({"function": {"name": "get_time", "arguments": {"city": "Rome"}}})]);
+        assert_eq!(text.trim_end(), "Sure.");
+        // Cut off inside its arguments: nothing is lost, the call's text stays content.
+        let mut calls = Calls::default();
+        let mut piece = Split {
+            reasoning: String::new(),
+            content: "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"ci".into(),
+        };
+        assert!(calls.read(&mut piece, true).is_empty());
+        assert!(piece.content.contains("get_time") && piece.content.contains("{\"ci"), "{}", piece.content);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use exo_engine::generation::FinishReason;
 use exo_engine::reasoning::{ReasoningSplitter, Split};
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -239,6 +241,8 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
     // Only chats with a thinking model have reasoning to split off, and only unless the request asked for none.
     let mut split =
         reasoning.filter(|_| options.reasoning_format == ReasoningFormat::Deepseek).map(ReasoningSplitter::new);
+    // With tools offered, the answer's content is read for calls.
+    let mut calls = options.tools.as_ref().map(|_| CallReader::default());
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shape = Shape { id: response_id(kind), created, model, kind };
     if stream {
@@ -263,19 +267,47 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
                 let Some(event) = event else { return };
                 let ok = match event {
                     Event::Text { text, logprobs } => {
-                        let lp = (!logprobs.is_empty()).then(|| shape.logprobs(&logprobs, 0));
-                        match split.as_mut().map(|s| s.push(&text)) {
-                            None => send(shape.chunk(json!({"content": text}), lp, None)).await,
-                            // Held back (it may be the start of a tag), and no token to report.
-                            Some(piece) if piece.is_empty() && lp.is_none() => true,
-                            Some(piece) => send(shape.chunk(split_delta(&piece), lp, None)).await,
+                        let mut lp = (!logprobs.is_empty()).then(|| shape.logprobs(&logprobs, 0));
+                        let unsplit = split.is_none() && calls.is_none();
+                        let piece = match split.as_mut() {
+                            Some(s) => s.push(&text),
+                            None => Split { reasoning: String::new(), content: text },
+                        };
+                        let deltas = match calls.as_mut() {
+                            Some(c) => c.deltas(&piece),
+                            None if unsplit || !piece.is_empty() => vec![split_delta(&piece)],
+                            None => Vec::new(),
+                        };
+                        if deltas.is_empty() {
+                            // Held back (it may be the start of a tag or a call): a token to report comes alone.
+                            match lp.take() {
+                                Some(lp) => send(shape.chunk(json!({"content": ""}), Some(lp), None)).await,
+                                None => true,
+                            }
+                        } else {
+                            let mut ok = true;
+                            for delta in deltas {
+                                ok = ok && send(shape.chunk(delta, lp.take(), None)).await;
+                            }
+                            ok
                         }
                     }
                     Event::Done { finish, prompt_tokens, completion_tokens, .. } => {
-                        if let Some(rest) = split.as_mut().map(ReasoningSplitter::finish).filter(|r| !r.is_empty()) {
-                            let _ = send(shape.chunk(split_delta(&rest), None, None)).await;
+                        let rest = split.as_mut().map(ReasoningSplitter::finish).unwrap_or_default();
+                        let deltas = match calls.as_mut() {
+                            Some(c) => {
+                                let mut d = c.deltas(&rest);
+                                d.extend(c.finish());
+                                d
+                            }
+                            None if !rest.is_empty() => vec![split_delta(&rest)],
+                            None => Vec::new(),
+                        };
+                        for delta in deltas {
+                            let _ = send(shape.chunk(delta, None, None)).await;
                         }
-                        let _ = send(shape.chunk(json!({}), None, Some(finish.as_str()))).await;
+                        let finish = finish_reason(finish, calls.as_ref());
+                        let _ = send(shape.chunk(json!({}), None, Some(finish))).await;
                         if include_usage {
                             let mut u = shape.envelope();
                             u["choices"] = json!([]);
@@ -319,6 +351,10 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
                     reasoning_text.push_str(&rest.reasoning);
                     text.push_str(&rest.content);
                 }
+                if let Some(c) = calls.as_mut() {
+                    text = c.read_all(&text);
+                }
+                let finish = finish_reason(finish, calls.as_ref());
                 let lp = logprobs.map(|_| shape.logprobs(&tokens, 0));
                 let mut body = shape.envelope();
                 body["object"] = json!(match kind {
@@ -332,9 +368,16 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
                         if !reasoning_text.is_empty() {
                             message["reasoning_content"] = json!(reasoning_text);
                         }
-                        json!({"index": 0, "message": message, "logprobs": lp, "finish_reason": finish.as_str()})
+                        if let Some(c) = calls.as_ref().filter(|c| !c.calls.is_empty()) {
+                            message["tool_calls"] = c.message_calls();
+                            // OpenAI's shape: a turn that only calls tools has no content.
+                            if text.trim().is_empty() {
+                                message["content"] = Value::Null;
+                            }
+                        }
+                        json!({"index": 0, "message": message, "logprobs": lp, "finish_reason": finish})
                     }
-                    Kind::Text => json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish.as_str()}),
+                    Kind::Text => json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}),
                 }]);
                 body["usage"] = usage(prompt_tokens, completion_tokens);
                 return Json(body).into_response();
@@ -344,6 +387,91 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
         }
     }
     ApiError::Internal("the inference thread stopped".into()).into_response()
+}
+
+/// `finish_reason`: `tool_calls` for an answer that ended by itself after calling tools.
+fn finish_reason(finish: FinishReason, calls: Option<&CallReader>) -> &'static str {
+    match calls {
+        Some(c) if !c.calls.is_empty() && finish == FinishReason::Stop => "tool_calls",
+        _ => finish.as_str(),
+    }
+}
+
+/// The tool calls read out of a chat's content, and the deltas that stream them: per call a first fragment with
+/// `index`, `id`, `type` and the name, then fragments of its arguments.
+#[derive(Default)]
+struct CallReader {
+    parser: ToolCallParser,
+    /// Each call's id, name and arguments so far.
+    calls: Vec<(String, String, String)>,
+}
+
+impl CallReader {
+    /// The deltas for the next piece of output: its reasoning as it is, its content read for calls.
+    fn deltas(&mut self, piece: &Split) -> Vec<Value> {
+        let mut deltas = Vec::new();
+        if !piece.reasoning.is_empty() {
+            deltas.push(json!({"reasoning_content": piece.reasoning}));
+        }
+        let events = self.parser.push(&piece.content);
+        deltas.extend(events.into_iter().map(|e| self.delta(e)));
+        deltas
+    }
+
+    /// The deltas for what the parser held back at the end.
+    fn finish(&mut self) -> Vec<Value> {
+        let events = self.parser.finish();
+        events.into_iter().map(|e| self.delta(e)).collect()
+    }
+
+    fn delta(&mut self, event: ToolEvent) -> Value {
+        match event {
+            ToolEvent::Text(text) => json!({"content": text}),
+            ToolEvent::Call { index, name } => {
+                let id = call_id();
+                self.calls.push((id.clone(), name.clone(), String::new()));
+                json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]})
+            }
+            ToolEvent::Arguments { index, json } => {
+                if let Some(call) = self.calls.get_mut(index) {
+                    call.2.push_str(&json);
+                }
+                json!({"tool_calls": [{"index": index, "function": {"arguments": json}}]})
+            }
+        }
+    }
+
+    /// All of an answer's content at once: the text that is not calls.
+    fn read_all(&mut self, content: &str) -> String {
+        let mut events = self.parser.push(content);
+        events.extend(self.parser.finish());
+        let mut text = String::new();
+        for e in events {
+            if let ToolEvent::Text(t) = &e {
+                text.push_str(t);
+            }
+            self.delta(e);
+        }
+        text
+    }
+
+    /// The calls as a message's `tool_calls`.
+    fn message_calls(&self) -> Value {
+        Value::Array(
+            self.calls
+                .iter()
+                .map(|(id, name, arguments)| {
+                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A new tool call's id: `call_` and 24 random hex digits, as OpenAI's look.
+fn call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
 }
 
 /// A chunk's delta for output split into reasoning and answer: the fields that have text (`content: ""` when

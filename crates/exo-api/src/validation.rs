@@ -3,15 +3,17 @@
 //!
 //! Every parameter is checked here and nowhere else. Fields this server does not use (`user`, `metadata`, …) are
 //! ignored, as OpenAI-compatible servers do; `null` counts as absent. `response_format` constrains the answer to
-//! JSON (a schema's features are checked when the job compiles it); `tools` are refused until tool calls exist,
-//! rather than answered as if they were not there. Sampling defaults are llama.cpp's
+//! JSON (a schema's features are checked when the job compiles it); `tools`, `tool_choice` and
+//! `parallel_tool_calls` say which calls the model may make (the tools' schemas are checked when the job
+//! compiles them). Sampling defaults are llama.cpp's
 //! (`llama-server`): temperature 0.8, top_k 40, top_p 0.95, min_p 0.05. llama-server's own names (`n_predict`,
 //! `repeat_penalty`, `repeat_last_n`, `n_probs`) and its conventions (-1 for "no limit" or "a random seed") are
 //! taken as llama.cpp's front-ends send them.
 
-use exo_engine::chat_template::ChatMessage;
+use exo_engine::chat_template::{ChatMessage, ToolCall};
 use exo_engine::generation::GenerationParams;
 use exo_engine::sampler::SamplingParams;
+use exo_engine::tool_calls::{Tool, ToolChoice, Tools};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -38,6 +40,8 @@ pub struct Options {
     pub reasoning_format: ReasoningFormat,
     /// The JSON schema the whole answer must match (`response_format`); `{"type": "object"}` for any object.
     pub schema: Option<Value>,
+    /// The tools the model may call (chat only; none when `tool_choice` is `"none"`).
+    pub tools: Option<Tools>,
 }
 
 /// Where a thinking model's `<think>` reasoning goes (llama-server's `reasoning_format`).
@@ -100,12 +104,136 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
     };
-    let tool_choice_none = fields.get("tool_choice").is_some_and(|c| c == "none");
-    if fields.get("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())) && !tool_choice_none {
-        return Err(ApiError::field("tools", "tools are not supported by this server yet; leave them out"));
-    }
+    let tools = tools(&fields)?;
     let schema = response_format(fields.get("response_format"))?;
-    Ok(ChatRequest { messages, options: Options { reasoning_format, schema, ..options(&fields, logprobs)? } })
+    if tools.is_some() && schema.is_some() {
+        return Err(ApiError::field(
+            "response_format",
+            "response_format cannot be combined with tools on this server yet; give one or the other",
+        ));
+    }
+    Ok(ChatRequest { messages, options: Options { reasoning_format, schema, tools, ..options(&fields, logprobs)? } })
+}
+
+/// The tools a chat offers (`tools`, `tool_choice`, `parallel_tool_calls`); none when there are none or
+/// `tool_choice` is `"none"`.
+fn tools(fields: &Fields<'_>) -> Result<Option<Tools>, ApiError> {
+    let parallel = fields.bool("parallel_tool_calls")?.unwrap_or(true);
+    let list = match fields.get("tools") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items.iter().enumerate().map(|(i, t)| tool(i, t)).collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::field("tools", "tools must be an array of function tools")),
+    };
+    let choice = match fields.get("tool_choice") {
+        None => ToolChoice::Auto,
+        Some(Value::String(c)) if c == "none" => return Ok(None),
+        Some(Value::String(c)) if c == "auto" => ToolChoice::Auto,
+        Some(Value::String(c)) if c == "required" => ToolChoice::Required,
+        Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            Some(name) if list.iter().any(|t: &Tool| t.name == name) => ToolChoice::Named(name.to_string()),
+            Some(name) => {
+                return Err(ApiError::field("tool_choice", format!("tool_choice names '{name}', which is not in tools")))
+            }
+            None => {
+                return Err(ApiError::field(
+                    "tool_choice",
+                    "tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ))
+            }
+        },
+        Some(c) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                format!("tool_choice must be \"none\", \"auto\", \"required\" or a named function, got {c}"),
+            ))
+        }
+    };
+    if list.is_empty() {
+        return match choice {
+            ToolChoice::Auto => Ok(None),
+            _ => Err(ApiError::field("tool_choice", "tool_choice asks for a tool call, but tools is empty")),
+        };
+    }
+    let mut names: Vec<&str> = list.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ApiError::field("tools", format!("two tools are named '{}'", w[0])));
+    }
+    Ok(Some(Tools { tools: list, choice, parallel }))
+}
+
+/// `tools[i]`: `{"type": "function", "function": {"name", "description"?, "parameters"?, "strict"?}}`.
+fn tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
+    let param = format!("tools[{i}]");
+    let bad = |field: &str, m: String| Err(ApiError::field(&format!("{param}{field}"), m));
+    match t.get("type").and_then(Value::as_str) {
+        Some("function") => {}
+        Some(other) => return bad(".type", format!("{param} is a '{other}' tool; only function tools are supported")),
+        None => return bad(".type", format!("{param} needs \"type\": \"function\"")),
+    }
+    let Some(f) = t.get("function").and_then(Value::as_object) else {
+        return bad(".function", format!("{param}.function must be an object with the function's name"));
+    };
+    let name = match f.get("name") {
+        Some(Value::String(n))
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            n.clone()
+        }
+        Some(Value::String(n)) => {
+            return bad(
+                ".function.name",
+                format!("{param}.function.name '{n}' must be 1 to 64 of a-z, A-Z, 0-9, _ and -"),
+            )
+        }
+        _ => return bad(".function.name", format!("{param}.function.name must be a string")),
+    };
+    let description = match f.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(d.clone()),
+        Some(_) => return bad(".function.description", format!("{param}.function.description must be a string")),
+    };
+    let parameters = match f.get("parameters") {
+        None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return bad(".function.parameters", format!("{param}.function.parameters must be a JSON schema object"))
+        }
+    };
+    Ok(Tool { name, description, parameters })
+}
+
+/// `messages[i].tool_calls`: the calls an assistant turn made, each
+/// `{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}`.
+fn tool_calls(param: &str, calls: Option<&Value>) -> Result<Vec<ToolCall>, ApiError> {
+    let items = match calls {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::field(&format!("{param}.tool_calls"), format!("{param}.tool_calls must be an array")))
+        }
+    };
+    let mut calls = Vec::with_capacity(items.len());
+    for (j, c) in items.iter().enumerate() {
+        let p = format!("{param}.tool_calls[{j}]");
+        let function = c.get("function");
+        let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let Some(name) = name else {
+            return Err(ApiError::field(&p, format!("{p}.function.name must be a string")));
+        };
+        // The arguments come as JSON text; templates want the object. Text that is not JSON stays text.
+        let arguments = match function.and_then(|f| f.get("arguments")) {
+            None | Some(Value::Null) => serde_json::json!({}),
+            Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone())),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => return Err(ApiError::field(&p, format!("{p}.function.arguments must be a JSON string"))),
+        };
+        let id = c.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        calls.push(ToolCall { id, name: name.to_string(), arguments });
+    }
+    Ok(calls)
 }
 
 /// The schema `response_format` asks the answer to match: none for `text`, any object for `json_object`, the
@@ -220,9 +348,14 @@ fn message(i: usize, m: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
+    let tool_calls = if role == "assistant" { tool_calls(&param, m.get("tool_calls"))? } else { Vec::new() };
+    let tool_call_id = match m.get("tool_call_id") {
+        Some(Value::String(id)) if role == "tool" => Some(id.clone()),
+        _ => None,
+    };
     // OpenAI's newer name for the system role; templates know only `system`.
     let role = if role == "developer" { "system".to_string() } else { role.clone() };
-    Ok(ChatMessage { role, content })
+    Ok(ChatMessage { role, content, tool_calls, tool_call_id })
 }
 
 fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiError> {
@@ -310,7 +443,18 @@ fn options(fields: &Fields<'_>, logprobs: Option<usize>) -> Result<Options, ApiE
         Some(_) => return Err(ApiError::field("stream_options", "stream_options must be an object")),
     };
     let reasoning_format = ReasoningFormat::default();
-    Ok(Options { model, max_tokens, sampling, stop, stream, include_usage, logprobs, reasoning_format, schema: None })
+    Ok(Options {
+        model,
+        max_tokens,
+        sampling,
+        stop,
+        stream,
+        include_usage,
+        logprobs,
+        reasoning_format,
+        schema: None,
+        tools: None,
+    })
 }
 
 /// Typed access to a request's fields, with OpenAI-style messages for wrong types and ranges.
@@ -408,7 +552,7 @@ mod tests {
                 "stream_options": {"include_usage": true}, "user": "ignored"}"#,
         )
         .unwrap();
-        assert_eq!(r.messages[1], ChatMessage { role: "user".into(), content: "Hi \nthere".into() });
+        assert_eq!(r.messages[1], ChatMessage::new("user", "Hi \nthere"));
         let o = &r.options;
         assert_eq!(
             (o.model.as_str(), o.max_tokens, o.stream, o.include_usage, o.logprobs),
@@ -584,11 +728,57 @@ mod tests {
     }
 
     #[test]
-    fn tools_are_refused_not_ignored_unless_none_may_be_called() {
+    fn tools_tool_choice_and_parallel_calls_are_read_and_checked() {
         let m = r#""model": "m", "messages": [{"role": "user", "content": "a"}]"#;
-        let tools = r#"[{"type": "function", "function": {"name": "f"}}]"#;
-        rejects(chat(&format!(r#"{{{m}, "tools": {tools}}}"#)), "tools", "not supported");
-        assert!(chat(&format!(r#"{{{m}, "tools": {tools}, "tool_choice": "none"}}"#)).is_ok());
-        assert!(chat(&format!(r#"{{{m}, "tools": []}}"#)).is_ok());
+        let f = r#"{"type": "function", "function": {"name": "get_weather", "description": "d",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#;
+        let g = r#"{"type": "function", "function": {"name": "g"}}"#;
+        let tools_of = |extra: &str| chat(&format!(r#"{{{m}, "tools": [{f}, {g}]{extra}}}"#)).map(|r| r.options.tools);
+        let t = tools_of("").unwrap().unwrap();
+        assert_eq!((t.choice.clone(), t.parallel, t.tools.len()), (ToolChoice::Auto, true, 2));
+        assert_eq!(t.tools[0].description.as_deref(), Some("d"));
+        assert_eq!(t.tools[1].parameters, serde_json::json!({"type": "object", "properties": {}}));
+        let t = tools_of(r#", "tool_choice": "required", "parallel_tool_calls": false"#).unwrap().unwrap();
+        assert_eq!((t.choice, t.parallel), (ToolChoice::Required, false));
+        let named = r#", "tool_choice": {"type": "function", "function": {"name": "g"}}"#;
+        assert_eq!(tools_of(named).unwrap().unwrap().choice, ToolChoice::Named("g".into()));
+        // "none": no tools reach the model at all.
+        assert_eq!(tools_of(r#", "tool_choice": "none""#).unwrap(), None);
+        assert_eq!(chat(&format!(r#"{{{m}, "tools": []}}"#)).unwrap().options.tools, None);
+
+        rejects(tools_of(r#", "tool_choice": {"type": "function", "function": {"name": "h"}}"#), "tool_choice", "'h'");
+        rejects(tools_of(r#", "tool_choice": "sometimes""#), "tool_choice", "must be");
+        rejects(chat(&format!(r#"{{{m}, "tools": [], "tool_choice": "required"}}"#)), "tool_choice", "empty");
+        rejects(chat(&format!(r#"{{{m}, "tools": [{g}, {g}]}}"#)), "tools", "two tools are named 'g'");
+        rejects(chat(&format!(r#"{{{m}, "tools": {{}}}}"#)), "tools", "array");
+        rejects(chat(&format!(r#"{{{m}, "tools": [{{"type": "web_search"}}]}}"#)), "tools[0].type", "only function");
+        let bad_name = r#"{"type": "function", "function": {"name": "no spaces"}}"#;
+        rejects(chat(&format!(r#"{{{m}, "tools": [{bad_name}]}}"#)), "tools[0].function.name", "a-z");
+        let bad_params = r#"{"type": "function", "function": {"name": "f", "parameters": "x"}}"#;
+        rejects(chat(&format!(r#"{{{m}, "tools": [{bad_params}]}}"#)), "tools[0].function.parameters", "schema");
+        let both = format!(r#"{{{m}, "tools": [{g}], "response_format": {{"type": "json_object"}}}}"#);
+        rejects(chat(&both), "response_format", "cannot be combined");
+    }
+
+    #[test]
+    fn history_carries_the_assistants_calls_and_the_tool_results() {
+        let body = r#"{"model": "m", "messages": [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]}"#;
+        let r = chat(body).unwrap();
+        let call = ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: serde_json::json!({"city": "Paris"}),
+        };
+        assert_eq!(r.messages[1], ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") });
+        assert_eq!(
+            r.messages[2],
+            ChatMessage { tool_call_id: Some("call_1".into()), ..ChatMessage::new("tool", "18 C") }
+        );
+        let no_name = r#"{"model": "m", "messages": [{"role": "user", "content": "a"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "function": {}}]}]}"#;
+        rejects(chat(no_name), "messages[1].tool_calls[0]", "name");
     }
 }

@@ -5,8 +5,9 @@
 //! the template dropped, loop controls, Python string and dict methods (`.strip()`, `.split()`, `.items()`…),
 //! the globals `raise_exception` and `strftime_now`, a `tojson` that writes what Python's `json.dumps` writes, and
 //! `True`/`False`/`None` printed the Python way. The template is compiled once, when the [`ChatTemplate`] is built.
-//! The caller tokenizes the rendered text; the tokenizer is consulted only for the BOS and EOS texts. Tools and documents are not
-//! supported yet; templates see them as `none`, as with `transformers` when none are given.
+//! The caller tokenizes the rendered text; the tokenizer is consulted only for the BOS and EOS texts. Tools reach
+//! the template as `tools` (OpenAI's list) and messages carry `tool_calls` and `tool_call_id` as transformers passes
+//! them; documents are not supported: templates see them as `none`, as with `transformers` when none are given.
 //!
 //! A template comes from the model file, so it is untrusted code: one render may spend at most [`RENDER_FUEL`] of
 //! minijinja's fuel (about one unit per instruction, and one per 64 bytes of data it makes), and write at most
@@ -16,7 +17,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Enumerator, Kwargs, Object, ValueKind};
+use minijinja::value::{Enumerator, Kwargs, Object, Serde, ValueKind};
 use minijinja::{context, Environment, ErrorKind, Value};
 
 use crate::error::{EngineError, Result};
@@ -44,10 +45,31 @@ pub const MAX_PROMPT_BYTES: usize = 16 << 20;
 type JinjaResult<T> = std::result::Result<T, minijinja::Error>;
 
 /// One message of a conversation, as the OpenAI API and the templates see it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The tools an assistant turn called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the call whose result it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of plain text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into(), ..Self::default() }
+    }
+}
+
+/// A call of a tool by the assistant, as templates see it (`tool_call.function.name`, `.arguments`: an object).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
 }
 
 /// A conversation rendered for the assistant's next turn: the prompt, and the byte ranges in it that are the
@@ -77,10 +99,9 @@ fn merge_system(messages: &[ChatMessage]) -> Option<Vec<ChatMessage>> {
     for (i, m) in messages.iter().enumerate() {
         match m.role.as_str() {
             "system" => {}
-            _ if i == first_user => merged.push(ChatMessage {
-                role: m.role.clone(),
-                content: format!("{}\n\n{}", system.join("\n\n"), m.content),
-            }),
+            _ if i == first_user => {
+                merged.push(ChatMessage { content: format!("{}\n\n{}", system.join("\n\n"), m.content), ..m.clone() })
+            }
             _ => merged.push(m.clone()),
         }
     }
@@ -148,7 +169,12 @@ impl ChatTemplate {
     /// A template that rejects the conversation (e.g. roles that do not alternate) gives an error carrying its
     /// message.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.render_context(self.context(messages, add_generation_prompt, Value::from(())))
+        self.render_tools(messages, add_generation_prompt, &Value::from(()))
+    }
+
+    /// As [`ChatTemplate::render`], with `tools` (`none`, or a list of `{"type": "function", "function": {...}}`).
+    fn render_tools(&self, messages: &[ChatMessage], add_generation_prompt: bool, tools: &Value) -> Result<String> {
+        self.render_context(self.context(messages, add_generation_prompt, tools.clone()))
     }
 
     /// The prompt for the assistant's next turn after `messages`, as llama-server builds it:
@@ -161,15 +187,22 @@ impl ChatTemplate {
     ///   cuts reasoning out of it) renders differently with stand-ins; those messages' text is then searched for
     ///   in order instead.
     pub fn prompt(&self, messages: &[ChatMessage]) -> Result<ChatPrompt> {
+        self.prompt_with_tools(messages, None)
+    }
+
+    /// As [`ChatTemplate::prompt`], the template given `tools` (OpenAI's `tools` list, each
+    /// `{"type": "function", "function": {"name", "description", "parameters"}}`) to present as it presents them.
+    pub fn prompt_with_tools(&self, messages: &[ChatMessage], tools: Option<&serde_json::Value>) -> Result<ChatPrompt> {
+        let tools = tools.map_or_else(|| Value::from(()), |t| Value::from(Serde(t.clone())));
         let (history, prefill) = match messages.split_last() {
             Some((last, rest)) if last.role == "assistant" && !rest.is_empty() => (rest, Some(last.content.as_str())),
             _ => (messages, None),
         };
         let mut history = std::borrow::Cow::Borrowed(history);
-        let mut text = match self.render(&history, true) {
+        let mut text = match self.render_tools(&history, true, &tools) {
             Ok(text) => text,
             Err(first) => match merge_system(&history) {
-                Some(merged) => match self.render(&merged, true) {
+                Some(merged) => match self.render_tools(&merged, true, &tools) {
                     Ok(text) => {
                         history = std::borrow::Cow::Owned(merged);
                         text
@@ -179,7 +212,7 @@ impl ChatTemplate {
                 None => return Err(first),
             },
         };
-        let mut message_text = self.locate(&history, &text);
+        let mut message_text = self.locate(&history, &text, &tools);
         if let Some(prefill) = prefill {
             message_text.push(text.len()..text.len() + prefill.len());
             text.push_str(prefill);
@@ -188,17 +221,14 @@ impl ChatTemplate {
     }
 
     /// Where each message's text lies in `rendered` (see [`ChatTemplate::prompt`]).
-    fn locate(&self, messages: &[ChatMessage], rendered: &str) -> Vec<std::ops::Range<usize>> {
+    fn locate(&self, messages: &[ChatMessage], rendered: &str, tools: &Value) -> Vec<std::ops::Range<usize>> {
         let usable = |m: &ChatMessage| !m.content.is_empty() && !m.content.contains(['\u{F8FF}', '\u{F8FE}']);
         let stand_ins: Vec<ChatMessage> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| ChatMessage {
-                role: m.role.clone(),
-                content: if usable(m) { stand_in(i) } else { m.content.clone() },
-            })
+            .map(|(i, m)| ChatMessage { content: if usable(m) { stand_in(i) } else { m.content.clone() }, ..m.clone() })
             .collect();
-        if let Ok(template) = self.render(&stand_ins, true) {
+        if let Ok(template) = self.render_tools(&stand_ins, true, tools) {
             // Put each text where its stand-in is; if that gives back the real prompt, those are the places.
             let mut rebuilt = String::with_capacity(rendered.len());
             let mut ranges = Vec::new();
@@ -298,15 +328,28 @@ struct TemplateMessage(ChatMessage);
 
 impl Object for TemplateMessage {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let m = &self.0;
         match key.as_str()? {
-            "role" => Some(Value::from(self.0.role.as_str())),
-            "content" => Some(Value::from(self.0.content.as_str())),
+            "role" => Some(Value::from(m.role.as_str())),
+            "content" => Some(Value::from(m.content.as_str())),
+            // OpenAI's shape, which templates read: `tool_call.function.name`, `.function.arguments`.
+            "tool_calls" if !m.tool_calls.is_empty() => Some(Value::from_iter(m.tool_calls.iter().map(|c| {
+                Value::from(Serde(serde_json::json!({
+                    "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}
+                })))
+            }))),
+            "tool_call_id" => m.tool_call_id.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        match (self.0.tool_calls.is_empty(), self.0.tool_call_id.is_some()) {
+            (true, false) => Enumerator::Str(&["role", "content"]),
+            (false, false) => Enumerator::Str(&["role", "content", "tool_calls"]),
+            (true, true) => Enumerator::Str(&["role", "content", "tool_call_id"]),
+            (false, true) => Enumerator::Str(&["role", "content", "tool_calls", "tool_call_id"]),
+        }
     }
 }
 
@@ -561,7 +604,6 @@ fn write_json_string(out: &mut String, s: &str, ensure_ascii: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use minijinja::value::Serde;
 
     /// meta-llama/Llama-3.2-1B-Instruct's template, verbatim.
     const LLAMA_3_2: &str = r##"{{- bos_token }}
@@ -757,7 +799,7 @@ mod tests {
     }
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.to_string(), content: content.to_string() }
+        ChatMessage::new(role, content)
     }
 
     fn template(source: &str) -> ChatTemplate {
@@ -1043,6 +1085,7 @@ mod tests {
 
     #[test]
     fn tojson_writes_what_python_json_dumps_writes() {
+        // Python keeps a dict's keys in the order they were written: `{"b": 1, "a": 2}` stays so.
         let t = template(
             r#"{{ messages | tojson }}|{{ {"a": "é\"\n", "b": [1, 2.5, true, none]} | tojson }}|{{ {"x": {"y": []}} | tojson(indent=2) }}|{{ "é" | tojson(ensure_ascii=true) }}|{{ "<a&b>" | tojson }}|{{ [1.0, 1e20, 0.00001, 123.456, -0.5] | tojson }}|{{ {"b": 1, "a": 2} | tojson(separators=[",", ":"]) }}"#,
         );
@@ -1052,7 +1095,7 @@ mod tests {
   "x": {
     "y": []
   }
-}|"\u00e9"|"<a&b>"|[1.0, 1e+20, 1e-05, 123.456, -0.5]|{"a":2,"b":1}"#
+}|"\u00e9"|"<a&b>"|[1.0, 1e+20, 1e-05, 123.456, -0.5]|{"b":1,"a":2}"#
         );
     }
 

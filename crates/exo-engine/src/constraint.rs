@@ -16,7 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::tokenizer::Tokenizer;
 
 /// The whitespace a JSON answer may hold between two tokens.
-const JSON_WHITESPACE: &str = r"(?: |\n{1,2}[ \t]{0,20})";
+pub(crate) const JSON_WHITESPACE: &str = r"(?: |\n{1,2}[ \t]{0,20})";
 
 /// What a constrained output must match.
 #[derive(Debug, Clone)]

@@ -20,6 +20,8 @@
 //! | `cuda_libs` | loading the CUDA driver and libraries at run time (`cuda` feature) |
 //! | [`chain`] | `ShardChain`: consecutive shards run in one process |
 //! | [`generation`] | one request's decoding state: sampling, stops, streaming text |
+//! | [`constraint`] | grammar-constrained sampling (llguidance): JSON schemas and Lark grammars over a vocabulary |
+//! | [`tool_calls`] | tool calls in the model's own format: the prompt, the grammar, reading calls back out |
 //! | [`reasoning`] | a thinking model's `<think>` reasoning apart from its answer, as the text streams |
 //!
 //! The engine knows nothing of networks, async runtimes or HTTP.
@@ -49,6 +51,7 @@ pub mod shard;
 pub mod stage;
 pub mod stop;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;
 
 pub use candle_core::{Device, Tensor};

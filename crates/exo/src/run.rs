@@ -120,7 +120,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         tokenizer.encode(&prompt, true, false)?
     } else {
         let template = ChatTemplate::from_gguf(&gguf, &tokenizer)?;
-        template.prompt(&[ChatMessage { role: "user".into(), content: prompt }])?.encode(&tokenizer)?
+        template.prompt(&[ChatMessage::new("user", prompt)])?.encode(&tokenizer)?
     };
     let device = crate::first_device(&args.devices, "run")?.device;
     let mut chain = ShardChain::load_whole_with(&gguf, usize::MAX, &device, args.kv_type, Backend::Auto)?;

@@ -101,8 +101,11 @@ fn errors_have_anthropics_shape() {
     unknown["model"] = json!("no-such-model");
     refused(unknown, 404, "not_found_error", "no-such-model");
     let mut tools = messages_body(4);
-    tools["tools"] = json!([{"name": "f", "input_schema": {"type": "object"}}]);
-    refused(tools, 400, "invalid_request_error", "tools");
+    tools["tools"] = json!([{"type": "bash_20250124", "name": "bash"}]);
+    refused(tools, 400, "invalid_request_error", "tools[0]");
+    let mut image = messages_body(4);
+    image["messages"] = json!([{"role": "user", "content": [{"type": "image", "source": {}}]}]);
+    refused(image, 400, "invalid_request_error", "image");
     let (s, r) = node.request("POST", "/v1/messages", "{oops");
     assert_eq!(s, 400, "{r}");
     assert_eq!(serde_json::from_str::<Value>(&r).unwrap()["error"]["type"], "invalid_request_error");

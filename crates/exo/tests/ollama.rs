@@ -87,7 +87,7 @@ fn the_node_describes_itself_and_refuses_in_ollamas_shape() {
 
     let (status, show) = node.post("/api/show", &json!({"model": model_name()}));
     assert_eq!(status, 200, "{show}");
-    assert_eq!(show["capabilities"], json!(["completion"]));
+    assert_eq!(show["capabilities"], json!(["completion", "tools"]));
     assert_eq!(
         (show["model_info"]["general.architecture"].as_str(), show["model_info"]["llama.block_count"].as_u64()),
         (Some("llama"), Some(30))
