@@ -1,7 +1,7 @@
 """The official `openai` Python client against a real exo node: chat and completions, streaming and not, usage,
 stop strings, seeds, log-probabilities, structured output (`parse` with a pydantic model, `json_object`), tool calls
-(streamed and not, `required` and a named function, a conversation with the tools' results), and errors as the
-client's exception classes."""
+(streamed and not, `required` and a named function, a conversation with the tools' results), the Responses API
+(`responses.create` and `responses.stream`, with and without tools), and errors as the client's exception classes."""
 
 import json
 from typing import Literal
@@ -235,3 +235,41 @@ def test_a_conversation_with_the_tools_results(client, node):
         chat(client, node, messages=WEATHER, tools=TOOLS,
              tool_choice={"type": "function", "function": {"name": "send_mail"}})
     assert e.value.status_code == 400 and e.value.body["param"] == "tool_choice"
+
+
+def test_responses_with_and_without_tools(client, node):
+    expected = chat(client, node).choices[0].message.content
+    r = client.responses.create(model=node.model, input=QUESTION, max_output_tokens=12, temperature=0)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == expected
+    # Streamed: the client's helper puts the events back together into the same response (it wants an answer that
+    # ends by itself: response.completed, not response.incomplete).
+    short = "What is 2+2?"
+    whole = chat(client, node, max_tokens=100, messages=[{"role": "user", "content": short}])
+    assert whole.choices[0].finish_reason == "stop"
+    with client.responses.stream(model=node.model, input=short, max_output_tokens=100, temperature=0) as stream:
+        deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.usage.output_tokens == whole.usage.completion_tokens
+    assert deltas == whole.choices[0].message.content == final.output_text
+
+    tool = {"type": "function", "name": "get_weather", "description": "Get the current weather in a city",
+            "parameters": GetWeather.model_json_schema() | {"additionalProperties": False}, "strict": True}
+    r = client.responses.create(model=node.model, input=WEATHER, tools=[tool], tool_choice="required",
+                                max_output_tokens=100, temperature=0)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert calls and r.status == "completed", r
+    for call in calls:
+        assert call.name == "get_weather" and call.call_id.startswith("call_")
+        GetWeather.model_validate_json(call.arguments)
+    # The call and its output go back as input items.
+    follow = client.responses.create(
+        model=node.model, tools=[tool], max_output_tokens=60, temperature=0,
+        input=WEATHER + [{"type": "function_call", "call_id": calls[0].call_id, "name": calls[0].name,
+                          "arguments": calls[0].arguments},
+                         {"type": "function_call_output", "call_id": calls[0].call_id,
+                          "output": json.dumps({"temperature": 31, "sky": "sunny"})}])
+    assert follow.output_text, follow
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=node.model, input=QUESTION, previous_response_id="resp_1")
+    assert e.value.status_code == 400 and "no state" in e.value.message

@@ -1,5 +1,5 @@
-//! exo's API layer: OpenAI's API, with Anthropic's Messages API and Ollama's API as thin translations onto the same
-//! generation path.
+//! exo's API layer: OpenAI's API, with OpenAI's Responses API, Anthropic's Messages API and Ollama's API as thin
+//! translations onto the same generation path.
 //!
 //! | module | owns |
 //! |---|---|
@@ -7,6 +7,7 @@
 //! | [`error`] | `ApiError`: every way a request fails, with its HTTP status and OpenAI's error body |
 //! | [`validation`] | turning request bodies of `/v1/chat/completions` and `/v1/completions` into checked requests |
 //! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
+//! | [`responses`] | OpenAI's Responses API (`/v1/responses`), stateless, over the same path |
 //! | [`anthropic`] | Anthropic's Messages API (`/v1/messages`) over the same path |
 //! | [`ollama`] | Ollama's API (`/api/chat`, `/api/generate`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`) over the same path |
 //! | [`logprobs`] | tokens' log-probabilities with their bytes, reported with the text they produced |
@@ -22,6 +23,7 @@ pub mod error;
 pub mod inference;
 pub mod logprobs;
 pub mod ollama;
+pub mod responses;
 pub mod server;
 pub mod topology;
 pub mod validation;

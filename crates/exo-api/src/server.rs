@@ -33,7 +33,7 @@ use crate::inference::{Event, Inference, Job, Prompt};
 use crate::logprobs::TokenLogprob;
 use crate::topology;
 use crate::validation::{self, Options, ReasoningFormat};
-use crate::{anthropic, ollama};
+use crate::{anthropic, ollama, responses};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 4 << 20;
@@ -86,6 +86,8 @@ pub fn router(inference: Inference, access: Access) -> Router {
         .route("/v1/topology", get(topology_document))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        // OpenAI's Responses API, stateless.
+        .route("/v1/responses", post(responses::responses))
         // Anthropic's Messages API.
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
