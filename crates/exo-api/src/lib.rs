@@ -9,7 +9,7 @@
 //! | [`inference`] | the bounded queue in front of the cluster and the worker thread that runs requests from it |
 //! | [`responses`] | OpenAI's Responses API (`/v1/responses`), stateless, over the same path |
 //! | [`anthropic`] | Anthropic's Messages API (`/v1/messages`) over the same path |
-//! | [`ollama`] | Ollama's API (`/api/chat`, `/api/generate`, `/api/tags`, `/api/ps`, `/api/show`, `/api/version`) over the same path |
+//! | [`ollama`] | Ollama's API (`/api/chat`, `/api/generate`, `/api/tags`, `/api/ps`, `/api/show`, `/api/pull`, `/api/version`) over the same path |
 //! | [`logprobs`] | tokens' log-probabilities with their bytes, reported with the text they produced |
 //! | [`topology`] | `/v1/topology`: every node's identity, addresses, memory, CPU, layers and link; the plans |
 //! | [`server`] | routes, response and chunk shapes, server-sent events, the embedded web chat |

@@ -1,5 +1,5 @@
 //! Ollama's API at its own paths (`docs/api.md` of Ollama): `/api/chat` and `/api/generate` (NDJSON streams, or
-//! one object with `stream: false`), `/api/tags`, `/api/ps`, `/api/show` and `/api/version`, so that Ollama's
+//! one object with `stream: false`), `/api/tags`, `/api/ps`, `/api/show`, `/api/pull` and `/api/version`, so that Ollama's
 //! clients, Open WebUI's Ollama connection and the editors that speak Ollama can use a node.
 //!
 //! A thin translation: a request's fields become the OpenAI request the rest of the server checks
@@ -457,6 +457,95 @@ pub async fn tags(State(inference): State<Inference>) -> Response {
         }
         Err(e) => error_response(&ApiError::Internal(e.to_string())),
     }
+}
+
+/// `POST /api/pull`: downloads a model whole onto this node (from its peers first, then the hub), as `exo
+/// download` does, streaming Ollama's progress objects (`{"status", "digest", "total", "completed"}`) each quarter
+/// second, then `{"status": "success"}`; with `stream: false`, the last object alone. A model already whole here is
+/// a success at once. An error before the first object is a status and `{"error"}`; one after it, an `{"error"}`
+/// line.
+pub async fn pull(State(inference): State<Inference>, request: Request) -> Response {
+    let body = match crate::server::read_body(request).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
+    };
+    let (model, stream) = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match v.get("model").or_else(|| v.get("name")).and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => (n.to_string(), v.get("stream").and_then(Value::as_bool).unwrap_or(true)),
+            _ => return error_response(&ApiError::field("model", "model is required")),
+        },
+        Err(e) => return error_response(&ApiError::MalformedJson(e.to_string())),
+    };
+    // A name that is no model is refused before anything is streamed.
+    if let Err(e) = inference.store().resolve_untrusted(&model) {
+        return error_response(&ApiError::from(exo_cluster::ClusterError::from(e)));
+    }
+    let downloads = inference.store().downloads().clone();
+    let before = downloads.list().iter().map(|d| d.id).max().unwrap_or(0);
+    let cluster = inference.cluster().clone();
+    let name = model.clone();
+    let mut fetch = tokio::task::spawn_blocking(move || cluster.fetch(&name, exo_models::Need::Whole));
+    if !stream {
+        return match fetch.await {
+            Ok(Ok(_)) => Json(json!({"status": "success"})).into_response(),
+            Ok(Err(e)) => error_response(&ApiError::from(e)),
+            Err(e) => error_response(&ApiError::Internal(e.to_string())),
+        };
+    }
+    let (lines, out) = mpsc::channel::<Result<String, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        let send = |v: Value| {
+            let lines = lines.clone();
+            async move { lines.send(Ok(format!("{v}\n"))).await.is_ok() }
+        };
+        // This pull's downloads (one per file of the model), as Ollama reports its layers.
+        let report = || {
+            let list = downloads.list();
+            list.iter()
+                .filter(|d| d.id > before && d.model == model)
+                .map(|d| {
+                    // Each fetch (the header first, then the rest) is a layer of its own to Ollama's clients.
+                    json!({"status": format!("pulling {} ({})", d.file, d.what), "digest": format!("{}#{}", d.file, d.id),
+                        "total": d.total_bytes, "completed": d.done_bytes})
+                })
+                .collect::<Vec<_>>()
+        };
+        if !send(json!({"status": "pulling manifest"})).await {
+            return;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let result = loop {
+            tokio::select! {
+                done = &mut fetch => break done,
+                _ = tick.tick() => {
+                    for line in report() {
+                        if !send(line).await {
+                            return;
+                        }
+                    }
+                }
+                _ = lines.closed() => return,
+            }
+        };
+        for line in report() {
+            if !send(line).await {
+                return;
+            }
+        }
+        let last = match result {
+            Ok(Ok(_)) => {
+                if !send(json!({"status": "verifying sha256 digest"})).await {
+                    return;
+                }
+                json!({"status": "success"})
+            }
+            Ok(Err(e)) => json!({"error": ApiError::from(e).to_string()}),
+            Err(e) => json!({"error": ApiError::Internal(e.to_string()).to_string()}),
+        };
+        let _ = send(last).await;
+    });
+    let body = Body::from_stream(ReceiverStream::new(out));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 /// `GET /api/ps`: the models the cluster has placed (loaded on its nodes).

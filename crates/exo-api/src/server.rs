@@ -97,6 +97,7 @@ pub fn router(inference: Inference, access: Access) -> Router {
         .route("/api/tags", get(ollama::tags))
         .route("/api/ps", get(ollama::ps))
         .route("/api/show", post(ollama::show))
+        .route("/api/pull", post(ollama::pull))
         .route("/api/version", get(ollama::version));
     for (path, content_type, text) in WEB_FILES {
         router = router.route(path, get(move || async move { ([(header::CONTENT_TYPE, content_type)], text) }));

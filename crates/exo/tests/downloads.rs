@@ -230,3 +230,57 @@ fn exo_download_models_and_run_take_references() {
         assert!(!out.status.success() && err.contains("error:") && err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn ollamas_pull_downloads_the_whole_model_with_its_progress() {
+    let size = model_bytes().len() as u64;
+    let hub = StandInHub::start();
+    hub.add(REPO, FILE, model_bytes());
+    let home = Home::new("dl-pull");
+    let node = Node::start_env(&home, &["--threads", "1"], &hub_env(&hub));
+    let (status, lines) = node.request("POST", "/api/pull", &serde_json::json!({"model": reference()}).to_string());
+    assert_eq!(status, 200, "{lines}");
+    let objects: Vec<Value> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(objects.first().map(|o| &o["status"]), Some(&Value::from("pulling manifest")), "{lines}");
+    assert_eq!(objects.last().map(|o| &o["status"]), Some(&Value::from("success")), "{lines}");
+    // Per digest (each fetch: the header, then the whole file), completed only grows, up to its total.
+    let mut by_digest: std::collections::BTreeMap<String, Vec<(u64, u64)>> = Default::default();
+    for o in &objects {
+        if let (Some(d), Some(c), Some(t)) = (o["digest"].as_str(), o["completed"].as_u64(), o["total"].as_u64()) {
+            by_digest.entry(d.to_string()).or_default().push((c, t));
+        }
+    }
+    assert!(!by_digest.is_empty(), "{lines}");
+    for (digest, progress) in &by_digest {
+        assert!(progress.windows(2).all(|w| w[0].0 <= w[1].0), "{digest} went back: {progress:?}");
+        assert!(progress.last().is_some_and(|(c, t)| c == t), "{digest} unfinished: {progress:?}");
+    }
+    // Each fetch counts what was missing when it began: together, the whole file.
+    let fetched: u64 = by_digest.values().filter_map(|p| p.last()).map(|(_, t)| t).sum();
+    assert_eq!(fetched, size, "{lines}");
+    assert!(objects.iter().any(|o| o["status"].as_str().is_some_and(|s| s.contains("whole file"))), "{lines}");
+    assert!(hub.bytes_sent() >= size);
+
+    // Whole now: a second pull is a success at once, fetching nothing, and the model answers.
+    let sent = hub.bytes_sent();
+    let (status, r) = node.post("/api/pull", &serde_json::json!({"model": reference(), "stream": false}));
+    assert_eq!((status, r["status"].as_str()), (200, Some("success")), "{r}");
+    assert_eq!(hub.bytes_sent(), sent);
+    assert_eq!(answer(&node, &chat_with(&reference())), whole_file_answer());
+
+    // A file the hub does not have (503 model_unavailable, as chat completions answer for it), and no model at
+    // all: Ollama's error shape.
+    let (status, r) =
+        node.post("/api/pull", &serde_json::json!({"model": format!("hf:{REPO}/missing.gguf"), "stream": false}));
+    assert_eq!(status, 503, "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| e.contains("missing.gguf")), "{r}");
+    let (status, lines) =
+        node.request("POST", "/api/pull", &serde_json::json!({"model": format!("hf:{REPO}/missing.gguf")}).to_string());
+    assert_eq!(status, 200, "{lines}");
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap_or_default()).unwrap_or_default();
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("missing.gguf")), "{lines}");
+    let (status, r) = node.post("/api/pull", &serde_json::json!({}));
+    assert_eq!(status, 400, "{r}");
+    assert!(r["error"].is_string(), "{r}");
+}
