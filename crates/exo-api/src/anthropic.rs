@@ -265,7 +265,7 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
         openai.insert("tool_choice".into(), choice);
         openai.insert("parallel_tool_calls".into(), Value::Bool(parallel));
     }
-    for (theirs, ours) in [
+    let names = [
         ("model", "model"),
         ("max_tokens", "max_tokens"),
         ("stop_sequences", "stop"),
@@ -273,11 +273,8 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
         ("top_p", "top_p"),
         ("top_k", "top_k"),
         ("stream", "stream"),
-    ] {
-        if let Some(v) = present(theirs) {
-            openai.insert(ours.into(), v.clone());
-        }
-    }
+    ];
+    validation::copy_fields(&object, &mut openai, &names);
     let show_thinking = present("thinking").and_then(|t| t.get("type")).and_then(Value::as_str) != Some("disabled");
     let request = validation::chat_request(Value::Object(openai).to_string().as_bytes()).map_err(in_anthropic_terms)?;
     Ok((Prompt::Chat(request.messages), request.options, show_thinking))

@@ -217,7 +217,7 @@ fn translate(body: &[u8]) -> Result<(Prompt, validation::Options, Map<String, Va
     }
     let mut openai = Map::new();
     openai.insert("messages".into(), Value::Array(messages));
-    for (theirs, ours) in [
+    let names = [
         ("model", "model"),
         ("max_output_tokens", "max_tokens"),
         ("temperature", "temperature"),
@@ -226,11 +226,8 @@ fn translate(body: &[u8]) -> Result<(Prompt, validation::Options, Map<String, Va
         ("stream", "stream"),
         ("parallel_tool_calls", "parallel_tool_calls"),
         ("seed", "seed"),
-    ] {
-        if let Some(v) = present(theirs) {
-            openai.insert(ours.into(), v.clone());
-        }
-    }
+    ];
+    validation::copy_fields(&object, &mut openai, &names);
     if let Some(t) = present("tools") {
         openai.insert("tools".into(), tools_of(t)?);
     }
@@ -501,6 +498,11 @@ pub async fn responses(State(inference): State<Inference>, request: Request) -> 
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let model = options.model.clone();
     let mut items = Items::new(options.tools.is_some());
+    let start = response_object(&id, created, &model, &echo, &[], None);
+    // The response once generation has ended.
+    let ended = move |items: &Items, finish: FinishReason, completion_tokens: usize| {
+        response_object(&id, created, &model, &echo, &items.output, Some((finish, prompt_tokens, completion_tokens)))
+    };
     if options.stream {
         let (sse, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
         tokio::spawn(async move {
@@ -516,7 +518,6 @@ pub async fn responses(State(inference): State<Inference>, request: Request) -> 
                 }
                 true
             };
-            let start = response_object(&id, created, &model, &echo, &[], None);
             let opening = vec![
                 ("response.created", json!({"response": start})),
                 ("response.in_progress", json!({"response": start})),
@@ -534,14 +535,7 @@ pub async fn responses(State(inference): State<Inference>, request: Request) -> 
                     Some(Event::Text { text, .. }) => items.split(&split.push(&text), &mut events),
                     Some(Event::Done { finish, completion_tokens, .. }) => {
                         items.finish(&split.finish(), &mut events);
-                        let whole = response_object(
-                            &id,
-                            created,
-                            &model,
-                            &echo,
-                            &items.output,
-                            Some((finish, prompt_tokens, completion_tokens)),
-                        );
+                        let whole = ended(&items, finish, completion_tokens);
                         let name =
                             if finish == FinishReason::Length { "response.incomplete" } else { "response.completed" };
                         events.push((name, json!({"response": whole})));
@@ -571,14 +565,7 @@ pub async fn responses(State(inference): State<Inference>, request: Request) -> 
             Event::Text { text, .. } => items.split(&split.push(&text), &mut events),
             Event::Done { finish, completion_tokens, .. } => {
                 items.finish(&split.finish(), &mut events);
-                let whole = response_object(
-                    &id,
-                    created,
-                    &model,
-                    &echo,
-                    &items.output,
-                    Some((finish, prompt_tokens, completion_tokens)),
-                );
+                let whole = ended(&items, finish, completion_tokens);
                 return Json(whole).into_response();
             }
             Event::Failed(e) => return e.into_response(),

@@ -115,6 +115,16 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     Ok(ChatRequest { messages, options: Options { reasoning_format, schema, tools, ..options(&fields, logprobs)? } })
 }
 
+/// Copies the fields of another API's request into the chat request it becomes, each `(theirs, ours)` under our
+/// name, leaving out those absent or null.
+pub(crate) fn copy_fields(from: &Map<String, Value>, to: &mut Map<String, Value>, names: &[(&str, &str)]) {
+    for (theirs, ours) in names {
+        if let Some(v) = from.get(*theirs).filter(|v| !v.is_null()) {
+            to.insert((*ours).into(), v.clone());
+        }
+    }
+}
+
 /// The tools a chat offers (`tools`, `tool_choice`, `parallel_tool_calls`); none when there are none or
 /// `tool_choice` is `"none"`.
 fn tools(fields: &Fields<'_>) -> Result<Option<Tools>, ApiError> {

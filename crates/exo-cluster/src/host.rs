@@ -648,45 +648,61 @@ impl Worker {
         let first = dest(&me, &r.plan.stages[0]);
         let plan_id = r.plan.id;
         let hidden_size = held.shard.config().hidden_size;
-        let mut outputs = Vec::new();
-        if stage.start == 0 {
-            let batch = prefill_batch(a.tokens.len(), r.plan.stages.len());
-            let chunks: Vec<&[u32]> = prefill_batches(a.tokens.len(), batch).map(|b| &a.tokens[b]).collect();
-            if chunks.is_empty() {
-                return Err(ClusterError::Rejected(format!("node {me}: stage 0 got no tokens")));
-            }
-            for (i, chunk) in chunks.iter().enumerate() {
-                if self.shared.is_ending(a.request_id) {
-                    return Ok(());
+        let shared = &self.shared;
+        let outbox = &self.outbox;
+        let cache = &mut r.cache;
+        let origin = &r.origin;
+        let mut forward = || -> Result<Vec<(ShardOutput, usize, usize, bool)>> {
+            let mut outputs = Vec::new();
+            if stage.start == 0 {
+                let batch = prefill_batch(a.tokens.len(), r.plan.stages.len());
+                let chunks: Vec<&[u32]> = prefill_batches(a.tokens.len(), batch).map(|b| &a.tokens[b]).collect();
+                if chunks.is_empty() {
+                    return Err(ClusterError::Rejected(format!("node {me}: stage 0 got no tokens")));
                 }
-                let position = r.cache.len();
-                let out = held.shard.forward(ShardInput::Tokens(chunk), &mut r.cache)?;
-                outputs.push((out, position, chunk.len(), a.sample && i + 1 == chunks.len()));
-                // Hidden states go on chunk by chunk, so the next stage works while this one goes on.
-                if let Some(next) = &next {
-                    for (out, position, seq, sample) in outputs.drain(..) {
-                        send_hidden(&self.outbox, next, &r.origin, a.request_id, plan_id, out, position, seq, sample)?;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if shared.is_ending(a.request_id) {
+                        return Ok(Vec::new());
+                    }
+                    let position = cache.len();
+                    let out = held.shard.forward(ShardInput::Tokens(chunk), cache)?;
+                    outputs.push((out, position, chunk.len(), a.sample && i + 1 == chunks.len()));
+                    // Hidden states go on chunk by chunk, so the next stage works while this one goes on.
+                    if let Some(next) = &next {
+                        for (out, position, seq, sample) in outputs.drain(..) {
+                            send_hidden(outbox, next, origin, a.request_id, plan_id, out, position, seq, sample)?;
+                        }
                     }
                 }
-            }
-        } else {
-            let seq = a.seq as usize;
-            if a.hidden.len() != seq * hidden_size * 4 || seq == 0 {
-                return Err(ClusterError::Rejected(format!(
-                    "node {me}: {} bytes of hidden states for {seq} positions of {hidden_size}",
-                    a.hidden.len()
-                )));
-            }
-            let position = r.cache.len();
-            // The message's bytes go straight into the engine's residual stream.
-            let out = held.shard.forward(ShardInput::HiddenBytes(&a.hidden), &mut r.cache)?;
-            match &next {
-                Some(next) => {
-                    send_hidden(&self.outbox, next, &r.origin, a.request_id, plan_id, out, position, seq, a.sample)?
+            } else {
+                let seq = a.seq as usize;
+                if a.hidden.len() != seq * hidden_size * 4 || seq == 0 {
+                    return Err(ClusterError::Rejected(format!(
+                        "node {me}: {} bytes of hidden states for {seq} positions of {hidden_size}",
+                        a.hidden.len()
+                    )));
                 }
-                None => outputs.push((out, position, seq, a.sample)),
+                let position = cache.len();
+                // The message's bytes go straight into the engine's residual stream.
+                let out = held.shard.forward(ShardInput::HiddenBytes(&a.hidden), cache)?;
+                match &next {
+                    Some(next) => {
+                        send_hidden(outbox, next, origin, a.request_id, plan_id, out, position, seq, a.sample)?
+                    }
+                    None => outputs.push((out, position, seq, a.sample)),
+                }
             }
-        }
+            Ok(outputs)
+        };
+        // The last stage's constraint works out which tokens may come next while the forward pass runs: that depends
+        // only on the tokens so far, and on a large vocabulary it takes a good part of a millisecond.
+        let constraint = r.last.as_mut().and_then(|l| l.constraint.as_mut()).filter(|_| a.sample && next.is_none());
+        let (outputs, mut allowed) = std::thread::scope(|s| {
+            let pending = constraint.map(|c| s.spawn(|| c.allowed()));
+            let outputs = forward();
+            (outputs, pending.map(|p| p.join()))
+        });
+        let outputs = outputs?;
         // The last stage: sample after the last chunk.
         for (out, _, _, sample) in outputs {
             let ShardOutput::Logits(mut logits) = out else {
@@ -700,7 +716,12 @@ impl Worker {
             };
             let logprobs = last.top_logprobs.map(|k| (log_softmax(&logits), k));
             if let Some(c) = last.constraint.as_mut() {
-                c.mask(&mut logits)?;
+                match allowed.take() {
+                    Some(Ok(Ok(mask))) => c.apply(&mask, &mut logits),
+                    Some(Ok(Err(e))) => return Err(e.into()),
+                    Some(Err(_)) => return Err(ClusterError::Engine("the constraint's thread panicked".into())),
+                    None => c.mask(&mut logits)?,
+                }
             }
             let token = last.sampler.sample(&mut logits, &last.history, &[]);
             if let Some(c) = last.constraint.as_mut() {

@@ -136,6 +136,13 @@ impl Constraint {
     /// padding rows some models have) are never allowed.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
         let mask = self.allowed()?;
+        self.apply(&mask, logits);
+        Ok(())
+    }
+
+    /// [`Constraint::mask`] with the tokens allowed already worked out ([`Constraint::allowed`], since the last
+    /// [`Constraint::accept`]).
+    pub fn apply(&self, mask: &SimpleVob, logits: &mut [f32]) {
         // Wherever the grammar may end, every end-of-generation token may end it, not only the one it knows.
         let ends = mask.is_allowed(self.eos);
         let kept: Vec<f32> = if ends {
@@ -160,7 +167,6 @@ impl Constraint {
                 *l = k;
             }
         }
-        Ok(())
     }
 
     /// Follows the grammar past `token` (one [`Constraint::mask`] allowed). An end-of-generation token ends it.
@@ -181,10 +187,11 @@ impl Constraint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn smollm() -> Tokenizer {
+    /// The test model's tokenizer (`EXO_TEST_MODEL`, or SmolLM2-135M where scripts/fetch-models.sh puts it).
+    pub(crate) fn smollm() -> Tokenizer {
         let path = std::env::var_os("EXO_TEST_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
             let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
             home.join(".cache/exo/models/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -528,6 +528,7 @@ impl ValueScan {
 mod tests {
     use super::*;
     use crate::chat_template::ToolCall;
+    use crate::constraint::tests::smollm;
     use crate::constraint::Vocabulary;
     use crate::tokenizer::Tokenizer;
 
@@ -685,15 +686,6 @@ mod tests {
              <|im_start|>user\nTime?<|im_end|>\n<|im_start|>assistant\n<tool_call>{\"name\": \"get_time\", \"arguments\": {}}</tool_call><|im_end|>\n\
              <|im_start|>tool\nnoon (c1)<|im_end|>\n<|im_start|>assistant"
         );
-    }
-
-    fn smollm() -> Tokenizer {
-        let path = std::env::var_os("EXO_TEST_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
-            let home = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-            home.join(".cache/exo/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-        let gguf = crate::Gguf::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Tokenizer::from_gguf(&gguf).unwrap()
     }
 
     /// Whether the constraint accepts `text`, token by token as the tokenizer splits it, and then the end.
