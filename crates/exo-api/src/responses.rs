@@ -205,6 +205,12 @@ fn translate(body: &[u8]) -> Result<(Prompt, validation::Options, Map<String, Va
     if present("background") == Some(&Value::Bool(true)) {
         return Err(ApiError::field("background", format!("background: true cannot be honoured: {STATELESS}")));
     }
+    if present("top_logprobs").is_some_and(|k| k != &json!(0)) {
+        return Err(ApiError::field(
+            "top_logprobs",
+            "log-probabilities are not reported on /v1/responses yet; /v1/chat/completions reports them",
+        ));
+    }
     let mut messages = Vec::new();
     match present("instructions") {
         None => {}
@@ -222,7 +228,6 @@ fn translate(body: &[u8]) -> Result<(Prompt, validation::Options, Map<String, Va
         ("max_output_tokens", "max_tokens"),
         ("temperature", "temperature"),
         ("top_p", "top_p"),
-        ("top_logprobs", "top_logprobs"),
         ("stream", "stream"),
         ("parallel_tool_calls", "parallel_tool_calls"),
         ("seed", "seed"),
@@ -652,6 +657,8 @@ mod tests {
         );
         refuse(r#"{"model": "m", "input": "a", "tool_choice": {"type": "file_search"}}"#, "tool_choice", "tool_choice");
         refuse(r#"{"model": "m", "input": "a", "text": {"format": {"type": "xml"}}}"#, "text.format", "json_schema");
+        refuse(r#"{"model": "m", "input": "a", "top_logprobs": 2}"#, "top_logprobs", "chat/completions");
+        assert!(translate(br#"{"model": "m", "input": "a", "top_logprobs": 0}"#).is_ok());
         refuse(
             r#"{"model": "m", "input": "a", "max_output_tokens": "many"}"#,
             "max_output_tokens",
