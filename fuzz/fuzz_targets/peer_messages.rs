@@ -112,6 +112,7 @@ fn token_event(e: TokenEvent) {
         sampling: SamplingParams::greedy(),
         stop: vec!["\n\n".into(), "<|im_end|>".into()],
         ignore_eos: false,
+        preserved: vec![],
     };
     let mut generation = Generation::new(t, &[1, 2, 3], &params).expect("greedy generation starts");
     let mut text = generation.accept(e.token).text;

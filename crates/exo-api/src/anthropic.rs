@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::generation::FinishReason;
 use exo_engine::reasoning::Split;
-use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent, ToolFormat};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -313,9 +313,9 @@ struct Blocks {
 }
 
 impl Blocks {
-    /// Blocks for an answer; `tools`: whether tools were offered, so that the text may hold calls.
-    fn new(tools: bool) -> Self {
-        Self { calls: tools.then(ToolCallParser::new), ..Self::default() }
+    /// Blocks for an answer; `tools`: with tools offered, how the model writes the calls the text may hold.
+    fn new(tools: Option<ToolFormat>) -> Self {
+        Self { calls: tools.map(ToolCallParser::new), ..Self::default() }
     }
 
     /// Opens a block (closing the open one).
@@ -456,14 +456,14 @@ pub async fn messages(State(inference): State<Inference>, request: Request) -> R
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let Started { events: mut rx, reasoning, prompt_tokens } = match inference.begin(prompt, options.clone()).await {
-        Ok(started) => started,
-        Err(e) => return error_response(&e),
-    };
+    let Started { events: mut rx, reasoning, prompt_tokens, tools } =
+        match inference.begin(prompt, options.clone()).await {
+            Ok(started) => started,
+            Err(e) => return error_response(&e),
+        };
     let mut split = Output::new(reasoning);
     let id = message_id();
     let model = options.model.clone();
-    let tools = options.tools.is_some();
     if options.stream {
         let (sse, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
         tokio::spawn(async move {
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn calls_in_the_output_become_tool_use_blocks_streamed_or_whole() {
-        let mut b = Blocks::new(true);
+        let mut b = Blocks::new(Some(ToolFormat::Hermes));
         let mut out = Vec::new();
         let piece = |content: &str| Split { reasoning: String::new(), content: content.into() };
         for p in [
@@ -744,7 +744,7 @@ mod tests {
 
     #[test]
     fn streamed_blocks_open_and_close_in_order() {
-        let mut b = Blocks::new(false);
+        let mut b = Blocks::new(None);
         let mut out = Vec::new();
         b.split(&Split { reasoning: "hm".into(), content: String::new() }, true, &mut out);
         b.split(&Split { reasoning: " ok".into(), content: "Hi".into() }, true, &mut out);
@@ -765,7 +765,7 @@ mod tests {
         assert_eq!(out[4].1["index"], 1);
         assert_eq!(out[5].1["delta"], json!({"type": "text_delta", "text": "Hi"}));
         // Reasoning not shown: only the text block.
-        let mut b = Blocks::new(false);
+        let mut b = Blocks::new(None);
         let mut out = Vec::new();
         b.split(&Split { reasoning: "hm".into(), content: "Hi".into() }, false, &mut out);
         assert_eq!(out.len(), 2);

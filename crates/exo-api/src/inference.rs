@@ -21,7 +21,7 @@ use exo_engine::constraint::{Grammar, Vocabulary};
 use exo_engine::generation::{FinishReason, Generation};
 use exo_engine::reasoning::{self, ReasoningSplitter, Split, ThinkStart};
 use exo_engine::tokenizer::Tokenizer;
-use exo_engine::tool_calls::{self, ToolChoice};
+use exo_engine::tool_calls::{self, ToolChoice, ToolFormat};
 use exo_engine::{EngineError, Gguf, ModelConfig};
 use exo_models::ModelRef;
 use tokio::sync::mpsc;
@@ -55,6 +55,8 @@ pub struct Started {
     pub events: mpsc::UnboundedReceiver<Event>,
     pub reasoning: Option<ThinkStart>,
     pub prompt_tokens: usize,
+    /// For a request with tools: how the model writes its calls.
+    pub tools: Option<ToolFormat>,
 }
 
 /// A job's output text as it streams, split into reasoning and answer when the model thinks, all answer
@@ -91,6 +93,8 @@ pub enum Event {
         /// For a chat with a model that thinks: where its output starts (inside an open `<think>` or not, or in
         /// harmony's channel messages).
         reasoning: Option<ThinkStart>,
+        /// For a request with tools: how the model writes its calls (what to read them out of the text with).
+        tools: Option<ToolFormat>,
     },
     Text {
         text: String,
@@ -231,7 +235,9 @@ impl Inference {
         let (tx, mut events) = mpsc::unbounded_channel();
         self.submit(Job { prompt, options, events: tx })?;
         match events.recv().await {
-            Some(Event::Started { reasoning, prompt_tokens, .. }) => Ok(Started { events, reasoning, prompt_tokens }),
+            Some(Event::Started { reasoning, prompt_tokens, tools, .. }) => {
+                Ok(Started { events, reasoning, prompt_tokens, tools })
+            }
             Some(Event::Failed(e)) => Err(e),
             _ => Err(ApiError::Internal("the inference thread stopped".into())),
         }
@@ -279,6 +285,8 @@ struct Model {
     template: ChatTemplate,
     /// Whether it writes `<think>` reasoning before its answers.
     thinks: bool,
+    /// How it writes tool calls.
+    tool_format: ToolFormat,
     /// Its vocabulary for constrained output, read the first time a request asks for it.
     vocabulary: Option<Vocabulary>,
 }
@@ -345,7 +353,8 @@ impl Worker {
                 context,
             };
             let thinks = reasoning::model_thinks(&template, &tokenizer);
-            Ok(Model { info, tokenizer, template, thinks, vocabulary: None })
+            let tool_format = ToolFormat::detect(&template, &tokenizer);
+            Ok(Model { info, tokenizer, template, thinks, tool_format, vocabulary: None })
         };
         let m = read().map_err(|e| ApiError::Internal(format!("cannot read {model}: {e}")))?;
         Ok(self.model.insert(m))
@@ -355,13 +364,16 @@ impl Worker {
     /// here so that a schema it cannot express is the client's 400 (naming the feature) before any node works on
     /// it.
     fn grammar(&mut self, model: &str, options: &Options) -> Result<Option<Grammar>, ApiError> {
-        let (grammar, param) = match (&options.schema, &options.tools) {
-            (Some(schema), _) => (Grammar::json_schema(schema.clone()), "response_format"),
-            (None, Some(tools)) => (tool_calls::grammar(tools), "tools"),
-            (None, None) => return Ok(None),
-        };
+        if options.schema.is_none() && options.tools.is_none() {
+            return Ok(None);
+        }
         self.model(model)?;
         let m = self.model.as_mut().ok_or_else(|| ApiError::Internal("no model".into()))?;
+        let (grammar, param) = match (&options.schema, &options.tools) {
+            (Some(schema), _) => (Grammar::json_schema(schema.clone()), "response_format"),
+            (None, Some(tools)) => (tool_calls::grammar(m.tool_format, tools), "tools"),
+            (None, None) => return Ok(None),
+        };
         let vocabulary = match &mut m.vocabulary {
             Some(v) => v,
             empty => empty.insert(
@@ -391,11 +403,12 @@ impl Worker {
         let cluster = self.cluster.clone();
         let grammar = self.grammar(&o.model, o)?;
         let m = self.model(&o.model)?;
+        let tools = o.tools.as_ref().map(|_| m.tool_format);
         let engine = |e: EngineError| ApiError::Internal(e.to_string());
         let (prompt, reasoning, param) = match &job.prompt {
             Prompt::Chat(messages) | Prompt::Count(messages) => {
                 let chat = match &o.tools {
-                    Some(tools) => tool_calls::prompt(&m.template, messages, tools),
+                    Some(tools) => tool_calls::prompt(m.tool_format, &m.template, messages, tools),
                     None => m.template.prompt(messages),
                 }
                 .map_err(|e| ApiError::field("messages", e.to_string()))?;
@@ -410,7 +423,7 @@ impl Worker {
             Prompt::Text(text) => (m.tokenizer.encode(text, true, true).map_err(engine)?, None, "prompt"),
         };
         if matches!(job.prompt, Prompt::Count(_)) {
-            let counted = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning };
+            let counted = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning, tools };
             let done = Event::Done {
                 finish: FinishReason::Stop,
                 stop_sequence: None,
@@ -434,10 +447,12 @@ impl Worker {
         let max_tokens = o.max_tokens.map_or(room, |n| n.min(room));
         let plan = cluster.plan(&m.info.id, m.info.n_layers, m.info.needs, m.info.hidden_size)?;
         let mut params = o.generation_params(max_tokens);
+        // The format's markers must reach the text for its calls to be read.
+        params.preserved = tools.map(ToolFormat::preserved).unwrap_or_default();
         // Every stage must draw the same way: the origin picks the seed.
         params.sampling.seed = Some(params.sampling.seed.unwrap_or_else(rand::random));
         let mut generation = Generation::new(&m.tokenizer, &prompt, &params).map_err(engine)?;
-        let first = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning };
+        let first = Event::Started { model: m.info.id.clone(), prompt_tokens: prompt.len(), reasoning, tools };
         if job.events.send(first).is_err() {
             return Ok((Outcome::Cancelled, 0, None));
         }

@@ -18,7 +18,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::reasoning::Split;
-use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent, ToolFormat};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -194,7 +194,6 @@ fn now() -> String {
 /// With tools offered, the calls read out of a chat's content. Ollama sends a call whole, its arguments as an
 /// object, so a call goes out once its arguments parse: the grammar makes them JSON, and an object parses only once
 /// it is closed.
-#[derive(Default)]
 struct Calls {
     parser: ToolCallParser,
     /// Each call's name, its arguments so far, and whether it has gone out.
@@ -202,6 +201,10 @@ struct Calls {
 }
 
 impl Calls {
+    fn new(format: ToolFormat) -> Self {
+        Self { parser: ToolCallParser::new(format), calls: Vec::new() }
+    }
+
     /// Reads `piece`'s content (`end`: the output's last piece): the text that is not calls stays in the piece,
     /// and the calls completed come back.
     fn read(&mut self, piece: &mut Split, end: bool) -> Vec<Value> {
@@ -305,13 +308,13 @@ async fn generate_response(inference: Inference, body: Bytes, endpoint: Endpoint
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    let Started { events: mut rx, reasoning, .. } = match inference.begin(prompt, options.clone()).await {
+    let Started { events: mut rx, reasoning, tools, .. } = match inference.begin(prompt, options.clone()).await {
         Ok(started) => started,
         Err(e) => return error_response(&e),
     };
     let mut split = Output::new(reasoning);
     let model = options.model.clone();
-    let mut calls = options.tools.as_ref().map(|_| Calls::default());
+    let mut calls = tools.map(Calls::new);
     if options.stream {
         let (lines, out) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);
         tokio::spawn(async move {
@@ -715,7 +718,7 @@ mod tests {
         assert_eq!((m[2].role.as_str(), m[2].content.as_str()), ("tool", "10:00"));
         assert_eq!(o.tools.map(|t| t.tools[0].name.clone()).as_deref(), Some("get_time"));
 
-        let mut calls = Calls::default();
+        let mut calls = Calls::new(ToolFormat::Hermes);
         let mut made = Vec::new();
         let mut text = String::new();
         let pieces =
@@ -731,7 +734,7 @@ mod tests {
         assert_eq!(made, [json!({"function": {"name": "get_time", "arguments": {"city": "Rome"}}})]);
         assert_eq!(text.trim_end(), "Sure.");
         // Cut off inside its arguments: nothing is lost, the call's text stays content.
-        let mut calls = Calls::default();
+        let mut calls = Calls::new(ToolFormat::Hermes);
         let mut piece = Split {
             reasoning: String::new(),
             content: "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"ci".into(),

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use exo_engine::generation::FinishReason;
 use exo_engine::reasoning::Split;
-use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent, ToolFormat};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -315,8 +315,8 @@ struct Items {
 type Events = Vec<(&'static str, Value)>;
 
 impl Items {
-    fn new(tools: bool) -> Self {
-        Self { output: Vec::new(), open: None, calls: tools.then(ToolCallParser::new) }
+    fn new(tools: Option<ToolFormat>) -> Self {
+        Self { output: Vec::new(), open: None, calls: tools.map(ToolCallParser::new) }
     }
 
     fn index(&self) -> usize {
@@ -494,15 +494,16 @@ pub async fn responses(State(inference): State<Inference>, request: Request) -> 
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    let Started { events: mut rx, reasoning, prompt_tokens } = match inference.begin(prompt, options.clone()).await {
-        Ok(started) => started,
-        Err(e) => return in_responses_terms(e).into_response(),
-    };
+    let Started { events: mut rx, reasoning, prompt_tokens, tools } =
+        match inference.begin(prompt, options.clone()).await {
+            Ok(started) => started,
+            Err(e) => return in_responses_terms(e).into_response(),
+        };
     let mut split = Output::new(reasoning);
     let id = new_id("resp");
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let model = options.model.clone();
-    let mut items = Items::new(options.tools.is_some());
+    let mut items = Items::new(tools);
     let start = response_object(&id, created, &model, &echo, &[], None);
     // The response once generation has ended.
     let ended = move |items: &Items, finish: FinishReason, completion_tokens: usize| {
@@ -668,7 +669,7 @@ mod tests {
 
     #[test]
     fn output_items_stream_in_order_and_make_the_whole_answer() {
-        let mut items = Items::new(true);
+        let mut items = Items::new(Some(ToolFormat::Hermes));
         let mut out = Vec::new();
         let piece = |reasoning: &str, content: &str| Split { reasoning: reasoning.into(), content: content.into() };
         items.split(&piece("Hm.", ""), &mut out);

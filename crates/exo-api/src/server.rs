@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use exo_engine::generation::FinishReason;
 use exo_engine::reasoning::{ReasoningSplitter, Split};
-use exo_engine::tool_calls::{ToolCallParser, ToolEvent};
+use exo_engine::tool_calls::{ToolCallParser, ToolEvent, ToolFormat};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -236,8 +236,8 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
     let logprobs = options.logprobs;
     let model = options.model.clone();
     // The first event says whether the request can be served at all.
-    let reasoning = match rx.recv().await {
-        Some(Event::Started { reasoning, .. }) => reasoning,
+    let (reasoning, tools) = match rx.recv().await {
+        Some(Event::Started { reasoning, tools, .. }) => (reasoning, tools),
         Some(Event::Failed(e)) => return e.into_response(),
         _ => return ApiError::Internal("the inference thread stopped".into()).into_response(),
     };
@@ -245,7 +245,7 @@ async fn answer(mut rx: mpsc::UnboundedReceiver<Event>, options: &Options, kind:
     let mut split =
         reasoning.filter(|_| options.reasoning_format == ReasoningFormat::Deepseek).map(ReasoningSplitter::new);
     // With tools offered, the answer's content is read for calls.
-    let mut calls = options.tools.as_ref().map(|_| CallReader::default());
+    let mut calls = tools.map(CallReader::new);
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let shape = Shape { id: response_id(kind), created, model, kind };
     if stream {
@@ -402,7 +402,6 @@ fn finish_reason(finish: FinishReason, calls: Option<&CallReader>) -> &'static s
 
 /// The tool calls read out of a chat's content, and the deltas that stream them: per call a first fragment with
 /// `index`, `id`, `type` and the name, then fragments of its arguments.
-#[derive(Default)]
 struct CallReader {
     parser: ToolCallParser,
     /// Each call's id, name and arguments so far.
@@ -410,6 +409,10 @@ struct CallReader {
 }
 
 impl CallReader {
+    fn new(format: ToolFormat) -> Self {
+        Self { parser: ToolCallParser::new(format), calls: Vec::new() }
+    }
+
     /// The deltas for the next piece of output: its reasoning as it is, its content read for calls.
     fn deltas(&mut self, piece: &Split) -> Vec<Value> {
         let mut deltas = Vec::new();
@@ -553,7 +556,7 @@ mod tests {
     /// The events a worker sends for a job whose output is `pieces`, one token each (with its log-probability).
     fn events(reasoning: Option<ThinkStart>, pieces: &[&str]) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(Event::Started { model: "m".into(), prompt_tokens: 5, reasoning }).unwrap();
+        tx.send(Event::Started { model: "m".into(), prompt_tokens: 5, reasoning, tools: None }).unwrap();
         for piece in pieces {
             let logprob = TokenLogprob {
                 token: piece.to_string(),

@@ -57,7 +57,13 @@ pub enum ReasoningFormat {
 impl Options {
     /// The engine's generation parameters, with the token budget the caller worked out from the context.
     pub fn generation_params(&self, max_tokens: usize) -> GenerationParams {
-        GenerationParams { max_tokens, sampling: self.sampling.clone(), stop: self.stop.clone(), ignore_eos: false }
+        GenerationParams {
+            max_tokens,
+            sampling: self.sampling.clone(),
+            stop: self.stop.clone(),
+            ignore_eos: false,
+            preserved: Vec::new(),
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct GenerationParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-generation tokens (they are masked out instead).
     pub ignore_eos: bool,
+    /// Control tokens the text shows all the same (a tool-call format's markers, [`crate::tool_calls::ToolFormat::preserved`]).
+    pub preserved: Vec<u32>,
 }
 
 /// Why generation ended, in OpenAI's terms.
@@ -73,7 +75,7 @@ impl<'a> Generation<'a> {
         Ok(Self {
             tokenizer,
             sampler: Sampler::new(params.sampling.clone())?,
-            text: TextStream::new(tokenizer),
+            text: TextStream::preserving(tokenizer, params.preserved.clone()),
             stop: StopMatcher::new(params.stop.clone()),
             history,
             banned,
@@ -229,6 +231,7 @@ mod tests {
             sampling: SamplingParams::greedy(),
             stop: stop.iter().map(|s| s.to_string()).collect(),
             ignore_eos,
+            preserved: Vec::new(),
         }
     }
 

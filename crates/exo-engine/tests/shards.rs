@@ -197,8 +197,13 @@ fn generation_refuses_empty_and_overlong_prompts() {
     let gguf = Gguf::open(common::model_path()).unwrap();
     let tokenizer = exo_engine::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
     let mut chain = ShardChain::load_whole(&gguf, 8, &Device::Cpu).unwrap();
-    let params =
-        GenerationParams { max_tokens: 4, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false };
+    let params = GenerationParams {
+        max_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+        ignore_eos: false,
+        preserved: vec![],
+    };
     let e = generate(&mut chain, &tokenizer, &[], &params, |_| {}).unwrap_err();
     assert!(e.to_string().contains("prompt is empty"), "{e}");
     let e = generate(&mut chain, &tokenizer, &[504; 8], &params, |_| {}).unwrap_err();

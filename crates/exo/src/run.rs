@@ -84,6 +84,7 @@ impl RunArgs {
             sampling,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            preserved: Vec::new(),
         })
     }
 }

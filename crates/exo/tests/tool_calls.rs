@@ -3,7 +3,8 @@
 //! whose arguments match their schemas, parsed into `message.tool_calls` with `finish_reason: "tool_calls"`;
 //! streamed, each call comes as a first fragment with its id and name and then argument fragments; history with
 //! calls and tool results reaches the model; `auto` leaves a model that calls nothing its text; bad tools are a 400
-//! naming the field.
+//! naming the field. Copies of the model with Llama 3.x's and Mistral's templates show those formats end to end:
+//! the node constrains, parses and renders calls in the format the template speaks.
 
 mod harness;
 
@@ -410,4 +411,113 @@ fn ollama_chat_calls_tools_with_arguments_as_objects() {
     let (status, r) = node.post("/api/generate", &json!({"model": model_name(), "prompt": "a", "tools": tools()}));
     assert_eq!(status, 400, "{r}");
     assert!(r["error"].as_str().is_some_and(|e| e.contains("/api/chat")), "{r}");
+}
+
+/// A GGUF string as the file stores it: a u64 length, then the bytes.
+fn gguf_string(text: &str) -> Vec<u8> {
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Replaces the first stored string `old` after `from` with `new`; returns how much longer the file got.
+fn replace_string(bytes: &mut Vec<u8>, from: usize, old: &str, new: &str) -> isize {
+    let old = gguf_string(old);
+    let at = from + bytes[from..].windows(old.len()).position(|w| w == old).expect("the string is in the file");
+    bytes.splice(at..at + old.len(), gguf_string(new));
+    new.len() as isize - (old.len() as isize - 8)
+}
+
+/// Writes the test model into `dir` as `name`.gguf with chat template `template` and the control tokens
+/// `renamed` (old text, new text) renamed. The tensor data moves by a multiple of the file's alignment (32 bytes:
+/// the template is padded with a Jinja comment), so their offsets still hold.
+fn write_variant(dir: &std::path::Path, name: &str, template: &str, renamed: &[(&str, &str)]) {
+    let mut bytes = std::fs::read(common::model_path()).unwrap();
+    let tokens = bytes.windows(21).position(|w| w == b"tokenizer.ggml.tokens").expect("the model has a vocabulary");
+    let mut grown: isize = renamed.iter().map(|(old, new)| replace_string(&mut bytes, tokens, old, new)).sum();
+    let key = b"tokenizer.chat_template";
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the model has a chat template") + key.len() + 4;
+    let old_len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as isize;
+    grown += template.len() as isize - old_len;
+    let pad = (4 + grown).rem_euclid(32);
+    let padded = format!("{template}{{#{}#}}", " ".repeat(if pad == 0 { 0 } else { 32 - pad as usize }));
+    bytes.splice(at..at + 8 + old_len as usize, gguf_string(&padded));
+    assert_eq!((bytes.len() as isize - std::fs::metadata(common::model_path()).unwrap().len() as isize) % 32, 0);
+    std::fs::write(dir.join(format!("{name}.gguf")), bytes).unwrap();
+}
+
+/// A template in Mistral's newer style (`[TOOL_CALLS]name[ARGS]{...}` per call), of our own.
+const MISTRAL_ARGS_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}\
+    {% if tools and loop.last %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}[INST]{{ m.content }}[/INST]\
+    {% elif m.tool_calls %}{% for c in m.tool_calls %}[TOOL_CALLS]{{ c.function.name }}[ARGS]{{ c.function.arguments | tojson }}{% endfor %}{{ eos_token }}\
+    {% elif m.role == 'tool' %}[TOOL_RESULTS]{{ m.content }}[/TOOL_RESULTS]{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
+
+/// Llama's and Mistral's formats on a real node: copies of the test model with Llama 3.2's template, Mistral Nemo's
+/// (and two unused control tokens renamed to Mistral's `[TOOL_CALLS]` and `[ARGS]`), and a template in Mistral's
+/// newer style. The model knows none of these formats; the constraint makes its answers calls in each, which the
+/// node reads back into `tool_calls`.
+#[test]
+fn llama_and_mistral_formats_give_calls_the_node_reads_back() {
+    let dir = std::env::temp_dir().join(format!("exo-tool-formats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let renamed = [("<jupyter_code>", "[TOOL_CALLS]"), ("<gh_stars>", "[ARGS]")];
+    write_variant(&dir, "llama-tools", include_str!("../../exo-engine/tests/data/templates/llama-3.2.jinja"), &[]);
+    write_variant(
+        &dir,
+        "mistral-tools",
+        include_str!("../../exo-engine/tests/data/templates/mistral-nemo.jinja"),
+        &renamed,
+    );
+    write_variant(&dir, "mistral-args-tools", MISTRAL_ARGS_TEMPLATE, &renamed);
+    let node = Node::start_in(&dir, &Home::new("tool-formats"), &[], &[]);
+    for model in ["llama-tools", "mistral-tools", "mistral-args-tools"] {
+        let ask = |choice: Value, stream: bool| {
+            let mut r = request(choice, stream);
+            r["model"] = json!(model);
+            // One call each: this small model, offered a list, goes on listing calls to the token limit (the
+            // engine's tests read lists of calls in each format).
+            r["parallel_tool_calls"] = json!(false);
+            r
+        };
+        let (status, r) = node.post("/v1/chat/completions", &ask(json!("required"), false));
+        assert_eq!(status, 200, "{model}: {r}");
+        let got = calls(&r);
+        // The markers never reach the content.
+        assert_eq!(got.len(), 1, "{model}: {r}");
+        let (status, r) = node
+            .post("/v1/chat/completions", &ask(json!({"type": "function", "function": {"name": "get_time"}}), false));
+        assert_eq!(status, 200, "{model}: {r}");
+        assert!(calls(&r).iter().all(|(_, name, _)| name == "get_time"), "{model}: {r}");
+        // Streamed: the same calls, as fragments.
+        let (status, body) = node.request("POST", "/v1/chat/completions", &ask(json!("required"), true).to_string());
+        assert_eq!(status, 200, "{model}: {body}");
+        let mut streamed: Vec<(String, String)> = Vec::new();
+        for data in sse_data(&body).iter().filter(|d| *d != "[DONE]") {
+            let chunk: Value = serde_json::from_str(data).unwrap();
+            let delta = &chunk["choices"][0]["delta"];
+            assert!(delta["content"].as_str().unwrap_or_default().is_empty(), "{model}: text in {body}");
+            for c in delta["tool_calls"].as_array().into_iter().flatten() {
+                match c["function"]["name"].as_str() {
+                    Some(name) => streamed.push((name.to_string(), String::new())),
+                    None => streamed.last_mut().unwrap().1.push_str(c["function"]["arguments"].as_str().unwrap()),
+                }
+            }
+        }
+        assert_eq!(streamed, got.iter().map(|(_, n, a)| (n.clone(), a.clone())).collect::<Vec<_>>(), "{model}");
+        // A history with the calls (ids as this node makes them, which Nemo's template alone refuses) and their
+        // results renders.
+        let (id, name, arguments) = &got[0];
+        let mut follow = ask(json!("auto"), false);
+        follow["max_tokens"] = json!(8);
+        follow["messages"] = json!([
+            {"role": "user", "content": "What is the weather like in Paris today?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": id, "content": "18 C and sunny"}
+        ]);
+        let (status, r) = node.post("/v1/chat/completions", &follow);
+        assert_eq!(status, 200, "{model}: {r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -330,6 +330,11 @@ impl Tokenizer {
         self.attrs.get(id as usize).is_some_and(|a| a.any(Attr::CONTROL | Attr::UNKNOWN | Attr::UNUSED))
     }
 
+    /// The id of the control or user-defined token whose text is `text` (`[TOOL_CALLS]`), if there is one.
+    pub fn special_id(&self, text: &str) -> Option<u32> {
+        self.specials.iter().copied().find(|&id| self.tokens[id as usize] == text)
+    }
+
     /// The token's string as stored in the vocabulary (byte-level or `▁`-escaped, not decoded).
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)

@@ -7,16 +7,24 @@ use super::Tokenizer;
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
     pending: Vec<u8>,
+    /// Control tokens shown as their text all the same (llama.cpp's "preserved tokens": tool-call markers).
+    preserved: Vec<u32>,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        TextStream { tokenizer, pending: Vec::new() }
+        Self::preserving(tokenizer, Vec::new())
     }
 
-    /// Adds one token (control tokens contribute nothing) and returns the text it completes, possibly empty.
+    /// A stream that shows the control tokens `preserved` as their text.
+    pub fn preserving(tokenizer: &'a Tokenizer, preserved: Vec<u32>) -> Self {
+        TextStream { tokenizer, pending: Vec::new(), preserved }
+    }
+
+    /// Adds one token (control tokens contribute nothing, unless preserved) and returns the text it completes,
+    /// possibly empty.
     pub fn push(&mut self, id: u32) -> String {
-        self.pending.extend_from_slice(self.tokenizer.token_bytes(id, false));
+        self.pending.extend_from_slice(self.tokenizer.token_bytes(id, self.preserved.contains(&id)));
         let mut out = String::new();
         let mut start = 0;
         while start < self.pending.len() {
