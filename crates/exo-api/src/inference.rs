@@ -413,8 +413,11 @@ impl Worker {
                 }
                 .map_err(|e| ApiError::field("messages", e.to_string()))?;
                 // A constrained answer starts at once: no reasoning comes before it, unless the model may write
-                // text before its calls.
-                let free_start = o.tools.as_ref().is_some_and(|t| t.choice == ToolChoice::Auto);
+                // text before its calls, or its calls' grammar is the whole turn with its reasoning (harmony).
+                let free_start = o
+                    .tools
+                    .as_ref()
+                    .is_some_and(|t| t.choice == ToolChoice::Auto || matches!(m.tool_format, ToolFormat::Harmony(_)));
                 let reasoning =
                     (m.thinks && (grammar.is_none() || free_start)).then(|| ThinkStart::after_prompt(&chat.text));
                 (chat.encode(&m.tokenizer).map_err(engine)?, reasoning, "messages")

@@ -11,7 +11,9 @@
 //! gpt-oss writes OpenAI's "harmony" format instead: a turn is a run of messages, each
 //! `<|channel|>NAME<|message|>TEXT<|end|>`, the later ones after `<|start|>assistant`. Its reasoning is the
 //! `analysis` channel's text, its answer the `final` channel's (and `commentary`'s, its preambles); the markers
-//! are left out (llama.cpp renders them as text, so they reach us in the output).
+//! are left out (llama.cpp renders them as text, so they reach us in the output). A message with a recipient
+//! (`to=functions.NAME` in its header: a tool call) is the tool-call parser's to read: it goes to the answer from
+//! the recipient on, as `to=functions.NAME …<|message|>ARGUMENTS` (see `tool_calls`).
 //!
 //! Owns the tags and the splitting; knows nothing of the API's fields or of which requests want the split.
 
@@ -24,10 +26,14 @@ pub const OPEN_TAG: &str = "<think>";
 pub const CLOSE_TAG: &str = "</think>";
 
 /// Harmony's markers (gpt-oss): a message's channel, its text, its end, and the next message's start.
-const CHANNEL: &str = "<|channel|>";
-const MESSAGE: &str = "<|message|>";
-const END: &str = "<|end|>";
-const START: &str = "<|start|>";
+pub const CHANNEL: &str = "<|channel|>";
+pub const MESSAGE: &str = "<|message|>";
+pub const END: &str = "<|end|>";
+pub const START: &str = "<|start|>";
+/// Harmony's marker before a message's content type (`<|constrain|>json`, in tool calls).
+pub const CONSTRAIN: &str = "<|constrain|>";
+/// Where a harmony header names the message's recipient (`to=functions.get_weather`): a tool call.
+pub const RECIPIENT: &str = "to=";
 /// The harmony channel whose messages are reasoning.
 const ANALYSIS: &str = "analysis";
 
@@ -184,17 +190,27 @@ impl ReasoningSplitter {
             match self.harmony {
                 Some(Harmony::Header) => {
                     let Some(at) = self.held.find(MESSAGE) else {
-                        // A header is markers and a channel name: anything else means this is not harmony.
+                        // A header is markers, a channel name and perhaps a recipient (after the role, which the
+                        // prompt wrote): anything else means this is not harmony.
                         let header = self.held.trim_start();
                         let looks_like_one =
-                            [START, CHANNEL].iter().any(|m| header.starts_with(m) || m.starts_with(header));
+                            [START, CHANNEL, RECIPIENT].iter().any(|m| header.starts_with(m) || m.starts_with(header));
                         if !looks_like_one {
                             self.harmony = Some(Harmony::Plain);
                             continue;
                         }
                         return out;
                     };
-                    let channel = self.held[..at]
+                    let header = &self.held[..at];
+                    if let Some(to) = header.find(RECIPIENT) {
+                        // A tool call: its recipient and arguments go to the answer, for the call parser.
+                        out.content.push_str(&header[to..]);
+                        out.content.push_str(MESSAGE);
+                        self.harmony = Some(Harmony::Message { reasoning: false });
+                        self.held.drain(..at + MESSAGE.len());
+                        continue;
+                    }
+                    let channel = header
                         .rsplit_once(CHANNEL)
                         .map(|(_, c)| c.split(|c: char| c.is_whitespace() || c == '<').next().unwrap_or(""));
                     self.harmony = Some(Harmony::Message { reasoning: channel == Some(ANALYSIS) });
@@ -372,9 +388,25 @@ mod tests {
         let pieces = ["<|channel|>", "analysis", "<|message|>", "Think", "ing", "<|end|>", "<|start|>", "assistant"];
         let rest = ["<|channel|>", "final", "<|message|>", "Hi", "!"];
         assert_eq!(split(ThinkStart::Harmony, &[&pieces[..], &rest[..]].concat()), pair("Thinking", "Hi!"));
-        // A preamble on the commentary channel (its header may name a recipient) is answer text.
-        let preamble = "<|channel|>commentary to=functions.get<|constrain|>json<|message|>{\"a\":1}<|end|>";
-        assert_eq!(split(ThinkStart::Harmony, &[preamble]), pair("", "{\"a\":1}"));
+        // A preamble on the commentary channel is answer text.
+        let preamble = "<|channel|>commentary<|message|>Checking the weather.<|end|>";
+        assert_eq!(split(ThinkStart::Harmony, &[preamble]), pair("", "Checking the weather."));
+        // A tool call (a header naming a recipient, on the channel or on the role) reaches the answer from the
+        // recipient on, for the tool-call parser.
+        let call = "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant\
+                    <|channel|>commentary to=functions.get <|constrain|>json<|message|>{\"a\":1}";
+        for cut in (0..=call.len()).filter(|&c| call.is_char_boundary(c)) {
+            assert_eq!(
+                split(ThinkStart::Harmony, &[&call[..cut], &call[cut..]]),
+                pair("Need weather.", "to=functions.get <|constrain|>json<|message|>{\"a\":1}"),
+                "cut at {cut}"
+            );
+        }
+        let on_role = " to=functions.get<|channel|>commentary json<|message|>{}";
+        assert_eq!(
+            split(ThinkStart::Harmony, &[on_role]),
+            pair("", "to=functions.get<|channel|>commentary json<|message|>{}")
+        );
     }
 
     #[test]

@@ -7,18 +7,24 @@
 //! - Llama 3.1 and later: the whole answer is one JSON object `{"name": ..., "parameters": {...}}`;
 //! - Mistral's older models (7B v0.3, Nemo, Small 3 and 3.1): the `[TOOL_CALLS]` token and a JSON array of
 //!   `{"name": ..., "arguments": {...}, "id": "<9 letters and digits>"}`;
-//! - Mistral's newer ones (Small 3.2, Magistral, Devstral): `[TOOL_CALLS]name[ARGS]{...}` per call.
+//! - Mistral's newer ones (Small 3.2, Magistral, Devstral): `[TOOL_CALLS]name[ARGS]{...}` per call;
+//! - gpt-oss (OpenAI's harmony): a message of its own per call, to a recipient on the commentary channel,
+//!   `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{...}`, ended by `<|call|>` (which ends
+//!   the turn: one call per turn). The reasoning splitter hands such a message on from its recipient.
 //!
 //! A template that writes its family's calls itself is given the tools and the history's calls and results as
 //! transformers gives them (for Llama, a turn of several calls becomes consecutive turns of one, which is all its
-//! template renders; for Mistral, ids become the 9 characters its templates require). Any other template gets the
+//! template renders, and so for gpt-oss; for Mistral, ids become the 9 characters its templates require). Any
+//! other template gets the
 //! tools listed in a system message that asks for Hermes's format, the history's calls written out as the model
 //! would have written them and the results as user turns.
 //!
 //! [`grammar`] constrains the output: with [`ToolChoice::Auto`] text may come first and is free until the
 //! family's opening appears (a lazy grammar: prose costs little; for Llama, an answer that starts with `{` is a
 //! call), and from there only a call to a listed tool whose arguments match its parameters' schema may follow;
-//! with `Required` or a named tool the output is calls from the first token. [`ToolCallParser`] turns the output
+//! with `Required` or a named tool the output is calls from the first token (for gpt-oss, whose turn is a run of
+//! messages, the grammar is the turn's: notes on the analysis and commentary channels, then the final answer or
+//! a call; with a call required, one analysis message at most before it). [`ToolCallParser`] turns the output
 //! into text and calls, holding back text that may be the start of a call until it knows, and streaming a call's
 //! arguments as they come. Mistral's markers are control tokens, which output text leaves out: a request with
 //! tools renders them ([`ToolFormat::preserved`]).
@@ -32,6 +38,7 @@ use serde_json::{json, Value};
 use crate::chat_template::{ChatMessage, ChatPrompt, ChatTemplate};
 use crate::constraint::{Grammar, JSON_WHITESPACE};
 use crate::error::Result;
+use crate::reasoning::{CHANNEL, CONSTRAIN, END, MESSAGE, RECIPIENT, START};
 use crate::tokenizer::Tokenizer;
 
 /// What opens a Hermes call.
@@ -42,6 +49,9 @@ pub const CLOSE: &str = "</tool_call>";
 pub const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 /// Mistral's token between a call's name and its arguments (its newer models).
 pub const MISTRAL_ARGS: &str = "[ARGS]";
+/// What opens a gpt-oss call in the text the reasoning splitter hands on: the recipient, in the functions
+/// namespace (the tools a request offers).
+pub const HARMONY_CALL: &str = "to=functions.";
 
 /// How a model family writes tool calls (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +64,43 @@ pub enum ToolFormat {
     MistralList { open: u32 },
     /// `[TOOL_CALLS]` (token `open`), the name, `[ARGS]` (token `args`) and the arguments, per call.
     MistralArgs { open: u32, args: u32 },
+    /// gpt-oss's harmony messages; the call a message `to=functions.NAME`. The markers' token ids, for the
+    /// grammar.
+    Harmony(HarmonyTokens),
+}
+
+/// The harmony markers' token ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HarmonyTokens {
+    pub start: u32,
+    pub channel: u32,
+    pub message: u32,
+    pub end: u32,
+    pub constrain: u32,
+}
+
+impl HarmonyTokens {
+    /// The markers in `tokenizer`'s vocabulary, when all are there.
+    fn find(tokenizer: &Tokenizer) -> Option<Self> {
+        Some(Self {
+            start: tokenizer.special_id(START)?,
+            channel: tokenizer.special_id(CHANNEL)?,
+            message: tokenizer.special_id(MESSAGE)?,
+            end: tokenizer.special_id(END)?,
+            constrain: tokenizer.special_id(CONSTRAIN)?,
+        })
+    }
 }
 
 impl ToolFormat {
     /// The format `template` writes calls in; Hermes's for a template that writes none (the system message asks
-    /// for it). Mistral's needs its markers in the vocabulary.
+    /// for it). Mistral's and harmony need their markers in the vocabulary.
     pub fn detect(template: &ChatTemplate, tokenizer: &Tokenizer) -> Self {
+        if template.mentions(CHANNEL) && template.mentions(RECIPIENT) {
+            if let Some(tokens) = HarmonyTokens::find(tokenizer) {
+                return ToolFormat::Harmony(tokens);
+            }
+        }
         if template.mentions(MISTRAL_CALLS) {
             if let Some(open) = tokenizer.special_id(MISTRAL_CALLS) {
                 return match tokenizer.special_id(MISTRAL_ARGS).filter(|_| template.mentions(MISTRAL_ARGS)) {
@@ -81,15 +122,17 @@ impl ToolFormat {
     /// The control tokens the output must show as text for the parser to see the calls.
     pub fn preserved(self) -> Vec<u32> {
         match self {
-            ToolFormat::Hermes | ToolFormat::Llama => Vec::new(),
+            // Harmony's markers are shown as text anyway (the tokenizer's always-rendered tokens).
+            ToolFormat::Hermes | ToolFormat::Llama | ToolFormat::Harmony(_) => Vec::new(),
             ToolFormat::MistralList { open } => vec![open],
             ToolFormat::MistralArgs { open, args } => vec![open, args],
         }
     }
 
-    /// Whether a model may make several calls in one turn in this format (Llama's template renders one).
+    /// Whether a model may make several calls in one turn in this format (Llama's template renders one; a
+    /// harmony call ends the turn).
     fn parallel(self) -> bool {
-        self != ToolFormat::Llama
+        !matches!(self, ToolFormat::Llama | ToolFormat::Harmony(_))
     }
 }
 
@@ -174,6 +217,17 @@ pub fn prompt(
             template.prompt(&written)
         }
         ToolFormat::Llama => template.prompt_with_tools(&one_call_per_turn(messages), Some(&list)),
+        ToolFormat::Harmony(_) => {
+            // gpt-oss's template writes each tool's description and fails on one without.
+            let described = tools.tools.iter().map(|t| {
+                let mut tool = t.to_json();
+                if t.description.is_none() {
+                    tool["function"]["description"] = json!("");
+                }
+                tool
+            });
+            template.prompt_with_tools(&one_call_per_turn(messages), Some(&Value::Array(described.collect())))
+        }
         ToolFormat::MistralList { .. } | ToolFormat::MistralArgs { .. } => {
             template.prompt_with_tools(&mistral_ids(messages), Some(&list))
         }
@@ -230,7 +284,7 @@ fn written_out(messages: &[ChatMessage]) -> Vec<ChatMessage> {
 }
 
 /// `messages` with each assistant turn of several calls made consecutive turns of one call, each followed by its
-/// result (Llama's templates render one call per turn and refuse more).
+/// result (Llama's templates render one call per turn and refuse more; gpt-oss's renders the first only).
 fn one_call_per_turn(messages: &[ChatMessage]) -> Cow<'_, [ChatMessage]> {
     if messages.iter().all(|m| m.tool_calls.len() <= 1) {
         return Cow::Borrowed(messages);
@@ -383,6 +437,38 @@ pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
             }
             source
         }
+        ToolFormat::Harmony(m) => {
+            // After `<|start|>assistant`: notes (reasoning, preambles), each ending where the next message starts,
+            // then the final answer or a call (whose end is `<|call|>`, an end of generation).
+            let start = if auto { "note* (final | call)" } else { "analysis? call" };
+            let names: Vec<String> = (0..offered.len()).map(|i| format!("tool_{i}")).collect();
+            let mut source = format!(
+                "start: {start}\n\
+                 note: <[{channel}]> (\"analysis\" | \"commentary\") <[{message}]> BODY <[{end}]> <[{begin}]> \"assistant\"\n\
+                 analysis: <[{channel}]> \"analysis\" <[{message}]> BODY <[{end}]> <[{begin}]> \"assistant\"\n\
+                 final: <[{channel}]> \"final\" <[{message}]> BODY\n\
+                 call: <[{channel}]> \"commentary {HARMONY_CALL}\" ({})\n\
+                 BODY: /(?s:.*)/\n",
+                names.join(" | "),
+                channel = m.channel,
+                message = m.message,
+                end = m.end,
+                begin = m.start,
+            );
+            for (name, tool) in names.iter().zip(&offered) {
+                let mut schema = tool.parameters.clone();
+                if let Some(object) = schema.as_object_mut() {
+                    object.insert("x-guidance".into(), json!({ "whitespace_pattern": JSON_WHITESPACE }));
+                }
+                source.push_str(&format!(
+                    "{name}: {} <[{}]> \"json\" <[{}]> %json {schema}\n",
+                    lark_string(&format!("{} ", tool.name)),
+                    m.constrain,
+                    m.message
+                ));
+            }
+            source
+        }
     };
     Grammar::lark(source)
 }
@@ -494,12 +580,13 @@ impl ToolCallParser {
         events
     }
 
-    /// What opens a call in text (Hermes's tag, Mistral's marker); none for Llama.
+    /// What opens a call in text (Hermes's tag, Mistral's marker, harmony's recipient); none for Llama.
     fn opening(&self) -> &'static str {
         match self.format {
             ToolFormat::Hermes => OPEN,
             ToolFormat::Llama => "",
             ToolFormat::MistralList { .. } | ToolFormat::MistralArgs { .. } => MISTRAL_CALLS,
+            ToolFormat::Harmony(_) => HARMONY_CALL,
         }
     }
 
@@ -507,7 +594,7 @@ impl ToolCallParser {
     fn after_opening(&self) -> State {
         match self.format {
             ToolFormat::MistralList { .. } => State::List,
-            ToolFormat::MistralArgs { .. } => State::Name,
+            ToolFormat::MistralArgs { .. } | ToolFormat::Harmony(_) => State::Name,
             ToolFormat::Hermes | ToolFormat::Llama => State::Header,
         }
     }
@@ -595,9 +682,13 @@ impl ToolCallParser {
                 }
             },
             State::Name => {
-                let Some(at) = self.pending.find(MISTRAL_ARGS) else { return false };
-                let name = self.pending[..at].trim().to_string();
-                self.pending.drain(..at + MISTRAL_ARGS.len());
+                // Mistral: the name, then `[ARGS]`; harmony: the name, perhaps the channel and the content type,
+                // then `<|message|>`.
+                let marker = if matches!(self.format, ToolFormat::Harmony(_)) { MESSAGE } else { MISTRAL_ARGS };
+                let Some(at) = self.pending.find(marker) else { return false };
+                let name = self.pending[..at].trim_start();
+                let name = name.split(|c: char| c.is_whitespace() || c == '<').next().unwrap_or_default().to_string();
+                self.pending.drain(..at + marker.len());
                 self.begin_call(name, events);
                 self.state = State::Arguments(ValueScan::default());
                 true
@@ -612,7 +703,7 @@ impl ToolCallParser {
                 if end.is_some() {
                     self.state = match self.format {
                         ToolFormat::Hermes => State::Tail(None),
-                        ToolFormat::MistralArgs { .. } => State::Between,
+                        ToolFormat::MistralArgs { .. } | ToolFormat::Harmony(_) => State::Between,
                         // The rest of the call's object (Mistral's id), one level in.
                         ToolFormat::Llama | ToolFormat::MistralList { .. } => {
                             State::Tail(Some(ValueScan { depth: 1, started: true, ..ValueScan::default() }))
@@ -1330,5 +1421,96 @@ mod tests {
         let only_time = grammar(named, &tools(ToolChoice::Named("get_time".into()), true));
         assert!(accepts(&v, &mistral, &only_time, "[TOOL_CALLS]get_time[ARGS]{}"));
         assert!(!accepts(&v, &mistral, &only_time, two));
+    }
+
+    const GPT_OSS: &str = include_str!("../tests/data/templates/gpt-oss.jinja");
+
+    /// The test model's tokenizer with seven of its unused control tokens renamed to harmony's markers.
+    fn harmony_tokenizer() -> (Tokenizer, HarmonyTokens) {
+        let path = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/exo/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let path = std::env::var_os("EXO_TEST_MODEL").map(std::path::PathBuf::from).unwrap_or(path);
+        let mut meta = crate::Gguf::open(&path).unwrap().metadata;
+        let Some(crate::gguf::Value::Array(tokens)) = meta.get_mut("tokenizer.ggml.tokens") else { panic!() };
+        // <reponame> to <issue_closed>: control tokens the model never writes.
+        for (id, marker) in (4..).zip([START, CHANNEL, MESSAGE, END, CONSTRAIN, "<|call|>", "<|return|>"]) {
+            tokens[id] = crate::gguf::Value::String(marker.into());
+        }
+        let markers = HarmonyTokens { start: 4, channel: 5, message: 6, end: 7, constrain: 8 };
+        (Tokenizer::from_metadata(&meta).unwrap(), markers)
+    }
+
+    #[test]
+    fn gpt_oss_calls_are_found_read_and_rendered_one_per_turn() {
+        let (harmony, markers) = harmony_tokenizer();
+        let t = ChatTemplate::new(Some(GPT_OSS), "<|startoftext|>", "<|return|>").unwrap();
+        let format = ToolFormat::detect(&t, &harmony);
+        assert_eq!(format, ToolFormat::Harmony(markers));
+        // Over a vocabulary without the markers, the template's calls cannot be constrained: Hermes's.
+        assert_eq!(ToolFormat::detect(&t, &smollm()), ToolFormat::Hermes);
+        assert!(format.preserved().is_empty() && !format.parallel());
+        // What the reasoning splitter hands on, in either header order, however it is cut.
+        parses_the_same_in_any_split(
+            format,
+            "to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}",
+            &[call(0, "get_weather"), args(0, "{\"city\": \"Paris\"}")],
+        );
+        assert_eq!(
+            joined(parse_as(format, &["to=functions.get_time<|channel|>commentary json<|message|>{}"])),
+            vec![call(0, "get_time"), args(0, "{}")]
+        );
+        // Answer text is text; a call cut off in its header is text.
+        assert_eq!(joined(parse_as(format, &["Sunny, 18 C."])), vec![text("Sunny, 18 C.")]);
+        assert_eq!(joined(parse_as(format, &["to=functions.get_wea"])), vec![text("to=functions.get_wea")]);
+        // History: two calls of one turn become two turns, each with its result.
+        let p = prompt(format, &t, &two_calls_answered(), &tools(ToolChoice::Auto, true)).unwrap();
+        let expected = "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>\
+                        {\"city\": \"Paris\"}<|call|>\
+                        <|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>\"18 C\"<|end|>\
+                        <|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{}<|call|>\
+                        <|start|>functions.get_time to=assistant<|channel|>commentary<|message|>\"noon\"<|end|>";
+        assert!(p.text.contains(expected), "{}", p.text);
+        assert!(p.text.contains("type get_weather = (_: {"), "the tools are listed: {}", p.text);
+        assert!(p.text.ends_with("<|start|>assistant"));
+    }
+
+    #[test]
+    fn the_gpt_oss_grammar_is_the_turn_with_calls_to_listed_tools_only() {
+        let (harmony, markers) = harmony_tokenizer();
+        let v = Vocabulary::new(&harmony).unwrap();
+        let format = ToolFormat::Harmony(markers);
+        let think = "<|channel|>analysis<|message|>The user wants the weather.<|end|><|start|>assistant";
+        let call = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Paris\"}";
+        let answer = "<|channel|>final<|message|>It is sunny.";
+        let auto = grammar(format, &tools(ToolChoice::Auto, true));
+        for good in [
+            call.to_string(),
+            format!("{think}{call}"),
+            format!("{think}{answer}"),
+            format!("{think}<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant{call}"),
+        ] {
+            assert!(accepts(&v, &harmony, &auto, &good), "auto refused {good}");
+        }
+        for bad in [
+            "It is sunny.".to_string(),
+            call.replace("get_weather", "get_wether"),
+            call.replace("city", "town"),
+            format!("{call}{call}"),
+        ] {
+            assert!(!accepts(&v, &harmony, &auto, &bad), "auto accepted {bad}");
+        }
+        let required = grammar(format, &tools(ToolChoice::Required, true));
+        assert!(accepts(&v, &harmony, &required, &format!("{think}{call}")));
+        assert!(accepts(&v, &harmony, &required, call));
+        assert!(!accepts(&v, &harmony, &required, &format!("{think}{answer}")));
+        assert!(!accepts(&v, &harmony, &required, &format!("{think}{think}{call}")));
+        let named = grammar(format, &tools(ToolChoice::Named("get_time".into()), true));
+        assert!(!accepts(&v, &harmony, &named, call));
+        let time = "<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{}";
+        assert!(accepts(&v, &harmony, &named, time));
+        // The turn opens with the channel marker (a token shown as its text, as llama.cpp shows it, so the same
+        // text spelled in other tokens reads the same).
+        let mut c = v.constrain(&required).unwrap();
+        assert!(c.allowed().unwrap().is_allowed(markers.channel));
     }
 }

@@ -3,7 +3,7 @@
 //! whose arguments match their schemas, parsed into `message.tool_calls` with `finish_reason: "tool_calls"`;
 //! streamed, each call comes as a first fragment with its id and name and then argument fragments; history with
 //! calls and tool results reaches the model; `auto` leaves a model that calls nothing its text; bad tools are a 400
-//! naming the field. Copies of the model with Llama 3.x's and Mistral's templates show those formats end to end:
+//! naming the field. Copies of the model with Llama 3.x's, Mistral's and gpt-oss's templates show those formats end to end:
 //! the node constrains, parses and renders calls in the format the template speaks.
 
 mod harness;
@@ -452,12 +452,12 @@ const MISTRAL_ARGS_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if
     {% elif m.tool_calls %}{% for c in m.tool_calls %}[TOOL_CALLS]{{ c.function.name }}[ARGS]{{ c.function.arguments | tojson }}{% endfor %}{{ eos_token }}\
     {% elif m.role == 'tool' %}[TOOL_RESULTS]{{ m.content }}[/TOOL_RESULTS]{% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
 
-/// Llama's and Mistral's formats on a real node: copies of the test model with Llama 3.2's template, Mistral Nemo's
-/// (and two unused control tokens renamed to Mistral's `[TOOL_CALLS]` and `[ARGS]`), and a template in Mistral's
-/// newer style. The model knows none of these formats; the constraint makes its answers calls in each, which the
+/// Llama's, Mistral's and gpt-oss's formats on a real node: copies of the test model with Llama 3.2's template,
+/// Mistral Nemo's (and two unused control tokens renamed to Mistral's `[TOOL_CALLS]` and `[ARGS]`), a template in
+/// Mistral's newer style, and gpt-oss's (seven unused control tokens renamed to harmony's markers). The model knows none of these formats; the constraint makes its answers calls in each, which the
 /// node reads back into `tool_calls`.
 #[test]
-fn llama_and_mistral_formats_give_calls_the_node_reads_back() {
+fn llama_mistral_and_gpt_oss_formats_give_calls_the_node_reads_back() {
     let dir = std::env::temp_dir().join(format!("exo-tool-formats-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -470,8 +470,14 @@ fn llama_and_mistral_formats_give_calls_the_node_reads_back() {
         &renamed,
     );
     write_variant(&dir, "mistral-args-tools", MISTRAL_ARGS_TEMPLATE, &renamed);
+    let harmony: Vec<(&str, &str)> = ["<reponame>", "<file_sep>", "<filename>", "<gh_stars>", "<issue_start>"]
+        .into_iter()
+        .zip(["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>"])
+        .chain([("<issue_comment>", "<|call|>"), ("<issue_closed>", "<|return|>")])
+        .collect();
+    write_variant(&dir, "gpt-oss-tools", include_str!("../../exo-engine/tests/data/templates/gpt-oss.jinja"), &harmony);
     let node = Node::start_in(&dir, &Home::new("tool-formats"), &[], &[]);
-    for model in ["llama-tools", "mistral-tools", "mistral-args-tools"] {
+    for model in ["llama-tools", "mistral-tools", "mistral-args-tools", "gpt-oss-tools"] {
         let ask = |choice: Value, stream: bool| {
             let mut r = request(choice, stream);
             r["model"] = json!(model);
