@@ -265,6 +265,12 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
         openai.insert("tool_choice".into(), choice);
         openai.insert("parallel_tool_calls".into(), Value::Bool(parallel));
     }
+    // A list, in Anthropic's API (chat completions also takes one string).
+    if let Some(stops) = present("stop_sequences") {
+        if !stops.as_array().is_some_and(|s| s.iter().all(Value::is_string)) {
+            return Err(ApiError::field("stop_sequences", "stop_sequences must be an array of strings"));
+        }
+    }
     let names = [
         ("model", "model"),
         ("max_tokens", "max_tokens"),
