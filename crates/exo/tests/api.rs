@@ -171,10 +171,7 @@ fn a_client_hanging_up_mid_stream_stops_its_generation_and_frees_its_cache() {
 #[test]
 fn a_full_queue_is_refused_and_the_node_keeps_serving() {
     let node = Node::start_with(&Home::new("queue"), &["--queue", "1"]);
-    let mut running = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
-    read_content_chunks(&mut running, 1);
-    let waiting = node.send("/v1/chat/completions", &long_chat());
-    node.wait_for("a request in the queue", |me| me["inference"]["queued"] == 1);
+    let (running, waiting) = fill_queue(&node);
     let (status, r) = node.post("/v1/chat/completions", &chat_body(4, false));
     assert_eq!(status, 503, "{r}");
     assert_eq!(r["error"]["code"], "server_busy");

@@ -6,8 +6,6 @@
 
 mod harness;
 
-use std::io::BufReader;
-
 use harness::*;
 use serde_json::{json, Value};
 
@@ -231,10 +229,7 @@ fn every_endpoint_refuses_bad_input_in_its_own_shape() {
 fn every_endpoint_refuses_when_the_queue_is_full() {
     use Dialect::*;
     let node = Node::start_with(&Home::new("queue-dialects"), &["--queue", "1"]);
-    let mut running = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
-    read_content_chunks(&mut running, 1);
-    let waiting = node.send("/v1/chat/completions", &long_chat());
-    node.wait_for("a request in the queue", |me| me["inference"]["queued"] == 1);
+    let (running, waiting) = fill_queue(&node);
     let m = model_name();
     let user = json!([{"role": "user", "content": "Hi"}]);
     let cases = [

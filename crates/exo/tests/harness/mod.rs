@@ -262,3 +262,13 @@ pub fn read_content_chunks(reader: &mut impl BufRead, n: usize) {
             usize::from(line.starts_with("data: ") && line.contains("\"content\":\"") && !line.contains("\"role\""));
     }
 }
+
+/// Fills the queue of a node started with `--queue 1`: one long request streaming, one waiting. Dropping the two
+/// streams hangs both up.
+pub fn fill_queue(node: &Node) -> (BufReader<TcpStream>, TcpStream) {
+    let mut running = BufReader::new(node.send("/v1/chat/completions", &long_chat()));
+    read_content_chunks(&mut running, 1);
+    let waiting = node.send("/v1/chat/completions", &long_chat());
+    node.wait_for("a request in the queue", |me| me["inference"]["queued"] == 1);
+    (running, waiting)
+}
