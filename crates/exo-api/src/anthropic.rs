@@ -240,17 +240,23 @@ fn translate(body: &[u8]) -> Result<(Prompt, Options, bool), ApiError> {
         Some(Value::Array(items)) => {
             for (i, m) in items.iter().enumerate() {
                 let here = format!("messages[{i}]");
-                let role = match m.get("role").and_then(Value::as_str) {
-                    Some(r @ ("user" | "assistant")) => r,
+                let content = m.get("content").unwrap_or(&Value::Null);
+                match m.get("role").and_then(Value::as_str) {
+                    Some(role @ ("user" | "assistant")) => {
+                        messages.extend(turn(role, content, &format!("{here}.content"), true)?)
+                    }
+                    // Claude Code puts system text between the turns too (its agents and skills); it stays in
+                    // its place, as a system message (a template that takes a system message only first gets
+                    // every system text merged into the first user message).
+                    Some("system") => messages
+                        .push(json!({"role": "system", "content": text_of(content, &format!("{here}.content"))?})),
                     _ => {
                         return Err(ApiError::field(
                             &format!("{here}.role"),
-                            format!("{here}.role must be \"user\" or \"assistant\""),
+                            format!("{here}.role must be \"user\", \"assistant\" or \"system\""),
                         ))
                     }
-                };
-                let content = m.get("content").unwrap_or(&Value::Null);
-                messages.extend(turn(role, content, &format!("{here}.content"), true)?);
+                }
             }
         }
         _ => return Err(ApiError::field("messages", "messages must be an array of messages")),
@@ -590,13 +596,23 @@ mod tests {
             br#"{"model": "m", "max_tokens": 9, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
                 "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
                              {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "Hello"}]},
-                             {"role": "user", "content": "Bye"}],
+                             {"role": "user", "content": "Bye"},
+                             {"role": "system", "content": [{"type": "text", "text": "Agents: none."}]}],
                 "stop_sequences": ["\n\n"], "temperature": 0.5, "top_k": 5, "metadata": {"user_id": "u"}, "stream": true}"#,
         )
         .unwrap();
         let Prompt::Chat(m) = prompt else { panic!("a chat") };
         let pairs: Vec<(&str, &str)> = m.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
-        assert_eq!(pairs, [("system", "Be brief."), ("user", "Hi\nthere"), ("assistant", "Hello"), ("user", "Bye")]);
+        assert_eq!(
+            pairs,
+            [
+                ("system", "Be brief."),
+                ("user", "Hi\nthere"),
+                ("assistant", "Hello"),
+                ("user", "Bye"),
+                ("system", "Agents: none.")
+            ]
+        );
         assert_eq!(
             (o.max_tokens, o.stream, o.stop.clone(), o.sampling.top_k),
             (Some(9), true, vec!["\n\n".to_string()], 5)
@@ -657,8 +673,12 @@ mod tests {
             "messages[0].content[0]",
         );
         refuse(
-            r#"{"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "a"}]}"#,
+            r#"{"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "a"}]}"#,
             "messages[0].role",
+        );
+        refuse(
+            r#"{"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}"#,
+            "messages[0].content[0]",
         );
         refuse(r#"{"model": "m", "max_tokens": 5, "messages": []}"#, "messages");
         refuse(&format!(r#"{{{m}, "max_tokens": 5, "temperature": 3}}"#), "temperature");

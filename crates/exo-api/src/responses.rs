@@ -146,8 +146,10 @@ fn messages_of(input: &Value) -> Result<Vec<Value>, ApiError> {
 }
 
 /// Flat function `tools` (`{"type": "function", "name", "description", "parameters", "strict"}`) as chat
-/// completions' tools. Built-in tools (web search, file search, computer use, ...) run on OpenAI's side and are
-/// refused.
+/// completions' tools; a `namespace`'s function tools (Codex CLI groups its sub-agent tools so) are offered by
+/// their own names. Built-in tools (web search, file search, computer use, ...) run on OpenAI's side: this node
+/// has none to run, so the model is not offered them (Codex CLI sends `web_search` with every request, and a
+/// refusal would stop it), as a server without them would answer.
 fn tools_of(tools: &Value) -> Result<Value, ApiError> {
     let Some(items) = tools.as_array() else {
         return Err(ApiError::field("tools", "tools must be an array of function tools"));
@@ -156,26 +158,39 @@ fn tools_of(tools: &Value) -> Result<Value, ApiError> {
     for (i, t) in items.iter().enumerate() {
         let here = format!("tools[{i}]");
         match t.get("type").and_then(Value::as_str) {
-            Some("function") => {}
-            Some(other) => {
-                return Err(ApiError::field(
-                    &format!("{here}.type"),
-                    format!("{here} is a '{other}' tool; this server runs no tools itself, only function tools"),
-                ))
+            Some("function") => out.push(function_tool(t)),
+            Some("namespace") => {
+                let Some(inner) = t.get("tools").and_then(Value::as_array) else {
+                    return Err(ApiError::field(&format!("{here}.tools"), format!("{here}.tools must be an array")));
+                };
+                for (j, f) in inner.iter().enumerate() {
+                    if f.get("type").and_then(Value::as_str) != Some("function") {
+                        return Err(ApiError::field(
+                            &format!("{here}.tools[{j}].type"),
+                            format!("{here}.tools[{j}] must be a function tool"),
+                        ));
+                    }
+                    out.push(function_tool(f));
+                }
             }
+            Some(_) => {}
             None => {
                 return Err(ApiError::field(&format!("{here}.type"), format!("{here} needs \"type\": \"function\"")))
             }
         }
-        let mut function = Map::new();
-        for field in ["name", "description", "parameters"] {
-            if let Some(v) = t.get(field).filter(|v| !v.is_null()) {
-                function.insert(field.into(), v.clone());
-            }
-        }
-        out.push(json!({"type": "function", "function": function}));
     }
     Ok(Value::Array(out))
+}
+
+/// A Responses function tool as a chat completions tool.
+fn function_tool(t: &Value) -> Value {
+    let mut function = Map::new();
+    for field in ["name", "description", "parameters"] {
+        if let Some(v) = t.get(field).filter(|v| !v.is_null()) {
+            function.insert(field.into(), v.clone());
+        }
+    }
+    json!({"type": "function", "function": function})
 }
 
 /// A Responses request as the chat request the validation reads, and the request's fields a response repeats.
@@ -627,6 +642,22 @@ mod tests {
         assert_eq!(o.schema, Some(json!({"type": "object"})));
     }
 
+    /// Codex CLI's tools: function tools, a namespace of function tools, and OpenAI's hosted web search, which
+    /// this node cannot run and so does not offer.
+    #[test]
+    fn namespaces_are_offered_by_their_tools_and_hosted_tools_are_not_offered() {
+        let (_, o, _) = translate(
+            br#"{"model": "m", "input": "a", "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "namespace", "name": "agents", "description": "Sub-agents.", "tools": [
+                    {"type": "function", "name": "close_agent", "description": "Close one.", "parameters": {"type": "object"}}]},
+                {"type": "web_search", "external_web_access": false}]}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = o.tools.as_ref().unwrap().tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["exec_command", "close_agent"]);
+    }
+
     #[test]
     fn state_and_what_cannot_be_honoured_are_refused_by_name() {
         let refuse = |body: &str, param: &str, says: &str| {
@@ -650,7 +681,12 @@ mod tests {
             "input[0].call_id",
             "string",
         );
-        refuse(r#"{"model": "m", "input": "a", "tools": [{"type": "web_search"}]}"#, "tools[0].type", "web_search");
+        refuse(r#"{"model": "m", "input": "a", "tools": [{"name": "f"}]}"#, "tools[0].type", "function");
+        refuse(
+            r#"{"model": "m", "input": "a", "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "mcp"}]}]}"#,
+            "tools[0].tools[0].type",
+            "function tool",
+        );
         refuse(
             r#"{"model": "m", "input": "a", "tools": [{"type": "function", "name": "a b"}]}"#,
             "tools[0].name",

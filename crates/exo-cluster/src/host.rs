@@ -666,6 +666,9 @@ impl Worker {
                     }
                     let position = cache.len();
                     let out = held.shard.forward(ShardInput::Tokens(chunk), cache)?;
+                    // A long prompt is work: each chunk counts as progress, so the origin's stall watch (which
+                    // hears of no token until the prompt is done) does not take it for a hang.
+                    shared.progress.fetch_add(1, Ordering::Relaxed);
                     outputs.push((out, position, chunk.len(), a.sample && i + 1 == chunks.len()));
                     // Hidden states go on chunk by chunk, so the next stage works while this one goes on.
                     if let Some(next) = &next {

@@ -353,6 +353,15 @@ fn nine_characters(id: &str) -> String {
         .collect()
 }
 
+/// How the constraint reads a tool's `parameters`: whitespace bounded as in structured output, and leniently:
+/// a keyword it cannot express (`propertyNames`, `oneOf` taken as `anyOf`, `minProperties` over optional
+/// properties) loosens the call's constraint instead of failing the request. Agents send dozens of tools whose
+/// schemas come from their own code (Claude Code's use `propertyNames`), and the client checks the arguments it
+/// runs; a `response_format` schema is the caller's contract and stays strict (a 400 naming the keyword).
+fn schema_options() -> Value {
+    json!({ "whitespace_pattern": JSON_WHITESPACE, "lenient": true })
+}
+
 /// The JSON schema of one call to any of `offered`: an object with the tool's name, its arguments under
 /// `arguments_key`, and (Mistral's list) an `id`, in that order.
 fn call_schema(offered: &[&Tool], arguments_key: &str, with_id: bool) -> Value {
@@ -374,12 +383,13 @@ fn call_schema(offered: &[&Tool], arguments_key: &str, with_id: bool) -> Value {
         Ok([one]) => one,
         Err(all) => json!({"anyOf": all}),
     };
-    schema["x-guidance"] = json!({ "whitespace_pattern": JSON_WHITESPACE });
+    schema["x-guidance"] = schema_options();
     schema
 }
 
 /// The grammar the output must follow when `tools` are offered in `format` (see the module's documentation). Its
-/// schemas are the tools' own, so one the constraint cannot express fails when the grammar is compiled.
+/// schemas are the tools' own, read leniently ([`schema_options`]); one the constraint cannot satisfy fails when
+/// the grammar is compiled.
 pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
     let offered = tools.offered();
     let many = tools.many(format);
@@ -431,7 +441,7 @@ pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
             for (name, tool) in names.iter().zip(&offered) {
                 let mut schema = tool.parameters.clone();
                 if let Some(object) = schema.as_object_mut() {
-                    object.insert("x-guidance".into(), json!({ "whitespace_pattern": JSON_WHITESPACE }));
+                    object.insert("x-guidance".into(), schema_options());
                 }
                 source.push_str(&format!("{name}: {} <[{args}]> %json {schema}\n", lark_string(&tool.name)));
             }
@@ -458,7 +468,7 @@ pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
             for (name, tool) in names.iter().zip(&offered) {
                 let mut schema = tool.parameters.clone();
                 if let Some(object) = schema.as_object_mut() {
-                    object.insert("x-guidance".into(), json!({ "whitespace_pattern": JSON_WHITESPACE }));
+                    object.insert("x-guidance".into(), schema_options());
                 }
                 source.push_str(&format!(
                     "{name}: {} <[{}]> \"json\" <[{}]> %json {schema}\n",
@@ -1189,17 +1199,30 @@ mod tests {
         let named = grammar(ToolFormat::Hermes, &tools(ToolChoice::Named("get_time".into()), false));
         assert!(!accepts(&v, &t, &named, good));
         assert!(accepts(&v, &t, &named, "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>"));
-        // A tool whose schema the constraint cannot express: an error naming it when compiled.
-        let odd = Tool {
-            name: "odd".into(),
-            description: None,
-            parameters: json!({"type": "string", "format": "no-such-format"}),
+        // A keyword the constraint cannot express (Claude Code's tools use propertyNames) loosens the call's
+        // constraint, which still holds the rest of the schema; one it cannot satisfy is an error naming it.
+        let odd = |parameters: Value| Tools {
+            tools: vec![Tool { name: "odd".into(), description: None, parameters }],
+            choice: ToolChoice::Required,
+            parallel: false,
         };
+        let loose = grammar(
+            ToolFormat::Hermes,
+            &odd(json!({"type": "object", "properties": {"env": {"type": "object",
+                "propertyNames": {"pattern": "^[A-Z_]+$"}, "additionalProperties": {"type": "string"}},
+                "when": {"type": "string", "format": "no-such-format"}}, "required": ["env"]})),
+        );
+        let call = |args: &str| format!("<tool_call>\n{{\"name\": \"odd\", \"arguments\": {args}}}\n</tool_call>");
+        assert!(accepts(&v, &t, &loose, &call(r#"{"env": {"HOME": "/root"}, "when": "now"}"#)));
+        assert!(!accepts(&v, &t, &loose, &call(r#"{"env": {"HOME": 1}}"#)), "the values' type still holds");
+        assert!(!accepts(&v, &t, &loose, &call(r#"{"when": "now"}"#)), "required still holds");
         let err = v.constrain(&grammar(
             ToolFormat::Hermes,
-            &Tools { tools: vec![odd], choice: ToolChoice::Auto, parallel: false },
+            &odd(json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 2}},
+                "required": ["n"]})),
         ));
-        assert!(err.is_err_and(|e| e.to_string().contains("no-such-format")));
+        let Err(e) = err else { panic!("an unsatisfiable schema compiles") };
+        assert!(e.to_string().contains("minimum"), "{e}");
     }
 
     /// Every split of `output` into two pieces, and one character at a time, parses as it does whole.

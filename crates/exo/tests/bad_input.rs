@@ -150,7 +150,7 @@ fn every_endpoint_refuses_bad_input_in_its_own_shape() {
         (
             "/v1/messages",
             Anthropic,
-            json!({"model": m, "max_tokens": 4, "messages": [{"role": "system", "content": "Hi"}]}).to_string(),
+            json!({"model": m, "max_tokens": 4, "messages": [{"role": "tool", "content": "Hi"}]}).to_string(),
             400,
             "role",
         ),

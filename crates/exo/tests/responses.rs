@@ -167,9 +167,9 @@ fn state_and_bad_input_are_refused_in_openais_shape() {
         "image_generation_call",
     );
     refused(
-        json!({"model": m, "input": "a", "tools": [{"type": "web_search_preview"}]}),
-        "tools[0].type",
-        "web_search",
+        json!({"model": m, "input": "a", "tools": [{"type": "namespace", "name": "n", "tools": [{"type": "web_search"}]}]}),
+        "tools[0].tools[0].type",
+        "function tool",
     );
     refused(
         json!({"model": m, "input": "a", "text": {"format": {"type": "json_schema", "schema": {"type": "string", "format": "no-such-format"}}}}),
