@@ -467,6 +467,9 @@ async fn heartbeats(cluster: Cluster) {
         while let Some(Ok((result, address))) = calls.join_next().await {
             match result {
                 Ok((peer, _)) if peer.id == inner.info.id => inner.topology.is_me(&address),
+                Ok((peer, _)) if !inner.topology.speaks_our_protocol(&inner.info.id, &peer, &address) => {
+                    inner.topology.failed(&address)
+                }
                 Ok((peer, rtt)) => {
                     for p in peer.peers.iter().take(topology::MAX_PEERS) {
                         inner.topology.add_candidate(p.clone(), Source::Found);

@@ -57,6 +57,8 @@ impl NodeInfo {
             matvec_bytes_per_s: self.speed.matvec_bytes_per_s,
             memory_bytes_per_s: self.speed.memory_bytes_per_s,
             devices,
+            version: crate::topology::VERSION.into(),
+            protocol: crate::topology::PROTOCOL,
         }
     }
 

@@ -1,12 +1,19 @@
 //! `Topology`: the peers this node knows, with their descriptions, the address it reaches each at, when each last
 //! answered and how long that took; and the addresses still to try (static peers, mDNS, gossip). A peer silent for
-//! longer than [`PEER_TIMEOUT`] is dropped.
+//! longer than [`PEER_TIMEOUT`] is dropped. A node speaking another version of the peer protocol ([`PROTOCOL`])
+//! is not joined, and which versions differ is said once per peer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::proto::NodeDescription;
+
+/// The version of the peer protocol (`proto/exo.proto` and what its messages mean) this node speaks: bumped when
+/// a change would make nodes of the two versions misread each other. Nodes join only peers of the same version.
+pub const PROTOCOL: u32 = 1;
+/// The exo release this node runs, said in the hello beside [`PROTOCOL`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A peer that has not answered (nor called) for this long is dropped.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -56,9 +63,40 @@ pub enum Source {
 pub struct Topology {
     peers: Mutex<HashMap<String, Peer>>,
     candidates: Mutex<HashMap<String, Source>>,
+    /// Peers (id and what they speak) whose protocol differs, already said.
+    mismatched: Mutex<HashSet<(String, String, u32)>>,
 }
 
 impl Topology {
+    /// Whether `description` speaks this node's [`PROTOCOL`]. The first time a peer does not (at each version it
+    /// says), `me` says so on standard error, naming both sides' versions: a node that is not joined would
+    /// otherwise only be missing from the plans.
+    pub fn speaks_our_protocol(&self, me: &str, description: &NodeDescription, address: &str) -> bool {
+        if description.protocol == PROTOCOL {
+            return true;
+        }
+        let version: String = description.version.chars().filter(|c| !c.is_control()).take(64).collect();
+        let id: String = description.id.chars().filter(|c| !c.is_control()).take(128).collect();
+        let first = self
+            .mismatched
+            .lock()
+            .map(|mut m| m.insert((id.clone(), version.clone(), description.protocol)))
+            .unwrap_or(false);
+        if first {
+            let theirs = if version.is_empty() {
+                "an exo from before versions were said".to_string()
+            } else {
+                format!("exo {version}")
+            };
+            eprintln!(
+                "node {me}: not joining node {id} at {address}: it speaks peer protocol {} ({theirs}), this node \
+                 protocol {PROTOCOL} (exo {VERSION}); run the same exo release on every node",
+                description.protocol
+            );
+        }
+        false
+    }
+
     /// Records that peer `description.id` answered or called from `address`. A description is believed only as
     /// far as it is consistent: an id must be plain and not another live peer's (at another address), and memory
     /// claims are capped by the peer's own total (so a peer cannot take every layer by claiming more than it has
@@ -224,6 +262,21 @@ mod tests {
 
     fn description(id: &str) -> NodeDescription {
         NodeDescription { id: id.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_peer_of_another_protocol_is_refused_and_said_once() {
+        let t = Topology::default();
+        let mut d = description("old");
+        assert!(!t.speaks_our_protocol("me", &d, "127.0.0.1:1"), "protocol 0 (before versions were said)");
+        assert!(!t.speaks_our_protocol("me", &d, "127.0.0.1:1"));
+        d.protocol = PROTOCOL + 1;
+        d.version = "9.9.9".into();
+        assert!(!t.speaks_our_protocol("me", &d, "127.0.0.1:1"));
+        // Said once per peer and version: two entries, not three.
+        assert_eq!(t.mismatched.lock().unwrap().len(), 2);
+        d.protocol = PROTOCOL;
+        assert!(t.speaks_our_protocol("me", &d, "127.0.0.1:1"));
     }
 
     #[test]

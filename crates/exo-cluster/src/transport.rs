@@ -349,6 +349,11 @@ impl Peer for PeerService {
         if caller.id != self.info.id {
             if let Some(ip) = remote.map(|a| a.ip()) {
                 let address = SocketAddr::new(ip, caller.peer_port as u16).to_string();
+                // A node of another protocol is not joined, but hears this node's description, so that it says
+                // which versions differ too.
+                if !self.topology.speaks_our_protocol(&self.info.id, &caller, &address) {
+                    return Ok(Response::new(self.describe()));
+                }
                 for p in caller.peers.iter().take(crate::topology::MAX_PEERS) {
                     self.topology.add_candidate(p.clone(), Source::Found);
                 }

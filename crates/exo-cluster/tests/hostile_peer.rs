@@ -104,6 +104,7 @@ impl Peer for Silent {
             memory_total: 64 << 30,
             memory_available: 64 << 30,
             memory_usable: 64 << 30,
+            protocol: exo_cluster::topology::PROTOCOL,
             ..Default::default()
         }))
     }

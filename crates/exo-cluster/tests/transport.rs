@@ -101,3 +101,29 @@ async fn peers_read_only_the_model_bytes_a_node_holds() {
         assert_eq!(refused.code(), Code::InvalidArgument, "{repo} {file}: {refused:?}");
     }
 }
+
+/// A node speaking another protocol version is not joined: its hello is answered with this node's description
+/// (version and protocol, so that it can say which differ), and it is not among this node's peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_is_not_joined() {
+    let cluster = start("solo", model_store("exo-protocol-test")).await;
+    let address = format!("127.0.0.1:{}", cluster.info().peer_port);
+    let mut peer = client(&address);
+    let hello = |id: &str, protocol: u32| exo_cluster::proto::NodeDescription {
+        id: id.into(),
+        peer_port: 9,
+        version: "0.0.1".into(),
+        protocol,
+        ..Default::default()
+    };
+    let reply = peer.hello(hello("old", exo_cluster::topology::PROTOCOL + 1)).await.unwrap().into_inner();
+    assert_eq!((reply.id.as_str(), reply.protocol), ("solo", exo_cluster::topology::PROTOCOL));
+    assert_eq!(reply.version, env!("CARGO_PKG_VERSION"));
+    // One from before versions were said (protocol 0) neither; one of this protocol joins.
+    peer.hello(hello("older", 0)).await.unwrap();
+    peer.hello(hello("same", exo_cluster::topology::PROTOCOL)).await.unwrap();
+    let ids: Vec<String> = cluster.nodes().into_iter().map(|n| n.description.id).collect();
+    assert!(ids.contains(&"same".to_string()), "{ids:?}");
+    assert!(!ids.iter().any(|id| id == "old" || id == "older"), "{ids:?}");
+    cluster.shut_down();
+}
