@@ -362,6 +362,16 @@ fn schema_options() -> Value {
     json!({ "whitespace_pattern": JSON_WHITESPACE, "lenient": true })
 }
 
+/// `tool`'s arguments schema as the grammar reads it (with [`schema_options`]), for formats that write the
+/// arguments alone after the name.
+fn arguments_schema(tool: &Tool) -> Value {
+    let mut schema = tool.parameters.clone();
+    if let Some(object) = schema.as_object_mut() {
+        object.insert("x-guidance".into(), schema_options());
+    }
+    schema
+}
+
 /// The JSON schema of one call to any of `offered`: an object with the tool's name, its arguments under
 /// `arguments_key`, and (Mistral's list) an `id`, in that order.
 fn call_schema(offered: &[&Tool], arguments_key: &str, with_id: bool) -> Value {
@@ -439,10 +449,7 @@ pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
             let names: Vec<String> = (0..offered.len()).map(|i| format!("tool_{i}")).collect();
             source.push_str(&format!("call: <[{open}]> ({})\n", names.join(" | ")));
             for (name, tool) in names.iter().zip(&offered) {
-                let mut schema = tool.parameters.clone();
-                if let Some(object) = schema.as_object_mut() {
-                    object.insert("x-guidance".into(), schema_options());
-                }
+                let schema = arguments_schema(tool);
                 source.push_str(&format!("{name}: {} <[{args}]> %json {schema}\n", lark_string(&tool.name)));
             }
             source
@@ -466,10 +473,7 @@ pub fn grammar(format: ToolFormat, tools: &Tools) -> Grammar {
                 begin = m.start,
             );
             for (name, tool) in names.iter().zip(&offered) {
-                let mut schema = tool.parameters.clone();
-                if let Some(object) = schema.as_object_mut() {
-                    object.insert("x-guidance".into(), schema_options());
-                }
+                let schema = arguments_schema(tool);
                 source.push_str(&format!(
                     "{name}: {} <[{}]> \"json\" <[{}]> %json {schema}\n",
                     lark_string(&format!("{} ", tool.name)),
